@@ -1,0 +1,1 @@
+"""Data: seqio vocabulary, preprocessors, sources and the feature converter for FLIP."""

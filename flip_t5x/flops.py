@@ -1,0 +1,45 @@
+"""Analytic FLOP counts of FLIP's towers (matmuls only, 2 FLOPs per multiply-add).
+
+Model FLOPs, the convention for utilisation figures: a training step is 3x the forward pass
+(forward + backward), whatever recomputation remat adds.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+from flip_t5x import network
+
+
+def encoder_flops(tokens: int, width: int, depth: int, mlp_ratio: int) -> float:
+  """Forward FLOPs of `depth` pre-LN blocks over `tokens` tokens of one example."""
+  dense = 2 * tokens * width * width * 4 + 2 * tokens * width * (width * mlp_ratio) * 2
+  attention = 2 * tokens * tokens * width * 2  # q.k and attention-weighted values
+  return float(depth * (dense + attention))
+
+
+def image_tower_flops(m: network.FlipTwoTower, mask_ratio: float) -> float:
+  num_patches = (m.image_size // m.patch_size) ** 2
+  kept = network.num_kept_patches(num_patches, mask_ratio) if mask_ratio > 0 else num_patches
+  patch_dim = m.patch_size * m.patch_size * 3
+  return (2.0 * kept * patch_dim * m.image_width
+          + encoder_flops(kept + 1, m.image_width, m.image_depth, m.mlp_ratio)
+          + 2.0 * m.image_width * m.embed_dim)
+
+
+def text_tower_flops(m: network.FlipTwoTower) -> float:
+  return (encoder_flops(m.text_length, m.text_width, m.text_depth, m.mlp_ratio)
+          + 2.0 * m.text_width * m.embed_dim)
+
+
+def flops_per_example(m: network.FlipTwoTower, mask_ratio: float,
+                      batch_size: int = 0) -> Dict[str, float]:
+  """Forward, train (3x forward) and eval FLOPs per example; the logits add 2*B*E per example."""
+  logits = 2.0 * batch_size * m.embed_dim
+  forward = image_tower_flops(m, mask_ratio) + text_tower_flops(m) + logits
+  eval_forward = image_tower_flops(m, 0.0) + text_tower_flops(m) + logits
+  return {
+      "image_tower_forward": image_tower_flops(m, mask_ratio),
+      "text_tower_forward": text_tower_flops(m),
+      "train": 3.0 * forward,
+      "eval": eval_forward,
+  }

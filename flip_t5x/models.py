@@ -1,0 +1,104 @@
+"""`FlipModel`: FLIP under t5x's `BaseModel` contract.
+
+The same object runs under upstream `t5x.train`/`t5x.eval` (it subclasses `t5x.models.BaseModel`
+when t5x is importable) and under `flip_t5x.train`/`flip_t5x.eval`. Masking is a training-time
+regulariser driven by `dropout_rng`, exactly as t5x passes randomness: no rng, no masking.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, MutableMapping, Optional, Tuple
+
+import clu.metrics as clu_metrics
+import jax
+import jax.numpy as jnp
+
+from flip_t5x import compat
+from flip_t5x import losses
+from flip_t5x import network
+from flip_t5x.data.feature_converters import ImageTextFeatureConverter
+
+Array = jax.Array
+PyTree = Any
+
+
+class FlipModel(compat.BaseModel):
+  """Contrastive image-text model with FLIP's random patch masking while training."""
+
+  FEATURE_CONVERTER_CLS = ImageTextFeatureConverter
+
+  def __init__(self, module: network.FlipTwoTower, optimizer_def: Any = None,
+               mask_ratio: float = 0.5):
+    super().__init__(optimizer_def=optimizer_def)
+    network.num_kept_patches(1000, mask_ratio)  # validates the ratio early
+    self.module = module
+    self.mask_ratio = float(mask_ratio)
+
+  # ---------------------------------------------------------------- variables
+  def get_initial_variables(self, rng: Array, input_shapes: Mapping[str, Tuple[int, ...]],
+                            input_types: Optional[Mapping[str, Any]] = None
+                            ) -> MutableMapping[str, PyTree]:
+    """`params` and `params_axes` (t5x's partitioner reads the latter)."""
+    del input_types  # images are float, texts int, whatever the pipeline says
+    # Parameters do not depend on the batch size: trace with one example.
+    images = jnp.zeros((1,) + tuple(input_shapes["images"][1:]), jnp.float32)
+    texts = jnp.zeros((1,) + tuple(input_shapes["texts"][1:]), jnp.int32)
+    variables = self.module.init({"params": rng}, images, texts)
+    return dict(variables)
+
+  # ------------------------------------------------------------------ forward
+  def encode_images(self, params: PyTree, images: Array, mask_ratio: float = 0.0,
+                    rng: Optional[Array] = None) -> Array:
+    return self.module.apply({"params": params}, images, mask_ratio, rng,
+                             method=network.FlipTwoTower.encode_image)
+
+  def encode_texts(self, params: PyTree, texts: Array) -> Array:
+    return self.module.apply({"params": params}, texts, method=network.FlipTwoTower.encode_text)
+
+  def _forward(self, params: PyTree, batch: Mapping[str, Array], dropout_rng: Optional[Array]):
+    mask_ratio = self.mask_ratio if dropout_rng is not None else 0.0
+    return self.module.apply({"params": params}, batch["images"], batch["texts"],
+                             mask_ratio=mask_ratio, rng=dropout_rng)
+
+  # ----------------------------------------------------------- t5x contract
+  def loss_fn(self, params: PyTree, batch: Mapping[str, Array], dropout_rng: Optional[Array]
+              ) -> Tuple[Array, Mapping[str, clu_metrics.Metric]]:
+    """Symmetric contrastive loss over the (global) batch, and clu metrics."""
+    z_img, z_txt, scale = self._forward(params, batch, dropout_rng)
+    loss, logits = losses.contrastive_loss(z_img, z_txt, scale)
+    i2t, t2i = losses.in_batch_accuracy(logits)
+    metrics = {
+        "loss": clu_metrics.Average.from_model_output(loss),
+        "temperature": clu_metrics.Average.from_model_output(1.0 / scale),
+        "logit_scale": clu_metrics.Average.from_model_output(jnp.log(scale)),
+        "accuracy/image_to_text": clu_metrics.Average.from_model_output(i2t),
+        "accuracy/text_to_image": clu_metrics.Average.from_model_output(t2i),
+    }
+    return loss, metrics
+
+  def eval_fn(self, params: PyTree, batch: Mapping[str, Array]
+              ) -> Tuple[Array, Mapping[str, clu_metrics.Metric]]:
+    """The loss without masking (FLIP evaluates on every patch)."""
+    return self.loss_fn(params, batch, dropout_rng=None)
+
+  def predict_batch_with_aux(self, params: PyTree, batch: Mapping[str, Array],
+                             rng: Optional[Array] = None, **kwargs
+                             ) -> Tuple[Array, Mapping[str, Array]]:
+    """Embeddings, unmasked: predictions are [image embedding | text embedding] per example.
+
+    Concatenating both lets one seqio evaluator pass embed images and prompt texts alike (a
+    zero-shot metric picks the half it needs); aux has each half and the logit scale.
+    """
+    del rng, kwargs
+    z_img, z_txt, scale = self._forward(params, batch, None)
+    aux = {"image_embedding": z_img, "text_embedding": z_txt,
+           "logit_scale": jnp.broadcast_to(scale, (z_img.shape[0],))}
+    return jnp.concatenate([z_img, z_txt], axis=-1), aux
+
+  def score_batch(self, params: PyTree, batch: Mapping[str, Array],
+                  return_intermediates: bool = False) -> Any:
+    """Per-example image-text score: scaled cosine similarity of each image with its caption."""
+    z_img, z_txt, scale = self._forward(params, batch, None)
+    scores = scale * jnp.sum(z_img * z_txt, axis=-1)
+    if return_intermediates:
+      return scores, {"image_embedding": z_img, "text_embedding": z_txt}
+    return scores

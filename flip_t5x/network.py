@@ -1,0 +1,391 @@
+"""FLIP's two-tower network (flax linen).
+
+A ViT image tower that drops a random subset of patches while training (FLIP's masking), a
+transformer text tower, and the learnable `logit_scale`. Every parameter is created with
+`param_with_axes`, so the `params_axes` collection that t5x partitioners read exists, and the main
+activations carry logical-axis sharding constraints (`batch`, `length`, `embed`, `mlp`, `heads`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable, Optional, Tuple
+
+import flax.linen as nn
+from flax.linen import partitioning as nn_partitioning
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+param_with_axes = nn_partitioning.param_with_axes
+with_sharding_constraint = nn_partitioning.with_sharding_constraint
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+# Initialisers from the FLIP / MAE recipe (see the facts sheet).
+normal_002 = nn.initializers.normal(stddev=0.02)
+xavier_uniform = nn.initializers.xavier_uniform()
+# q, k and v are separate matrices: xavier-uniform with scale 0.5 on fan-avg of the joint matrix.
+qkv_init = nn.initializers.variance_scaling(0.5, "fan_avg", "uniform")
+
+REMAT_POLICIES = ("none", "minimal", "full")
+MASKING_METHODS = ("gather", "onehot")
+
+
+def _dtype(name: Any) -> jnp.dtype:
+  return jnp.dtype(name)
+
+
+class DenseGeneral(nn.Module):
+  """A dense layer over (possibly several) trailing/leading axes with named parameter axes."""
+
+  features: Tuple[int, ...]
+  kernel_axes: Tuple[str, ...]
+  in_axes: int = 1  # how many trailing input axes are contracted
+  use_bias: bool = True
+  kernel_init: Initializer = xavier_uniform
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    in_shape = x.shape[-self.in_axes:]
+    kernel_shape = tuple(in_shape) + tuple(self.features)
+    fan_in = int(np.prod(in_shape))
+    fan_out = int(np.prod(self.features))
+
+    def init(key, shape, dtype):
+      # Initialise as the equivalent 2-D matrix so fan-in/fan-out are those of the dense map.
+      flat = self.kernel_init(key, (fan_in, fan_out), dtype)
+      return flat.reshape(shape)
+
+    kernel = param_with_axes("kernel", init, kernel_shape, jnp.float32, axes=self.kernel_axes)
+    kernel = kernel.astype(self.dtype)
+    x = x.astype(self.dtype)
+    contract = tuple(range(x.ndim - self.in_axes, x.ndim))
+    y = jax.lax.dot_general(x, kernel, ((contract, tuple(range(self.in_axes))), ((), ())))
+    if self.use_bias:
+      bias = param_with_axes("bias", nn.initializers.zeros, tuple(self.features), jnp.float32,
+                             axes=self.kernel_axes[-len(self.features):])
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm with named `embed` parameters, computed in float32 for stability."""
+
+  epsilon: float = 1e-6
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    features = x.shape[-1]
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
+    scale = param_with_axes("scale", nn.initializers.ones, (features,), jnp.float32, axes=("embed",))
+    bias = param_with_axes("bias", nn.initializers.zeros, (features,), jnp.float32, axes=("embed",))
+    return (y * scale + bias).astype(self.dtype)
+
+
+class MultiHeadAttention(nn.Module):
+  """Bidirectional multi-head self-attention without any mask (FLIP uses none in either tower)."""
+
+  num_heads: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    width = x.shape[-1]
+    head_dim = width // self.num_heads
+    proj = functools.partial(DenseGeneral, features=(self.num_heads, head_dim),
+                             kernel_axes=("embed", "heads", "kv"), kernel_init=qkv_init,
+                             dtype=self.dtype)
+    q = proj(name="query")(x)
+    k = proj(name="key")(x)
+    v = proj(name="value")(x)
+    q = with_sharding_constraint(q, ("batch", "length", "heads", "kv"))
+    # XLA's fused attention on CPU/TPU; cuDNN's flash path is picked on GPU by `implementation`.
+    out = jax.nn.dot_product_attention(q, k, v)
+    out = with_sharding_constraint(out, ("batch", "length", "heads", "kv"))
+    return DenseGeneral(features=(width,), kernel_axes=("heads", "kv", "embed"), in_axes=2,
+                        dtype=self.dtype, name="out")(out)
+
+
+class MlpBlock(nn.Module):
+  """Transformer MLP: dense (4x width), GELU, dense."""
+
+  mlp_dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    width = x.shape[-1]
+    h = DenseGeneral(features=(self.mlp_dim,), kernel_axes=("embed", "mlp"), dtype=self.dtype,
+                     name="wi")(x)
+    h = nn.gelu(h, approximate=False)
+    h = with_sharding_constraint(h, ("batch", "length", "mlp"))
+    return DenseGeneral(features=(width,), kernel_axes=("mlp", "embed"), dtype=self.dtype,
+                        name="wo")(h)
+
+
+class EncoderBlock(nn.Module):
+  """Pre-LayerNorm transformer block (no dropout, no drop-path, as in FLIP)."""
+
+  num_heads: int
+  mlp_dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    y = LayerNorm(dtype=self.dtype, name="pre_attention_layer_norm")(x)
+    x = x + MultiHeadAttention(self.num_heads, dtype=self.dtype, name="attention")(y)
+    y = LayerNorm(dtype=self.dtype, name="pre_mlp_layer_norm")(x)
+    x = x + MlpBlock(self.mlp_dim, dtype=self.dtype, name="mlp")(y)
+    return with_sharding_constraint(x, ("batch", "length", "embed"))
+
+
+def _remat_block(policy: str):
+  """EncoderBlock wrapped for the chosen activation-checkpointing policy."""
+  if policy not in REMAT_POLICIES:
+    raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {policy!r}")
+  if policy == "none":
+    return EncoderBlock
+  jax_policy = (jax.checkpoint_policies.checkpoint_dots if policy == "minimal"
+                else jax.checkpoint_policies.nothing_saveable)
+  return nn_partitioning.remat(EncoderBlock, policy=jax_policy, prevent_cse=False)
+
+
+class Encoder(nn.Module):
+  """A stack of pre-LN blocks followed by a final LayerNorm."""
+
+  depth: int
+  num_heads: int
+  mlp_dim: int
+  dtype: Any = jnp.float32
+  remat_policy: str = "none"
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    block = _remat_block(self.remat_policy)
+    for i in range(self.depth):
+      x = block(self.num_heads, self.mlp_dim, dtype=self.dtype, name=f"block_{i}")(x)
+    return LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
+
+
+def sincos_pos_embed_2d(grid_h: int, grid_w: int, width: int) -> np.ndarray:
+  """Fixed 2-D sin-cos position embedding (MAE/FLIP), shape [grid_h * grid_w, width]."""
+  if width % 4:
+    raise ValueError(f"sin-cos position embedding needs a width divisible by 4, got {width}")
+  omega = 1.0 / 10000 ** (np.arange(width // 4, dtype=np.float64) / (width / 4.0))
+  gy, gx = np.meshgrid(np.arange(grid_h, dtype=np.float64), np.arange(grid_w, dtype=np.float64),
+                       indexing="ij")
+
+  def emb_1d(pos):
+    out = np.einsum("m,d->md", pos.reshape(-1), omega)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+  # MAE's order: the first half encodes the column (w), the second half the row (h).
+  return np.concatenate([emb_1d(gx), emb_1d(gy)], axis=1).astype(np.float32)
+
+
+def num_kept_patches(num_patches: int, mask_ratio: float) -> int:
+  """How many patches survive masking: int(L * (1 - mask_ratio)), as FLIP computes it."""
+  if not 0.0 <= mask_ratio < 1.0:
+    raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+  return max(1, int(num_patches * (1.0 - mask_ratio)))
+
+
+def random_masking(x: Array, rng: Array, mask_ratio: float, method: str = "gather"
+                   ) -> Tuple[Array, Array]:
+  """Keeps a random subset of tokens per example: returns (kept tokens, kept indices).
+
+  `x` is [batch, length, width]. For every example, uniform noise of length L is drawn and the
+  tokens with the `keep` smallest noise values are kept (FLIP/MAE's argsort recipe; `top_k` on the
+  negated noise gives the same subset without sorting all of L). `method` chooses how the subset is
+  read: "gather" (take_along_axis) or "onehot" (an einsum against a one-hot matrix, MXU-friendly).
+  """
+  batch, length, _ = x.shape
+  keep = num_kept_patches(length, mask_ratio)
+  noise = jax.random.uniform(rng, (batch, length))
+  _, ids_keep = jax.lax.top_k(-noise, keep)
+  if method == "gather":
+    kept = jnp.take_along_axis(x, ids_keep[:, :, None], axis=1)
+  elif method == "onehot":
+    onehot = jax.nn.one_hot(ids_keep, length, dtype=x.dtype)
+    kept = jnp.einsum("bkl,bld->bkd", onehot, x)
+  else:
+    raise ValueError(f"masking method must be one of {MASKING_METHODS}, got {method!r}")
+  return kept, ids_keep
+
+
+class PatchEmbed(nn.Module):
+  """Patchify, drop a random subset of patches (training), embed, add fixed sin-cos positions.
+
+  Returns (tokens [batch, kept, width], kept patch indices or None when nothing is masked).
+  """
+
+  patch_size: int = 16
+  width: int = 768
+  dtype: Any = jnp.float32
+  masking_method: str = "gather"
+
+  @nn.compact
+  def __call__(self, images: Array, mask_ratio: float = 0.0, rng: Optional[Array] = None
+               ) -> Tuple[Array, Optional[Array]]:
+    b, h, w, c = images.shape
+    p = self.patch_size
+    if h % p or w % p:
+      raise ValueError(f"image size {h}x{w} is not a multiple of patch {p}")
+    gh, gw = h // p, w // p
+    # Patchify as a reshape + dense (same maths as a stride-p conv, cheaper to shard).
+    x = images.astype(self.dtype).reshape(b, gh, p, gw, p, c).transpose(0, 1, 3, 2, 4, 5)
+    x = x.reshape(b, gh * gw, p * p * c)
+    pos = jnp.broadcast_to(jnp.asarray(sincos_pos_embed_2d(gh, gw, self.width), self.dtype),
+                           (b, gh * gw, self.width))
+    ids_keep = None
+    if mask_ratio > 0.0:
+      if rng is None:
+        raise ValueError("mask_ratio > 0 needs an rng (t5x passes it as dropout_rng)")
+      # Masking commutes with the per-patch embedding, so drop raw patches first and embed only
+      # the kept ones; each kept patch still gets the position embedding of where it came from.
+      x, ids_keep = random_masking(x, rng, mask_ratio, self.masking_method)
+      pos = jnp.take_along_axis(pos, ids_keep[:, :, None], axis=1)
+    x = DenseGeneral(features=(self.width,), kernel_axes=("patch", "embed"), dtype=self.dtype,
+                     name="embedding")(x)
+    return x + pos, ids_keep
+
+
+class ImageTower(nn.Module):
+  """ViT image encoder with FLIP masking; returns L2-normalised embeddings [batch, embed_dim]."""
+
+  image_size: int = 224
+  patch_size: int = 16
+  width: int = 768
+  depth: int = 12
+  num_heads: int = 12
+  mlp_ratio: int = 4
+  embed_dim: int = 512
+  dtype: Any = jnp.float32
+  remat_policy: str = "none"
+  masking_method: str = "gather"
+
+  @nn.compact
+  def __call__(self, images: Array, mask_ratio: float = 0.0, rng: Optional[Array] = None) -> Array:
+    dtype = _dtype(self.dtype)
+    b = images.shape[0]
+    x, _ = PatchEmbed(self.patch_size, self.width, dtype=dtype, masking_method=self.masking_method,
+                      name="patch_embed")(images, mask_ratio, rng)
+    cls = param_with_axes("cls", normal_002, (self.width,), jnp.float32, axes=("embed",))
+    x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (b, 1, self.width)), x], axis=1)
+    x = with_sharding_constraint(x, ("batch", "length", "embed"))
+    x = Encoder(self.depth, self.num_heads, self.width * self.mlp_ratio, dtype=dtype,
+                remat_policy=self.remat_policy, name="encoder")(x)
+    pooled = jnp.mean(x.astype(jnp.float32), axis=1)
+    z = DenseGeneral(features=(self.embed_dim,), kernel_axes=("embed", "proj"), use_bias=False,
+                     dtype=jnp.float32, name="projection")(pooled)
+    return l2_normalize(z)
+
+
+class TextTower(nn.Module):
+  """Transformer text encoder; position-0 pooling, returns L2-normalised [batch, embed_dim]."""
+
+  vocab_size: int = 30523
+  max_length: int = 32
+  width: int = 512
+  depth: int = 12
+  num_heads: int = 8
+  mlp_ratio: int = 4
+  embed_dim: int = 512
+  dtype: Any = jnp.float32
+  remat_policy: str = "none"
+
+  @nn.compact
+  def __call__(self, tokens: Array) -> Array:
+    dtype = _dtype(self.dtype)
+    _, length = tokens.shape
+    if length > self.max_length:
+      raise ValueError(f"text length {length} exceeds the text tower's max_length {self.max_length}")
+    embedding = param_with_axes("token_embedding", normal_002, (self.vocab_size, self.width),
+                                jnp.float32, axes=("vocab", "embed"))
+    x = jnp.take(embedding, tokens, axis=0).astype(dtype)
+    pos = param_with_axes("pos_embedding", normal_002, (self.max_length, self.width), jnp.float32,
+                          axes=("length", "embed"))
+    x = x + pos[None, :length].astype(dtype)
+    x = with_sharding_constraint(x, ("batch", "length", "embed"))
+    x = Encoder(self.depth, self.num_heads, self.width * self.mlp_ratio, dtype=dtype,
+                remat_policy=self.remat_policy, name="encoder")(x)
+    pooled = x[:, 0].astype(jnp.float32)
+    z = DenseGeneral(features=(self.embed_dim,), kernel_axes=("embed", "proj"), use_bias=False,
+                     dtype=jnp.float32, name="projection")(pooled)
+    return l2_normalize(z)
+
+
+def l2_normalize(x: Array, eps: float = 1e-6) -> Array:
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), eps**2))
+
+
+LOGIT_SCALE_INIT = math.log(1 / 0.07)
+LOGIT_SCALE_MAX = math.log(100.0)
+
+
+class FlipTwoTower(nn.Module):
+  """Image and text towers plus `logit_scale`; either tower can run alone.
+
+  `__call__(images, texts, mask_ratio, rng)` returns (z_img, z_txt, logit_scale) with the scale
+  already clipped to [0, ln 100] and exponentiated. `encode_image` / `encode_text` run one tower.
+  Fields left as None take the tower's defaults.
+  """
+
+  image_size: int = 224
+  patch_size: int = 16
+  image_width: int = 768
+  image_depth: int = 12
+  image_heads: int = 12
+  text_width: int = 512
+  text_depth: int = 12
+  text_heads: int = 8
+  vocab_size: int = 30523
+  text_length: int = 32
+  embed_dim: int = 512
+  mlp_ratio: int = 4
+  dtype: str = "float32"
+  remat_policy: str = "none"
+  masking_method: str = "gather"
+
+  def setup(self):
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
+    self.image_tower = ImageTower(
+        image_size=self.image_size, patch_size=self.patch_size, width=self.image_width,
+        depth=self.image_depth, num_heads=self.image_heads, mlp_ratio=self.mlp_ratio,
+        embed_dim=self.embed_dim, dtype=self.dtype, remat_policy=self.remat_policy,
+        masking_method=self.masking_method)
+    self.text_tower = TextTower(
+        vocab_size=self.vocab_size, max_length=self.text_length, width=self.text_width,
+        depth=self.text_depth, num_heads=self.text_heads, mlp_ratio=self.mlp_ratio,
+        embed_dim=self.embed_dim, dtype=self.dtype, remat_policy=self.remat_policy)
+    self.logit_scale = param_with_axes(
+        "logit_scale", nn.initializers.constant(LOGIT_SCALE_INIT), (), jnp.float32, axes=())
+
+  def encode_image(self, images: Array, mask_ratio: float = 0.0,
+                   rng: Optional[Array] = None) -> Array:
+    return self.image_tower(images, mask_ratio=mask_ratio, rng=rng)
+
+  def encode_text(self, texts: Array) -> Array:
+    return self.text_tower(texts)
+
+  def scale(self) -> Array:
+    """exp(clip(logit_scale, 0, ln 100)): the temperature's inverse used in the logits."""
+    return jnp.exp(jnp.clip(self.logit_scale, 0.0, LOGIT_SCALE_MAX))
+
+  def __call__(self, images: Array, texts: Array, mask_ratio: float = 0.0,
+               rng: Optional[Array] = None) -> Tuple[Array, Array, Array]:
+    return self.encode_image(images, mask_ratio, rng), self.encode_text(texts), self.scale()
+
+
+def config_dict(module: FlipTwoTower) -> dict:
+  """The module's hyper-parameters as a plain dict (for logs and model_info)."""
+  return {f.name: getattr(module, f.name) for f in dataclasses.fields(module)
+          if f.name not in ("parent", "name")}

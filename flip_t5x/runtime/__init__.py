@@ -1,0 +1,1 @@
+"""Runtime: gin plumbing, partitioning, optimizers, train state, checkpoints, train/eval loops."""

@@ -1,0 +1,44 @@
+"""flip_t5x: FLIP (masked language-image pre-training) as a T5X-style extension.
+
+Everything installs from PyPI. Bounds (checked on Python 3.11, 2026-11):
+- jax/jaxlib <0.11, flax <0.13: the releases tested here (0.10.2 / 0.12.8); jax.sharding API
+  (Mesh, NamedSharding) and flax's linen partitioning are needed, hence the lower bounds.
+- tensorflow and tensorflow-text move in lock-step (text 2.21.x needs tensorflow 2.21.x); we depend
+  on `tensorflow` because tensorflow-text requires that distribution name anyway.
+- seqio 0.0.20 / clu 0.0.12 / orbax-checkpoint 0.12: the versions upstream t5x runs with today.
+- jestimator 0.3.3 imports `PartitionSpec` from its old place; `flip_t5x.compat` patches that once.
+- tensorboard: clu.metric_writers needs it to write summaries.
+Accelerators: install jax for your platform on top, e.g. `pip install -U "jax[cuda12]"` (GPU) or
+`pip install -U "jax[tpu]"` (TPU), keeping the same jax version bound.
+"""
+import setuptools
+
+setuptools.setup(
+    name="flip_t5x",
+    version="0.1.0",
+    description="FLIP: Scaling Language-Image Pre-training via Masking, on the T5X/seqio stack",
+    packages=setuptools.find_packages(include=["flip_t5x", "flip_t5x.*", "tasks", "tasks.*"]),
+    package_data={"flip_t5x": ["data/assets/*.txt"]},
+    include_package_data=True,
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.4.35,<0.11",
+        "jaxlib>=0.4.35,<0.11",
+        "flax>=0.10,<0.13",
+        "optax>=0.2.3",
+        "orbax-checkpoint>=0.11,<0.13",
+        "seqio>=0.0.19",
+        "clu>=0.0.12",
+        "gin-config>=0.5",
+        "tensorflow>=2.16,<2.22",
+        "tensorflow-text>=2.16,<2.22",
+        "tensorflow-datasets>=4.9.6",
+        "jestimator>=0.3.3",
+        "tensorboard>=2.16",
+        "numpy>=1.26",
+        "pillow>=10",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pandas", "pyarrow"],
+    },
+)

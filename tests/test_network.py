@@ -1,0 +1,231 @@
+"""FLIP network: masking, towers, logit_scale, precision and remat variants."""
+import flax
+from flax import traverse_util
+from flax.linen import partitioning as nn_partitioning
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from flip_t5x import losses
+from flip_t5x import models
+from flip_t5x import network
+
+TINY = dict(image_size=32, patch_size=8, image_width=64, image_depth=2, image_heads=4,
+            text_width=32, text_depth=2, text_heads=4, vocab_size=100, text_length=8,
+            embed_dim=16)
+
+
+def tiny_module(**overrides):
+  return network.FlipTwoTower(**{**TINY, **overrides})
+
+
+def tiny_batch(n=4, seed=0):
+  k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+  return {"images": jax.random.normal(k1, (n, 32, 32, 3)),
+          "texts": jax.random.randint(k2, (n, 8), 1, 100)}
+
+
+@pytest.fixture(scope="module")
+def tiny_params():
+  model = models.FlipModel(tiny_module(), mask_ratio=0.5)
+  init = jax.jit(lambda rng: model.get_initial_variables(
+      rng, {"images": (4, 32, 32, 3), "texts": (4, 8)})["params"])
+  return init(jax.random.PRNGKey(0))
+
+
+# ------------------------------------------------------------------ masking
+@pytest.mark.parametrize("mask_ratio,expected", [(0.5, 98), (0.75, 49), (0.0, 196)])
+def test_num_kept_patches_matches_flip(mask_ratio, expected):
+  assert network.num_kept_patches(196, mask_ratio) == expected
+
+
+def test_num_kept_patches_rejects_bad_ratio():
+  with pytest.raises(ValueError, match="mask_ratio"):
+    network.num_kept_patches(196, 1.0)
+
+
+@pytest.mark.parametrize("method", network.MASKING_METHODS)
+def test_random_masking_keeps_distinct_random_subsets(method):
+  b, length, d = 8, 196, 4
+  # Token i carries the value i, so kept tokens reveal which patches survived.
+  x = jnp.broadcast_to(jnp.arange(length, dtype=jnp.float32)[None, :, None], (b, length, d))
+  kept, ids = network.random_masking(x, jax.random.PRNGKey(0), 0.75, method)
+  assert kept.shape == (b, 49, d) and ids.shape == (b, 49)
+  np.testing.assert_allclose(kept[..., 0], ids.astype(np.float32))
+  ids = np.asarray(ids)
+  for row in ids:
+    assert len(set(row.tolist())) == 49  # no patch kept twice
+    assert row.min() >= 0 and row.max() < length
+  assert len({tuple(sorted(r)) for r in ids.tolist()}) == b  # differs per example
+  _, ids2 = network.random_masking(x, jax.random.PRNGKey(1), 0.75, method)
+  assert not np.array_equal(np.sort(ids, 1), np.sort(np.asarray(ids2), 1))  # differs per rng
+  _, ids_again = network.random_masking(x, jax.random.PRNGKey(0), 0.75, method)
+  np.testing.assert_array_equal(ids, ids_again)  # deterministic for an rng
+
+
+def test_masking_methods_agree():
+  x = jax.random.normal(jax.random.PRNGKey(3), (2, 16, 8))
+  a, ia = network.random_masking(x, jax.random.PRNGKey(4), 0.5, "gather")
+  b, ib = network.random_masking(x, jax.random.PRNGKey(4), 0.5, "onehot")
+  np.testing.assert_array_equal(ia, ib)
+  np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_position_embedding_is_added_before_masking():
+  """A kept token is embed(its patch) + the position embedding of where the patch came from."""
+  pe = network.PatchEmbed(patch_size=8, width=16)
+  images = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
+  variables = pe.init(jax.random.PRNGKey(1), images)
+  full, none_ids = pe.apply(variables, images)
+  assert none_ids is None and full.shape == (2, 16, 16)
+  masked, ids = pe.apply(variables, images, 0.5, jax.random.PRNGKey(2))
+  assert masked.shape == (2, 8, 16)
+  np.testing.assert_allclose(masked, jnp.take_along_axis(full, ids[:, :, None], axis=1),
+                             rtol=1e-5, atol=1e-5)
+  pos = network.sincos_pos_embed_2d(4, 4, 16)
+  no_pos = full - pos[None]
+  assert not np.allclose(no_pos, full)  # the position embedding is really there
+
+
+def test_sincos_position_embedding_shape_and_range():
+  pos = network.sincos_pos_embed_2d(14, 14, 768)
+  assert pos.shape == (196, 768)
+  assert np.abs(pos).max() <= 1.0
+  assert len({tuple(np.round(r, 5)) for r in pos}) == 196  # every position distinct
+
+
+def test_masking_needs_rng_and_is_off_at_eval(tiny_params):
+  m = tiny_module()
+  images = tiny_batch()["images"]
+  with pytest.raises(ValueError, match="rng"):
+    m.apply({"params": tiny_params}, images, 0.5, None, method=network.FlipTwoTower.encode_image)
+  model = models.FlipModel(m, mask_ratio=0.5)
+  batch = tiny_batch()
+  # eval_fn (no rng) uses every patch: deterministic, equal to mask_ratio 0 with any rng.
+  loss_eval, _ = jax.jit(model.eval_fn)(tiny_params, batch)
+  loss_unmasked, _ = jax.jit(models.FlipModel(m, mask_ratio=0.0).loss_fn)(
+      tiny_params, batch, jax.random.PRNGKey(9))
+  np.testing.assert_allclose(loss_eval, loss_unmasked, rtol=1e-6)
+  loss_masked, _ = jax.jit(model.loss_fn)(tiny_params, batch, jax.random.PRNGKey(9))
+  assert not np.isclose(loss_masked, loss_eval)
+
+
+# ------------------------------------------------------------------ towers
+def test_towers_run_alone_and_are_normalised(tiny_params):
+  model = models.FlipModel(tiny_module())
+  batch = tiny_batch()
+  z_img = model.encode_images(tiny_params, batch["images"])
+  z_txt = model.encode_texts(tiny_params, batch["texts"])
+  assert z_img.shape == (4, 16) and z_txt.shape == (4, 16)
+  np.testing.assert_allclose(jnp.linalg.norm(z_img, axis=-1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(jnp.linalg.norm(z_txt, axis=-1), 1.0, rtol=1e-5)
+
+
+def test_text_tower_pools_position_zero(tiny_params):
+  """No mask: later tokens still influence position 0 through attention, but pooling is pos 0."""
+  model = models.FlipModel(tiny_module())
+  texts = tiny_batch()["texts"]
+  z1 = model.encode_texts(tiny_params, texts)
+  z2 = model.encode_texts(tiny_params, texts.at[:, -1].set(7))
+  assert not np.allclose(z1, z2)  # bidirectional: no causal mask
+
+
+def test_logit_scale_init_and_clip(tiny_params):
+  m = tiny_module()
+  np.testing.assert_allclose(tiny_params["logit_scale"], np.log(1 / 0.07), rtol=1e-6)
+  for raw, expected in [(10.0, 100.0), (-3.0, 1.0), (2.0, np.exp(2.0))]:
+    params = {**tiny_params, "logit_scale": jnp.asarray(raw)}
+    scale = m.apply({"params": params}, method=network.FlipTwoTower.scale)
+    np.testing.assert_allclose(scale, expected, rtol=1e-6)
+
+
+def test_params_axes_cover_every_parameter():
+  model = models.FlipModel(tiny_module())
+  variables = model.get_initial_variables(jax.random.PRNGKey(0), {"images": (2, 32, 32, 3),
+                                                                  "texts": (2, 8)})
+  axes = traverse_util.flatten_dict(
+      flax.core.unfreeze(nn_partitioning.get_axis_names(variables["params_axes"])))
+  params = traverse_util.flatten_dict(flax.core.unfreeze(variables["params"]))
+  assert set(axes) == set(params)
+  for path, p in params.items():
+    assert len(axes[path]) == p.ndim, path
+  assert tuple(axes[("image_tower", "encoder", "block_0", "attention", "query", "kernel")]) == (
+      "embed", "heads", "kv")
+  assert tuple(axes[("text_tower", "token_embedding")]) == ("vocab", "embed")
+
+
+def test_initialisers_follow_flip():
+  model = models.FlipModel(network.FlipTwoTower(**{**TINY, "image_width": 256, "image_heads": 4}))
+  params = jax.jit(lambda rng: model.get_initial_variables(
+      rng, {"images": (1, 32, 32, 3), "texts": (1, 8)})["params"])(jax.random.PRNGKey(0))
+  img = params["image_tower"]
+  assert abs(float(jnp.std(img["cls"])) - 0.02) < 0.005
+  assert abs(float(jnp.std(params["text_tower"]["token_embedding"])) - 0.02) < 0.002
+  q = img["encoder"]["block_0"]["attention"]["query"]["kernel"].reshape(256, 256)
+  # xavier-uniform with scale 0.5 on fan-avg: variance 0.5 / 256 -> bound sqrt(3 * 0.5 / 256)
+  assert float(jnp.abs(q).max()) <= np.sqrt(1.5 / 256) + 1e-6
+  assert float(jnp.abs(q).max()) > 0.9 * np.sqrt(1.5 / 256)
+  np.testing.assert_array_equal(img["encoder"]["block_0"]["mlp"]["wi"]["bias"], 0.0)
+
+
+# ------------------------------------------------------------------ training behaviour
+def test_gradients_reach_both_towers_and_logit_scale(tiny_params):
+  model = models.FlipModel(tiny_module(), mask_ratio=0.5)
+  batch = tiny_batch()
+  grads = jax.jit(jax.grad(lambda p: model.loss_fn(p, batch, jax.random.PRNGKey(1))[0]))(
+      tiny_params)
+  for tower in ("image_tower", "text_tower"):
+    norms = [float(jnp.linalg.norm(g)) for g in jax.tree_util.tree_leaves(grads[tower])]
+    assert all(np.isfinite(norms)) and sum(n > 0 for n in norms) == len(norms), tower
+  assert float(jnp.abs(grads["logit_scale"])) > 0
+
+
+def test_tiny_model_loss_decreases_on_a_fixed_batch(tiny_params):
+  model = models.FlipModel(tiny_module(), mask_ratio=0.5)
+  batch = tiny_batch(8)
+  tx = optax.adamw(1e-3)
+  opt_state = tx.init(tiny_params)
+
+  @jax.jit
+  def step(params, opt_state, rng):
+    (loss, _), grads = jax.value_and_grad(model.loss_fn, has_aux=True)(params, batch, rng)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  params, first = tiny_params, None
+  for i in range(30):
+    params, opt_state, loss = step(params, opt_state, jax.random.PRNGKey(i))
+    first = loss if first is None else first
+  final, _ = jax.jit(model.eval_fn)(params, batch)
+  assert float(final) < 0.5 * float(first), (first, final)
+
+
+@pytest.mark.parametrize("overrides,tol", [
+    ({"dtype": "bfloat16"}, 5e-2),
+    ({"remat_policy": "minimal"}, 1e-5),
+    ({"remat_policy": "full"}, 1e-5),
+    ({"masking_method": "onehot"}, 1e-5),
+])
+def test_variants_match_float32_no_remat(tiny_params, overrides, tol):
+  batch, rng = tiny_batch(), jax.random.PRNGKey(5)
+  ref = models.FlipModel(tiny_module(), mask_ratio=0.5)
+  var = models.FlipModel(tiny_module(**overrides), mask_ratio=0.5)
+  f_ref = jax.jit(jax.value_and_grad(lambda p: ref.loss_fn(p, batch, rng)[0]))
+  f_var = jax.jit(jax.value_and_grad(lambda p: var.loss_fn(p, batch, rng)[0]))
+  (l_ref, g_ref), (l_var, g_var) = f_ref(tiny_params), f_var(tiny_params)
+  assert np.isfinite(float(l_var))
+  np.testing.assert_allclose(l_var, l_ref, rtol=tol, atol=tol)
+  if "dtype" not in overrides:
+    for a, b in zip(jax.tree_util.tree_leaves(g_ref), jax.tree_util.tree_leaves(g_var)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_options_are_clear_errors(tiny_params):
+  with pytest.raises(ValueError, match="remat_policy"):
+    tiny_module(remat_policy="some").init(jax.random.PRNGKey(0), **tiny_batch())
+  with pytest.raises(ValueError, match="multiple of patch"):
+    tiny_module().init(jax.random.PRNGKey(0), jnp.zeros((1, 30, 30, 3)), jnp.zeros((1, 8), jnp.int32))
+  with pytest.raises(ValueError, match="max_length"):
+    tiny_module().init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros((1, 9), jnp.int32))
