@@ -217,7 +217,8 @@ def build_demo_vocab(captions_file: str, output: str, vocab_size: int) -> bool:
   except ImportError as e:
     logging.warning("no %s: flip_t5x.build_vocab is not importable (%s)", output, e)
     return False
-  build_vocab.build_vocab([captions_file], output, vocab_size=vocab_size)
+  tokens = build_vocab.build_vocab(build_vocab.caption_dataset(captions=captions_file), vocab_size)
+  build_vocab.write_vocab(tokens, output)
   return True
 
 

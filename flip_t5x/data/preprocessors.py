@@ -1,0 +1,327 @@
+"""tf.data preprocessing for FLIP: robust image decoding, augmentation, tokenisation, skip counting.
+
+Records from `flip_t5x.data.sources` are dicts of raw bytes (`image`, `text`; zero-shot sources add
+`label`). `image_text_preprocessor` turns them into task features `image` float32 [S, S, 3]
+(ImageNet mean/std normalised) and `targets` int32 [<= L] (WordPiece ids), where S and L come from
+the task feature lengths (`sequence_length["image"]`, `sequence_length["targets"]`).
+
+Bad records never stop the stream. Each record gets a skip reason (see `SKIP_REASONS`): bytes that
+are empty, not an image, a decompression bomb (header size above `max_image_pixels`), an empty or
+non-UTF-8 caption are detected without raising; bytes that make a decoder raise are dropped by
+`ignore_errors` and detected as gaps in the record index. All are counted in tf.Variables, per
+counter name ("train", "eval", ...), read with:
+
+    from flip_t5x.data import preprocessors
+    preprocessors.skipped_counts("train")  # {"empty_image": 0, "decode_error": 3, ...}
+    preprocessors.kept_count("train")      # records that made it into the stream
+
+The counters are cumulative over the process (restored with the input position by
+`sources.restore_input_position`); they lag the training step by the prefetch depth. The trainer
+writes them to its metrics, e.g. as `input/skipped/<reason>`.
+
+Augmentation is deterministic for a given seed: per-record randomness uses stateless ops keyed by
+seeds seqio derives from the dataset seed (`seqio.map_over_dataset(num_seeds=1)`).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Dict, Mapping, Optional
+
+import gin
+import seqio
+import tensorflow as tf
+
+MEAN_RGB = (0.485, 0.456, 0.406)
+STDDEV_RGB = (0.229, 0.224, 0.225)
+DEFAULT_IMAGE_SIZE = 224
+DEFAULT_TEXT_LENGTH = 32
+
+SKIP_REASONS = ("ok", "empty_image", "unknown_format", "too_large", "decode_error",
+                "empty_caption", "bad_utf8")
+OK, EMPTY_IMAGE, UNKNOWN_FORMAT, TOO_LARGE, DECODE_ERROR, EMPTY_CAPTION, BAD_UTF8 = range(
+    len(SKIP_REASONS))
+# Image container codes returned by `image_format`.
+FMT_UNKNOWN, FMT_JPEG, FMT_PNG, FMT_GIF, FMT_WEBP, FMT_BMP = range(6)
+
+
+@gin.configurable(module="flip_t5x.data.preprocessors")
+def max_image_pixels(limit: int = 89_478_485) -> int:
+  """Largest width*height decoded (PIL's default bomb limit); larger images are skipped."""
+  return int(limit)
+
+
+@gin.configurable(module="flip_t5x.data.preprocessors")
+def train_augmentation(area_range=(0.5, 1.0), aspect_ratio_range=(3 / 4, 4 / 3),
+                       flip: bool = True, resize_method: str = "bilinear") -> dict:
+  """FLIP's random-resized-crop + flip settings."""
+  return dict(area_range=tuple(area_range), aspect_ratio_range=tuple(aspect_ratio_range),
+              flip=flip, resize_method=resize_method)
+
+
+# ------------------------------------------------------------------------------------------------
+# Counters.
+class _Counters:
+  """Per-name skip counters (tf.Variables, so tf.data can update them and checkpoints save them)."""
+
+  def __init__(self, name: str):
+    with tf.init_scope():
+      self.skipped = tf.Variable(tf.zeros([len(SKIP_REASONS)], tf.int64), trainable=False,
+                                 name=f"skipped_{name}")
+      self.kept = tf.Variable(tf.constant(0, tf.int64), trainable=False, name=f"kept_{name}")
+
+  def trackables(self) -> dict:
+    return {"skipped": self.skipped, "kept": self.kept}
+
+
+_COUNTERS: Dict[str, _Counters] = {}
+
+
+def counters(name: str = "train") -> _Counters:
+  """The counter object for `name`, created on first use."""
+  if name not in _COUNTERS:
+    _COUNTERS[name] = _Counters(name)
+  return _COUNTERS[name]
+
+
+def skipped_counts(name: str = "train") -> Dict[str, int]:
+  """{reason: number of records skipped} for the pipelines counting under `name`."""
+  values = counters(name).skipped.numpy().tolist()
+  return {r: int(v) for r, v in zip(SKIP_REASONS, values) if r != "ok"}
+
+
+def kept_count(name: str = "train") -> int:
+  """Number of records that passed all checks under `name`."""
+  return int(counters(name).kept.numpy())
+
+
+def reset_counts(name: Optional[str] = None) -> None:
+  """Zeroes the counters of `name` (all names if None)."""
+  for n in ([name] if name else list(_COUNTERS)):
+    c = counters(n)
+    c.skipped.assign(tf.zeros_like(c.skipped))
+    c.kept.assign(0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Image helpers.
+def _head(data: tf.Tensor, n: int = 32) -> tf.Tensor:
+  """The first n bytes, zero padded, as uint8 [n] (never raises, even for short strings)."""
+  head = tf.strings.substr(data, 0, n)
+  head = tf.strings.join([head, tf.constant(b"\0" * n)])
+  return tf.io.decode_raw(tf.strings.substr(head, 0, n), tf.uint8)
+
+
+def image_format(data: tf.Tensor) -> tf.Tensor:
+  """Container format code (FMT_*) from the magic bytes."""
+  h = tf.cast(_head(data), tf.int32)
+  is_jpeg = (h[0] == 0xFF) & (h[1] == 0xD8) & (h[2] == 0xFF)
+  is_png = (h[0] == 0x89) & (h[1] == 0x50) & (h[2] == 0x4E) & (h[3] == 0x47)
+  is_gif = (h[0] == 0x47) & (h[1] == 0x49) & (h[2] == 0x46) & (h[3] == 0x38)
+  is_webp = ((h[0] == 0x52) & (h[1] == 0x49) & (h[2] == 0x46) & (h[3] == 0x46) &
+             (h[8] == 0x57) & (h[9] == 0x45) & (h[10] == 0x42) & (h[11] == 0x50))
+  is_bmp = (h[0] == 0x42) & (h[1] == 0x4D)
+  fmt = tf.constant(FMT_UNKNOWN)
+  for cond, code in ((is_bmp, FMT_BMP), (is_webp, FMT_WEBP), (is_gif, FMT_GIF), (is_png, FMT_PNG),
+                     (is_jpeg, FMT_JPEG)):
+    fmt = tf.where(cond, code, fmt)
+  return fmt
+
+
+def _le(b, *idx):
+  """Little-endian unsigned integer from bytes b[idx[0]], b[idx[1]], ..."""
+  total = tf.constant(0, tf.int64)
+  for k, i in enumerate(idx):
+    total += tf.cast(b[i], tf.int64) * (1 << (8 * k))
+  return total
+
+
+def _be(b, *idx):
+  return _le(b, *reversed(idx))
+
+
+def image_header_size(data: tf.Tensor, fmt: tf.Tensor) -> tf.Tensor:
+  """(height, width) int64 from the header, without decoding pixels.
+
+  JPEG uses `extract_jpeg_shape` (which raises on garbage: such records are dropped as
+  decode errors); the others are read from fixed header offsets.
+  """
+  h = _head(data, 32)
+  png = tf.stack([_be(h, 20, 21, 22, 23), _be(h, 16, 17, 18, 19)])
+  gif = tf.stack([_le(h, 8, 9), _le(h, 6, 7)])
+  bmp_h = _le(h, 22, 23, 24, 25)
+  bmp_h = tf.abs(tf.where(bmp_h >= (1 << 31), bmp_h - (1 << 32), bmp_h))  # top-down: negative
+  bmp = tf.stack([bmp_h, _le(h, 18, 19, 20, 21)])
+  chunk = tf.strings.substr(data, 12, 4)
+  vp8x = tf.stack([_le(h, 27, 28, 29) + 1, _le(h, 24, 25, 26) + 1])
+  vp8 = tf.stack([_le(h, 28, 29) % (1 << 14), _le(h, 26, 27) % (1 << 14)])
+  bits = _le(h, 21, 22, 23, 24)
+  vp8l = tf.stack([(bits // (1 << 14)) % (1 << 14) + 1, bits % (1 << 14) + 1])
+  webp = tf.where(tf.equal(chunk, b"VP8X"), vp8x, tf.where(tf.equal(chunk, b"VP8L"), vp8l, vp8))
+  return tf.switch_case(fmt, [
+      lambda: tf.zeros([2], tf.int64),
+      lambda: tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64),
+      lambda: png, lambda: gif, lambda: webp, lambda: bmp])
+
+
+def _decode_any(data: tf.Tensor) -> tf.Tensor:
+  """Any supported container (GIF: first frame; grey/RGBA/CMYK/16-bit) -> uint8 RGB [H, W, 3]."""
+  image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
+  image.set_shape([None, None, 3])
+  return image
+
+
+def normalize_image(image: tf.Tensor) -> tf.Tensor:
+  """uint8/float [0, 255] RGB -> float32 ImageNet mean/std normalised."""
+  image = tf.cast(image, tf.float32) / 255.0
+  return (image - tf.constant(MEAN_RGB)) / tf.constant(STDDEV_RGB)
+
+
+def train_image(data: tf.Tensor, fmt: tf.Tensor, hw: tf.Tensor, size: int,
+                seed: tf.Tensor) -> tf.Tensor:
+  """Random-resized-crop (decoding only the crop for JPEG) + flip -> float32 [size, size, 3]."""
+  aug = train_augmentation()
+  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  shape = tf.cast(tf.concat([hw, [3]], 0), tf.int32)
+  begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      shape, bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=crop_seed,
+      min_object_covered=0.0, aspect_ratio_range=aug["aspect_ratio_range"],
+      area_range=aug["area_range"], max_attempts=10, use_image_if_no_bounding_boxes=True)
+  window = tf.stack([begin[0], begin[1], crop_size[0], crop_size[1]])
+
+  def jpeg():
+    return tf.image.decode_and_crop_jpeg(data, window, channels=3)
+
+  def other():
+    image = _decode_any(data)
+    return tf.slice(image, [begin[0], begin[1], 0], [crop_size[0], crop_size[1], 3])
+
+  image = tf.cond(tf.equal(fmt, FMT_JPEG), jpeg, other)
+  image = tf.image.resize(image, [size, size], method=aug["resize_method"], antialias=False)
+  if aug["flip"]:
+    do_flip = tf.random.stateless_uniform([], flip_seed) < 0.5
+    image = tf.cond(do_flip, lambda: tf.image.flip_left_right(image), lambda: image)
+  return normalize_image(image)
+
+
+def eval_image(data: tf.Tensor, size: int) -> tf.Tensor:
+  """Resize the short side to size*256/224 (bicubic), center crop -> float32 [size, size, 3]."""
+  image = _decode_any(data)
+  resize = int(round(size * 256 / 224))
+  hw = tf.cast(tf.shape(image)[:2], tf.float32)
+  scale = resize / tf.reduce_min(hw)
+  new_hw = tf.maximum(tf.cast(tf.round(hw * scale), tf.int32), size)
+  image = tf.image.resize(image, new_hw, method="bicubic", antialias=True)
+  top = (new_hw[0] - size) // 2
+  left = (new_hw[1] - size) // 2
+  image = tf.slice(image, [top, left, 0], [size, size, 3])
+  image = tf.clip_by_value(image, 0.0, 255.0)
+  return normalize_image(image)
+
+
+# ------------------------------------------------------------------------------------------------
+# Text helpers.
+def caption_reason(text: tf.Tensor) -> tf.Tensor:
+  """EMPTY_CAPTION / BAD_UTF8 / OK for a caption string."""
+  valid_utf8 = tf.equal(
+      tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace",
+                                   replacement_char=0xFFFD), text)
+  empty = tf.equal(tf.strings.length(tf.strings.strip(text)), 0)
+  return tf.where(empty, EMPTY_CAPTION, tf.where(valid_utf8, OK, BAD_UTF8))
+
+
+# ------------------------------------------------------------------------------------------------
+# The preprocessor.
+def _lengths(sequence_length: Optional[Mapping[str, int]]):
+  sequence_length = sequence_length or {}
+  return (int(sequence_length.get("image") or DEFAULT_IMAGE_SIZE),
+          int(sequence_length.get("targets") or DEFAULT_TEXT_LENGTH))
+
+
+def image_text_preprocessor(
+    dataset: tf.data.Dataset,
+    sequence_length: Optional[Mapping[str, int]] = None,
+    output_features: Optional[Mapping[str, seqio.Feature]] = None,
+    *,
+    train: bool = True,
+    counter: str = "train",
+) -> tf.data.Dataset:
+  """Raw `{image, text[, label]}` bytes -> `{image, targets[, label]}`, skipping bad records.
+
+  Args:
+    dataset: records from `flip_t5x.data.sources`.
+    sequence_length: task feature lengths; `image` is the side S, `targets` the text length L.
+    output_features: the task's features; `targets` must carry the WordPiece vocabulary.
+    train: random-resized-crop + flip if True, else resize + center crop.
+    counter: name of the skip counters this pipeline adds to (see `skipped_counts`).
+  """
+  size, length = _lengths(sequence_length)
+  if output_features and "targets" in output_features:
+    vocab = output_features["targets"].vocabulary
+  else:
+    from flip_t5x.data import vocabulary as vocabulary_lib  # pylint: disable=g-import-not-at-top
+    vocab = vocabulary_lib.WordPieceVocabulary()
+  limit = max_image_pixels()
+  counts = counters(counter)
+  with tf.init_scope():
+    last_index = tf.Variable(tf.constant(-1, tf.int64), trainable=False)
+
+  @seqio.map_over_dataset(num_seeds=1)
+  def convert(rec, seed):
+    index = rec["_index"]
+    data, text = rec["image"], rec["text"]
+    fmt = image_format(data)
+    text_reason = caption_reason(text)
+    empty = tf.equal(tf.strings.length(data), 0)
+    pre = tf.where(empty, EMPTY_IMAGE, tf.where(tf.equal(fmt, FMT_UNKNOWN), UNKNOWN_FORMAT,
+                                                  text_reason))
+    hw = tf.cond(tf.equal(pre, OK), lambda: image_header_size(data, fmt),
+                 lambda: tf.ones([2], tf.int64))
+    too_large = tf.logical_or(hw[0] * hw[1] > limit, tf.reduce_any(hw <= 0))
+    reason = tf.where(tf.equal(pre, OK) & too_large, TOO_LARGE, pre)
+    ok = tf.equal(reason, OK)
+    if train:
+      image = tf.cond(ok, lambda: train_image(data, fmt, hw, size, seed),
+                      lambda: tf.zeros([size, size, 3], tf.float32))
+    else:
+      image = tf.cond(ok, lambda: eval_image(data, size),
+                      lambda: tf.zeros([size, size, 3], tf.float32))
+    image = tf.ensure_shape(image, [size, size, 3])
+    safe_text = tf.where(ok, text, tf.constant(b""))
+    targets = vocab.encode_tf(safe_text)[:length]
+    out = {"image": image, "targets": tf.cast(targets, tf.int32),
+           "_reason": tf.cast(reason, tf.int64), "_index": index}
+    if "label" in rec:
+      out["label"] = tf.cast(rec["label"], tf.int32)
+    return out
+
+  def count_and_keep(ex):
+    index, reason = ex["_index"], ex["_reason"]
+    last = last_index.read_value()
+    # Records a decoder raised on were dropped by ignore_errors: they show as gaps in the index.
+    gap = tf.where(last >= 0, tf.maximum(index - last - 1, 0), tf.constant(0, tf.int64))
+    ops = [
+        counts.skipped.scatter_nd_add([[DECODE_ERROR]], [gap]),
+        counts.skipped.scatter_nd_add([[reason]], [tf.cast(reason != OK, tf.int64)]),
+        counts.kept.assign_add(tf.cast(reason == OK, tf.int64)),
+    ]
+    with tf.control_dependencies(ops):
+      ops.append(last_index.assign(index))
+    with tf.control_dependencies(ops):
+      return tf.equal(reason, OK)
+
+  def drop_private(ex):
+    return {k: v for k, v in ex.items() if not k.startswith("_")}
+
+  dataset = dataset.enumerate().map(lambda i, rec: dict(rec, _index=i))
+  dataset = convert(dataset)
+  dataset = dataset.ignore_errors()
+  dataset = dataset.filter(count_and_keep)
+  # The counters are external state: checkpoints of the iterator save them explicitly
+  # (sources.save_input_position), so serialising the iterator may ignore them.
+  options = tf.data.Options()
+  options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
+  return dataset.map(drop_private, num_parallel_calls=tf.data.AUTOTUNE).with_options(options)
+
+
+train_preprocessor = functools.partial(image_text_preprocessor, train=True, counter="train")
+eval_preprocessor = functools.partial(image_text_preprocessor, train=False, counter="eval")

@@ -1,0 +1,396 @@
+"""seqio data sources for FLIP: img2dataset shards (TFRecord / webdataset tar), image folders, TFDS.
+
+Every source yields raw records `{"image": bytes, "text": bytes[, "label": int32]}`; decoding and
+skip counting happen in `flip_t5x.data.preprocessors`. Paths, patterns and TFDS names are passed as
+zero-argument callables and read when a dataset is built, so tasks registered at import time pick
+up gin bindings parsed later.
+
+Input position (resume without replaying or skipping data): the pipeline is deterministic for a
+given seed, and its tf.data iterator is checkpointable. After building the iterator, the trainer
+calls, next to each model checkpoint,
+
+    sources.save_input_position(iterator, f"{model_dir}/checkpoint_{step}", process_index, count)
+
+and on start-up, before the first `next()`,
+
+    sources.restore_input_position(iterator, f"{model_dir}/checkpoint_{step}", process_index, count)
+
+`iterator` is a `tf.data` iterator (`iter(ds)`) or the numpy iterator from `ds.as_numpy_iterator()`.
+The skip counters of `preprocessors` are saved and restored with it. The checkpoint holds the raw-record
+shuffle buffer (`record_shuffle_buffer_size` compressed images per host).
+"""
+from __future__ import annotations
+
+import os
+import tarfile
+from typing import Callable, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from absl import logging
+import gin
+import numpy as np
+import seqio
+import tensorflow as tf
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp")
+TFRECORD_EXTENSIONS = (".tfrecord", ".tfrecords", ".tfrec")
+TAR_EXTENSIONS = (".tar",)
+
+
+@gin.configurable(module="flip_t5x.data.sources")
+def record_shuffle_buffer_size(size: int = 4096) -> int:
+  """Records (compressed) in the per-host shuffle buffer after file interleaving."""
+  return int(size)
+
+
+@gin.configurable(module="flip_t5x.data.sources")
+def interleave_cycle_length(length: int = 16) -> int:
+  """Shard files read at once per host."""
+  return int(length)
+
+
+# ------------------------------------------------------------------------------------------------
+# Patterns.
+def expand_data_pattern(pattern: str | Sequence[str]) -> List[str]:
+  """Sorted files matching a glob, comma-separated globs, or a list of globs (any tf.io.gfile FS).
+
+  Raises:
+    ValueError: naming the pattern, if it is empty or matches no file.
+  """
+  if isinstance(pattern, str):
+    globs = [p.strip() for p in pattern.split(",")]
+  else:
+    globs = [str(p).strip() for p in pattern]
+  globs = [g for g in globs if g]
+  if not globs:
+    raise ValueError(f"Empty data pattern {pattern!r}: set TRAIN_DATA_PATTERN in gin to a glob "
+                     "(or comma-separated globs) of img2dataset shards.")
+  files = []
+  for g in globs:
+    matches = tf.io.gfile.glob(g)
+    if not matches:
+      raise ValueError(f"Data pattern {g!r} (from {pattern!r}) matches no file.")
+    files.extend(matches)
+  return sorted(set(files))
+
+
+def detect_format(files: Sequence[str], fmt: str = "auto") -> str:
+  """'tfrecord' or 'webdataset' from `fmt` or, if 'auto', from the file extensions."""
+  if fmt in ("tfrecord", "webdataset"):
+    return fmt
+  if fmt != "auto":
+    raise ValueError(f"Unknown data format {fmt!r}; use 'auto', 'tfrecord' or 'webdataset'.")
+  kinds = set()
+  for f in files:
+    name = f.lower()
+    if name.endswith(TAR_EXTENSIONS):
+      kinds.add("webdataset")
+    elif name.endswith(TFRECORD_EXTENSIONS) or ".tfrecord" in name:
+      kinds.add("tfrecord")
+    else:
+      raise ValueError(f"Cannot tell the format of {f!r} from its extension; set the data format "
+                       "(tasks.train_data_format.fmt = 'tfrecord' or 'webdataset').")
+  if len(kinds) != 1:
+    raise ValueError(f"Data pattern mixes formats {sorted(kinds)}; use one format per pattern.")
+  return kinds.pop()
+
+
+# ------------------------------------------------------------------------------------------------
+# Readers: path (scalar string tensor) -> dataset of {"image", "text", "key"}.
+_TFRECORD_SPEC = {k: tf.io.FixedLenFeature([], tf.string, default_value="")
+                  for k in ("jpg", "png", "webp", "image", "txt", "key")}
+
+
+def _parse_img2dataset_example(serialized: tf.Tensor) -> dict:
+  ex = tf.io.parse_single_example(serialized, _TFRECORD_SPEC)
+  image = ex["jpg"]
+  for k in ("png", "webp", "image"):
+    image = tf.where(tf.strings.length(image) > 0, image, ex[k])
+  return {"image": image, "text": ex["txt"], "key": ex["key"]}
+
+
+def read_tfrecord_file(path: tf.Tensor) -> tf.data.Dataset:
+  """img2dataset `--output_format tfrecord` shard -> records (unparsable ones logged and dropped)."""
+  ds = tf.data.TFRecordDataset(path, buffer_size=1 << 20)
+  return ds.map(_parse_img2dataset_example).ignore_errors(log_warning=True)
+
+
+def _split_member(name: str) -> Tuple[str, str]:
+  base = name.rsplit("/", 1)
+  stem = base[-1]
+  if "." not in stem:
+    return name, ""
+  key, ext = stem.split(".", 1)
+  prefix = base[0] + "/" if len(base) == 2 else ""
+  return prefix + key, ext.lower()
+
+
+def tar_index(path: bytes):
+  """Per sample of a webdataset tar: key, (offset, size) of the image, caption and json (-1 absent).
+
+  Reads only the 512-byte headers (tarfile seeks over the data); a truncated tar keeps the samples
+  indexed before the damage.
+  """
+  path = path.decode() if isinstance(path, bytes) else str(path)
+  samples = {}
+  order = []
+  try:
+    with tf.io.gfile.GFile(path, "rb") as f:
+      with tarfile.open(fileobj=f, mode="r:") as tar:
+        for m in tar:
+          if not m.isfile():
+            continue
+          key, ext = _split_member(m.name)
+          if key not in samples:
+            samples[key] = [-1, -1, -1, -1]
+            order.append(key)
+          if ext in IMAGE_EXTENSIONS:
+            samples[key][0:2] = [m.offset_data, m.size]
+          elif ext == "txt":
+            samples[key][2:4] = [m.offset_data, m.size]
+  except (tarfile.TarError, OSError, EOFError) as e:
+    logging.warning("Webdataset shard %s is damaged after %d samples: %s", path, len(order), e)
+  keys = np.array([k.encode() for k in order], dtype=object)
+  ranges = np.array([samples[k] for k in order], dtype=np.int64).reshape(-1, 4)
+  return keys, ranges
+
+
+def _read_ranges(path: bytes, ranges: np.ndarray):
+  path = path.decode()
+  out = []
+  opener = open if "://" not in path else (lambda p, m: tf.io.gfile.GFile(p, m))
+  with opener(path, "rb") as f:
+    for i in range(0, len(ranges), 2):
+      offset, size = int(ranges[i]), int(ranges[i + 1])
+      if offset < 0 or size <= 0:
+        out.append(b"")
+        continue
+      f.seek(offset)
+      out.append(f.read(size))
+  return tuple(np.array(b, dtype=object) for b in out)
+
+
+def read_webdataset_file(path: tf.Tensor) -> tf.data.Dataset:
+  """img2dataset `--output_format webdataset` tar shard -> records (KEY.jpg/png/webp + KEY.txt)."""
+  keys, ranges = tf.numpy_function(tar_index, [path], [tf.string, tf.int64], stateful=False)
+  keys = tf.reshape(keys, [-1])
+  ranges = tf.reshape(ranges, [-1, 4])
+  ds = tf.data.Dataset.from_tensor_slices((keys, ranges))
+
+  def read(key, r):
+    image, text = tf.numpy_function(_read_ranges, [path, r], [tf.string, tf.string],
+                                    stateful=False)
+    image.set_shape([])
+    text.set_shape([])
+    return {"image": image, "text": text, "key": key}
+
+  return ds.map(read)
+
+
+READERS = {"tfrecord": read_tfrecord_file, "webdataset": read_webdataset_file}
+
+
+# ------------------------------------------------------------------------------------------------
+# Sources.
+class Img2DatasetSource(seqio.DataSource):
+  """img2dataset output (TFRecord or webdataset tar shards) matching a lazily read pattern.
+
+  Shards files per host (seqio passes `shard_info` when there are at least as many files as
+  hosts), shuffles file order and then records with the seed, and interleaves files
+  deterministically. It shuffles internally, so tasks using it set `shuffle_buffer_size=None`.
+  Every epoch uses the same order (`reshuffle_each_iteration=False`): tf.data cannot restore a
+  reshuffling seed across a `repeat`, and an exact resume matters more. Crops and flips still
+  differ per epoch (their seeds follow the position in the repeated stream).
+  """
+
+  def __init__(self, pattern_fn: Callable[[], str | Sequence[str]],
+               format_fn: Callable[[], str] = lambda: "auto",
+               splits: Iterable[str] = ("train",)):
+    self._pattern_fn = pattern_fn
+    self._format_fn = format_fn
+    super().__init__(splits=splits, num_input_examples=None, caching_permitted=False,
+                     performs_internal_shuffling=True)
+
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return False
+
+  def list_shards(self, split: str) -> Sequence[str]:
+    return expand_data_pattern(self._pattern_fn())
+
+  def get_dataset(self, split: str = "train", shuffle: bool = True, seed: Optional[int] = None,
+                  shard_info: Optional[seqio.ShardInfo] = None, *, sequence_length=None,
+                  use_cached: bool = False, num_epochs: Optional[int] = 1) -> tf.data.Dataset:
+    del sequence_length, use_cached, num_epochs
+    files = self.list_shards(split)
+    reader = READERS[detect_format(files, self._format_fn())]
+    if shard_info and shard_info.num_shards > 1:
+      if len(files) < shard_info.num_shards:
+        raise ValueError(f"{len(files)} files cannot be split over {shard_info.num_shards} hosts.")
+      files = files[shard_info.index::shard_info.num_shards]
+    ds = tf.data.Dataset.from_tensor_slices(np.array(files, dtype=str))
+    if shuffle:
+      ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=False)
+    ds = ds.interleave(reader, cycle_length=min(interleave_cycle_length(), len(files)),
+                       block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if shuffle:
+      ds = ds.shuffle(record_shuffle_buffer_size(), seed=seed, reshuffle_each_iteration=False)
+    return ds.map(lambda ex: {"image": ex["image"], "text": ex["text"]})
+
+
+def list_image_folder(root: str, class_names_file: Optional[str] = None
+                      ) -> Tuple[List[str], List[int], List[str]]:
+  """(files, labels, class_names) for a `root/CLASS/*.jpg` tree; see `zeroshot.folder_classes`."""
+  from flip_t5x.data import zeroshot  # pylint: disable=g-import-not-at-top
+  folders, class_names = zeroshot.folder_classes(root, class_names_file)
+  files, labels = [], []
+  for label, folder in enumerate(folders):
+    for name in sorted(tf.io.gfile.listdir(os.path.join(root, folder))):
+      if name.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS:
+        files.append(os.path.join(root, folder, name))
+        labels.append(label)
+  if not files:
+    raise ValueError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) under {root!r}/CLASS_NAME/.")
+  return files, labels, class_names
+
+
+class FolderSource(seqio.DataSource):
+  """Labelled images in `root/CLASS_NAME/*.{jpg,png,...}`; `text` is the class name."""
+
+  def __init__(self, root_fn: Callable[[], str],
+               class_names_file_fn: Callable[[], Optional[str]] = lambda: None,
+               splits: Iterable[str] = ("validation", "test")):
+    self._root_fn = root_fn
+    self._class_names_file_fn = class_names_file_fn
+    super().__init__(splits=splits, caching_permitted=False)
+
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return True
+
+  def list_shards(self, split: str) -> Sequence[str]:
+    return list_image_folder(self._root_fn(), self._class_names_file_fn())[0]
+
+  def get_dataset(self, split: str = "validation", shuffle: bool = False,
+                  seed: Optional[int] = None, shard_info: Optional[seqio.ShardInfo] = None, *,
+                  sequence_length=None, use_cached: bool = False,
+                  num_epochs: Optional[int] = 1) -> tf.data.Dataset:
+    del sequence_length, use_cached, num_epochs
+    files, labels, names = list_image_folder(self._root_fn(), self._class_names_file_fn())
+    ds = tf.data.Dataset.from_tensor_slices(
+        (np.array(files, dtype=str), np.array(labels, np.int32),
+         np.array([names[l] for l in labels], dtype=str)))
+    if shard_info and shard_info.num_shards > 1:
+      ds = ds.shard(shard_info.num_shards, shard_info.index)
+    if shuffle:
+      ds = ds.shuffle(len(files), seed=seed)
+    return ds.map(lambda f, l, n: {"image": tf.io.read_file(f), "text": n, "label": l},
+                  num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(log_warning=True)
+
+
+class TfdsSource(seqio.DataSource):
+  """A TFDS image classification split read with undecoded image bytes; `text` is the class name.
+
+  `data_dir_fn` / `manual_dir_fn` follow TFDS: the prepared data lives in `data_dir`; for data
+  TFDS cannot download (ImageNet), the archives in `manual_dir` are prepared on first use.
+  """
+
+  def __init__(self, name_fn: Callable[[], str],
+               split_map: Mapping[str, str | Callable[[], str]],
+               class_names_fn: Callable[[object], Sequence[str]],
+               data_dir_fn: Callable[[], Optional[str]] = lambda: None,
+               manual_dir_fn: Callable[[], Optional[str]] = lambda: None,
+               image_key: str = "image", label_key: str = "label"):
+    self._name_fn = name_fn
+    self._split_map = dict(split_map)
+    self._class_names_fn = class_names_fn
+    self._data_dir_fn = data_dir_fn
+    self._manual_dir_fn = manual_dir_fn
+    self._image_key = image_key
+    self._label_key = label_key
+    super().__init__(splits=list(split_map), caching_permitted=False)
+
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return True
+
+  def _tfds_split(self, split: str) -> str:
+    value = self._split_map[split]
+    return value() if callable(value) else value
+
+  def list_shards(self, split: str) -> Sequence[str]:
+    return [self._tfds_split(split)]
+
+  def builder(self):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    builder = tfds.builder(self._name_fn(), data_dir=self._data_dir_fn())
+    manual_dir = self._manual_dir_fn()
+    if manual_dir:
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    return builder
+
+  def class_names(self) -> List[str]:
+    return list(self._class_names_fn(self.builder()))
+
+  def get_dataset(self, split: str = "validation", shuffle: bool = False,
+                  seed: Optional[int] = None, shard_info: Optional[seqio.ShardInfo] = None, *,
+                  sequence_length=None, use_cached: bool = False,
+                  num_epochs: Optional[int] = 1) -> tf.data.Dataset:
+    del sequence_length, use_cached, num_epochs
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    builder = self.builder()
+    tfds_split = self._tfds_split(split)
+    if shard_info and shard_info.num_shards > 1:
+      tfds_split = tfds.even_splits(tfds_split, n=shard_info.num_shards)[shard_info.index]
+    names = tf.constant(list(self._class_names_fn(builder)))
+    ds = builder.as_dataset(
+        split=tfds_split, shuffle_files=shuffle,
+        decoders={self._image_key: tfds.decode.SkipDecoding()},
+        read_config=tfds.ReadConfig(shuffle_seed=seed))
+    image_key, label_key = self._image_key, self._label_key
+
+    def convert(ex):
+      label = tf.cast(ex[label_key], tf.int32)
+      return {"image": ex[image_key], "text": tf.gather(names, label), "label": label}
+
+    return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+# ------------------------------------------------------------------------------------------------
+# Input position.
+def _tf_iterator(iterator):
+  return getattr(iterator, "_iterator", iterator)
+
+
+def _checkpoint(iterator, counter_names: Sequence[str]) -> tf.train.Checkpoint:
+  from flip_t5x.data import preprocessors  # pylint: disable=g-import-not-at-top
+  kwargs = {"iterator": _tf_iterator(iterator)}
+  for name in counter_names:
+    for k, v in preprocessors.counters(name).trackables().items():
+      kwargs[f"{name}_{k}"] = v
+  return tf.train.Checkpoint(**kwargs)
+
+
+def input_position_prefix(directory: str, process_index: int = 0, process_count: int = 1) -> str:
+  """Per-host checkpoint prefix inside `directory` (hosts never share a file)."""
+  return os.path.join(directory, f"input_position-{process_index:05d}-of-{process_count:05d}")
+
+
+def save_input_position(iterator, directory: str, process_index: int = 0, process_count: int = 1,
+                        counter_names: Sequence[str] = ("train",)) -> str:
+  """Saves this host's tf.data iterator state and skip counters under `directory`; returns the prefix."""
+  tf.io.gfile.makedirs(directory)
+  prefix = input_position_prefix(directory, process_index, process_count)
+  return _checkpoint(iterator, counter_names).write(prefix)
+
+
+def restore_input_position(iterator, directory: str, process_index: int = 0,
+                           process_count: int = 1,
+                           counter_names: Sequence[str] = ("train",)) -> bool:
+  """Restores what `save_input_position` saved; returns False (and changes nothing) if absent."""
+  prefix = input_position_prefix(directory, process_index, process_count)
+  if not tf.io.gfile.exists(prefix + ".index"):
+    logging.info("No input position at %s; starting the input stream from the beginning.", prefix)
+    return False
+  _checkpoint(iterator, counter_names).read(prefix).assert_consumed()
+  return True

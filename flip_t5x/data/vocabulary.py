@@ -1,0 +1,148 @@
+"""Lower-case BERT WordPiece as a `seqio.Vocabulary` (FLIP's text tokenizer).
+
+Ids are the line indices of the vocabulary file ([PAD] on line 0 is the padding id); no EOS is
+appended because FLIP's text tower pools position 0 (the first WordPiece). `vocab_size` is the
+number of lines + 1, as in FLIP's configs (30,522-line BERT vocab -> 30,523).
+
+The file is resolved lazily (at first use, not at construction) so tasks can be registered at
+import time before gin is parsed. Where it comes from, in order:
+  1. the `vocab_file` argument;
+  2. gin: `flip_t5x.data.vocabulary.wordpiece_vocab_file.path = "/path/vocab.txt"`;
+  3. gin macro `VOCAB_FILE = "/path/vocab.txt"`.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Iterable, List, Optional, Sequence
+
+import gin
+import seqio
+import tensorflow as tf
+import tensorflow_text as tf_text
+
+_UNSET = object()
+
+
+def gin_macro(name: str, default=_UNSET):
+  """Value of the gin macro `name`, or `default` (raises if unset and no default)."""
+  try:
+    return gin.query_parameter(f"%{name}")
+  except ValueError:
+    if default is _UNSET:
+      raise
+    return default
+
+
+@gin.configurable(module="flip_t5x.data.vocabulary")
+def wordpiece_vocab_file(path: Optional[str] = None) -> str:
+  """The WordPiece vocabulary file: this binding, else the gin macro VOCAB_FILE."""
+  if path is None:
+    path = gin_macro("VOCAB_FILE", None)
+  if not path:
+    raise ValueError(
+        "No WordPiece vocabulary file configured: set the gin macro VOCAB_FILE = \"/path/vocab.txt\" "
+        "(or flip_t5x.data.vocabulary.wordpiece_vocab_file.path). Build one with "
+        "`python -m flip_t5x.build_vocab` or use the BERT uncased vocabulary.")
+  return path
+
+
+@functools.lru_cache(maxsize=8)
+def _load_tokens(path: str) -> tuple:
+  with tf.io.gfile.GFile(path, "r") as f:
+    tokens = tuple(line.rstrip("\r\n") for line in f)
+  if not tokens:
+    raise ValueError(f"WordPiece vocabulary file is empty: {path}")
+  return tokens
+
+
+@gin.configurable(module="flip_t5x.data.vocabulary")
+class WordPieceVocabulary(seqio.Vocabulary):
+  """Lower-casing BERT WordPiece (tensorflow-text FastBertTokenizer); ids = file line indices."""
+
+  def __init__(self, vocab_file: Optional[str] = None, lower_case: bool = True):
+    self._vocab_file = vocab_file
+    self._lower_case = lower_case
+    self._tf_tokenizer = None
+    super().__init__(extra_ids=0)
+
+  @property
+  def vocab_file(self) -> str:
+    return self._vocab_file or wordpiece_vocab_file()
+
+  @property
+  def tokens(self) -> Sequence[str]:
+    return _load_tokens(self.vocab_file)
+
+  @functools.cached_property
+  def _token_to_id(self) -> dict:
+    return {t: i for i, t in enumerate(self.tokens)}
+
+  @property
+  def tf_tokenizer(self) -> tf_text.FastBertTokenizer:
+    if self._tf_tokenizer is None:
+      with tf.init_scope():
+        # Duplicate lines keep their ids but are never produced (the tokenizer needs unique tokens).
+        seen, vocab = set(), []
+        for i, t in enumerate(self.tokens):
+          vocab.append(t if t not in seen else f"[duplicate-line-{i}]")
+          seen.add(t)
+        self._tf_tokenizer = tf_text.FastBertTokenizer(
+            vocab=vocab, suffix_indicator="##", max_bytes_per_word=100,
+            token_out_type=tf.int64, unknown_token="[UNK]", no_pretokenization=False,
+            support_detokenization=True, lower_case_nfd_strip_accents=self._lower_case)
+    return self._tf_tokenizer
+
+  @property
+  def eos_id(self) -> Optional[int]:
+    return None
+
+  @property
+  def unk_id(self) -> Optional[int]:
+    return self._token_to_id.get("[UNK]")
+
+  @property
+  def _base_vocab_size(self) -> int:
+    return len(self.tokens) + 1
+
+  def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
+    """Scalar string -> int32 [n]; batched strings -> ragged int32 [b, None]."""
+    s = tf.convert_to_tensor(s, tf.string)
+    if s.shape.rank == 0:
+      return tf.cast(self.tf_tokenizer.tokenize(tf.reshape(s, [1])).flat_values, tf.int32)
+    return tf.cast(self.tf_tokenizer.tokenize(s), tf.int32)
+
+  def _encode(self, s: str) -> Sequence[int]:
+    return self._encode_tf(tf.constant(s)).numpy().tolist()
+
+  def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
+    """int ids [..., n] -> strings [...]; padding (0) is dropped."""
+    ids = tf.convert_to_tensor(ids)
+    ragged = tf.ragged.boolean_mask(ids, tf.not_equal(ids, self.pad_id)) if ids.shape.rank else ids
+    if ids.shape.rank == 1:
+      ragged = ragged[tf.newaxis]
+      return self.tf_tokenizer.detokenize(tf.cast(ragged, tf.int64))[0]
+    return self.tf_tokenizer.detokenize(tf.cast(ragged, tf.int64))
+
+  def _decode(self, ids: Iterable[int]) -> str:
+    words: List[str] = []
+    tokens = self.tokens
+    for i in ids:
+      i = int(i)
+      if i == self.pad_id:
+        continue
+      tok = tokens[i] if 0 <= i < len(tokens) else "[UNK]"
+      if tok.startswith("##") and words:
+        words[-1] += tok[2:]
+      else:
+        words.append(tok)
+    return " ".join(words)
+
+  def __eq__(self, other):
+    return (isinstance(other, WordPieceVocabulary) and self._vocab_file == other._vocab_file and
+            self._lower_case == other._lower_case)
+
+  def __hash__(self):
+    return hash((self._vocab_file, self._lower_case))
+
+  def __str__(self) -> str:
+    return f"WordPieceVocabulary(vocab_file={self._vocab_file!r}, lower_case={self._lower_case})"

@@ -1,0 +1,165 @@
+"""seqio tasks for FLIP, registered on import (gin files say `import tasks`).
+
+Tasks
+- `flip_laion400m`, `flip_laion2b_en`, `flip_img2dataset`: image-text training on img2dataset output
+  (TFRecord shards with `jpg`/`txt`/`key`/..., or webdataset tars of KEY.jpg/KEY.txt/KEY.json);
+  split `train`. They differ only in name (any img2dataset output works with `flip_img2dataset`:
+  CC12M, DataComp, your own captions).
+- `flip_imagenet1k_zeroshot`: TFDS `imagenet2012` validation (splits `validation` and `test` both
+  read it), labels 0..999, `targets` = the CLIP class name's WordPiece ids.
+- `flip_folder_zeroshot`: any image tree `root/CLASS_NAME/*.jpg` (splits `validation`, `test`).
+- `flip_tfds_zeroshot`: any TFDS image classification data set.
+Features: `image` float32 [S, S, 3], `targets` int32 [<= L]; zero-shot tasks add `label` int32 (a
+passthrough feature: pass `passthrough_features={"label": ...}` to the feature converter and list
+`"label": 1` in TASK_FEATURE_LENGTHS to keep it). S and L are TASK_FEATURE_LENGTHS' `image` and
+`targets`.
+
+gin (values are read when a dataset is built, so bindings may come after `import tasks`):
+    TRAIN_DATA_PATTERN = "/data/laion/*.tfrecord"  # glob or comma-separated globs, any FS
+    VOCAB_FILE = "/path/bert_uncased_wordpiece_vocab.txt"    # WordPiece vocab, one token a line
+    TRAIN_DATA_FORMAT = "auto"           # optional: "tfrecord" / "webdataset" (default: extension)
+    TFDS_DATA_DIR = "/data/tfds"         # optional: TFDS data_dir for the zero-shot tasks
+    TFDS_MANUAL_DIR = "/data/imagenet"   # optional: ImageNet archives to prepare on first use
+    ZEROSHOT_TEMPLATES = "7"             # "7" (default), "80", or a file of templates
+    ZEROSHOT_FOLDER = "/data/my_classes" # root of flip_folder_zeroshot
+    ZEROSHOT_CLASS_NAMES = "/data/names.txt"  # optional: class names for the folder/TFDS tasks
+    ZEROSHOT_TFDS_NAME = "cifar10"       # flip_tfds_zeroshot's data set (+ ZEROSHOT_TFDS_SPLIT)
+Each macro can also be set through the configurable that reads it, e.g.
+`tasks.train_data_pattern.pattern = "..."`, `tasks.zeroshot_folder.root = "..."`,
+`flip_t5x.data.vocabulary.wordpiece_vocab_file.path = "..."`; tuning knobs:
+`flip_t5x.data.sources.record_shuffle_buffer_size.size`, `flip_t5x.data.preprocessors.max_image_pixels.limit`,
+`flip_t5x.data.preprocessors.train_augmentation.*`.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import gin
+import seqio
+import tensorflow as tf
+
+from flip_t5x.data import preprocessors
+from flip_t5x.data import sources
+from flip_t5x.data import vocabulary as vocabulary_lib
+from flip_t5x.data import zeroshot
+
+gin_macro = vocabulary_lib.gin_macro
+
+
+@gin.configurable(module="tasks")
+def train_data_pattern(pattern: Optional[str] = None) -> str:
+  """Glob(s) of the training shards: this binding, else the macro TRAIN_DATA_PATTERN."""
+  if pattern is None:
+    pattern = gin_macro("TRAIN_DATA_PATTERN", None)
+  if not pattern:
+    raise ValueError(
+        "No training data pattern: set TRAIN_DATA_PATTERN = \"/path/to/shards/*.tfrecord\" in gin "
+        f"(got {pattern!r}).")
+  return pattern
+
+
+@gin.configurable(module="tasks")
+def train_data_format(fmt: Optional[str] = None) -> str:
+  """'auto' (by extension), 'tfrecord' or 'webdataset'; else the macro TRAIN_DATA_FORMAT."""
+  return fmt or gin_macro("TRAIN_DATA_FORMAT", "auto")
+
+
+@gin.configurable(module="tasks")
+def tfds_data_dir(path: Optional[str] = None) -> Optional[str]:
+  """TFDS data_dir for the zero-shot tasks; else the macro TFDS_DATA_DIR; else TFDS' default."""
+  return path or gin_macro("TFDS_DATA_DIR", None)
+
+
+@gin.configurable(module="tasks")
+def tfds_manual_dir(path: Optional[str] = None) -> Optional[str]:
+  """TFDS manual_dir (e.g. ImageNet's tars); else the macro TFDS_MANUAL_DIR."""
+  return path or gin_macro("TFDS_MANUAL_DIR", None)
+
+
+@gin.configurable(module="tasks")
+def zeroshot_folder(root: Optional[str] = None, class_names_file: Optional[str] = None) -> tuple:
+  """(root, class_names_file) of flip_folder_zeroshot; else ZEROSHOT_FOLDER / ZEROSHOT_CLASS_NAMES."""
+  root = root or gin_macro("ZEROSHOT_FOLDER", None)
+  if not root:
+    raise ValueError("flip_folder_zeroshot needs ZEROSHOT_FOLDER = \"/path/root\" in gin "
+                     "(images in root/CLASS_NAME/*.jpg).")
+  return root, class_names_file or gin_macro("ZEROSHOT_CLASS_NAMES", None)
+
+
+@gin.configurable(module="tasks")
+def zeroshot_tfds(name: Optional[str] = None, split: Optional[str] = None,
+                  class_names_file: Optional[str] = None) -> tuple:
+  """(name, split, class_names_file) of flip_tfds_zeroshot; else ZEROSHOT_TFDS_NAME / _SPLIT."""
+  name = name or gin_macro("ZEROSHOT_TFDS_NAME", None)
+  if not name:
+    raise ValueError("flip_tfds_zeroshot needs ZEROSHOT_TFDS_NAME = \"cifar10\" (a TFDS name).")
+  split = split or gin_macro("ZEROSHOT_TFDS_SPLIT", "test")
+  return name, split, class_names_file or gin_macro("ZEROSHOT_CLASS_NAMES", None)
+
+
+def output_features() -> dict:
+  """FLIP task features; the vocabulary resolves VOCAB_FILE lazily."""
+  return {
+      "image": seqio.Feature(vocabulary=seqio.PassThroughVocabulary(1), dtype=tf.float32, rank=3,
+                             add_eos=False, required=True),
+      "targets": seqio.Feature(vocabulary=vocabulary_lib.WordPieceVocabulary(), dtype=tf.int32,
+                               rank=1, add_eos=False, required=True),
+  }
+
+
+def _tfds_class_names(builder) -> list:
+  file = zeroshot_tfds()[2]
+  if file:
+    return zeroshot.read_lines(file)
+  return list(builder.info.features["label"].names)
+
+
+def register_image_text_task(name: str) -> seqio.Task:
+  """An img2dataset image-text training task reading TRAIN_DATA_PATTERN."""
+  return seqio.TaskRegistry.add(
+      name,
+      source=sources.Img2DatasetSource(train_data_pattern, train_data_format, splits=("train",)),
+      output_features=output_features(),
+      preprocessors=[preprocessors.train_preprocessor],
+      shuffle_buffer_size=None)
+
+
+def register_zeroshot_task(name: str, source: seqio.DataSource) -> seqio.Task:
+  """A zero-shot task: eval-preprocessed `image`, class-name `targets`, `label`."""
+  return seqio.TaskRegistry.add(
+      name, source=source, output_features=output_features(),
+      preprocessors=[preprocessors.eval_preprocessor], shuffle_buffer_size=256)
+
+
+TRAIN_TASKS = ("flip_laion400m", "flip_laion2b_en", "flip_img2dataset")
+for _name in TRAIN_TASKS:
+  if _name not in seqio.TaskRegistry.names():
+    register_image_text_task(_name)
+
+if "flip_imagenet1k_zeroshot" not in seqio.TaskRegistry.names():
+  register_zeroshot_task("flip_imagenet1k_zeroshot", sources.TfdsSource(
+      name_fn=lambda: "imagenet2012", split_map={"validation": "validation", "test": "validation"},
+      class_names_fn=lambda builder: zeroshot.imagenet_class_names(),
+      data_dir_fn=tfds_data_dir, manual_dir_fn=tfds_manual_dir))
+
+if "flip_folder_zeroshot" not in seqio.TaskRegistry.names():
+  register_zeroshot_task("flip_folder_zeroshot", sources.FolderSource(
+      root_fn=lambda: zeroshot_folder()[0], class_names_file_fn=lambda: zeroshot_folder()[1]))
+
+if "flip_tfds_zeroshot" not in seqio.TaskRegistry.names():
+  register_zeroshot_task("flip_tfds_zeroshot", sources.TfdsSource(
+      name_fn=lambda: zeroshot_tfds()[0],
+      split_map={"validation": lambda: zeroshot_tfds()[1], "test": lambda: zeroshot_tfds()[1]},
+      class_names_fn=_tfds_class_names, data_dir_fn=tfds_data_dir, manual_dir_fn=tfds_manual_dir))
+
+
+def zeroshot_class_names(task_name: str) -> list:
+  """Class names (label order) of a registered zero-shot task, for building the classifier."""
+  task = seqio.get_mixture_or_task(task_name)
+  source = task.source
+  if isinstance(source, sources.FolderSource):
+    root, names_file = zeroshot_folder()
+    return zeroshot.folder_classes(root, names_file)[1]
+  if isinstance(source, sources.TfdsSource):
+    return source.class_names()
+  raise ValueError(f"{task_name} is not a zero-shot task.")

@@ -1,0 +1,124 @@
+"""Zero-shot tasks: ImageNet-1K through tfds mock data, a folder tree, class names and templates."""
+import os
+
+import gin
+import numpy as np
+from PIL import Image
+import pytest
+import seqio
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+import tasks
+from flip_t5x.data import feature_converters
+from flip_t5x.data import preprocessors
+from flip_t5x.data import vocabulary
+from flip_t5x.data import zeroshot
+
+S, L = 32, 8
+
+
+@pytest.fixture
+def vocab_file(tmp_path):
+  tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "photo", "of", "the", "cat", "dog",
+            "red", "fox", "."]
+  path = tmp_path / "vocab.txt"
+  path.write_text("\n".join(tokens) + "\n")
+  return str(path)
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+  gin.clear_config()
+  preprocessors.reset_counts()
+  yield
+  gin.clear_config()
+
+
+def _converter():
+  return feature_converters.ImageTextFeatureConverter(
+      passthrough_features={"label": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32, rank=0)})
+
+
+def test_assets():
+  names = zeroshot.imagenet_class_names()
+  assert len(names) == 1000 and len(set(names)) == 998
+  assert names[0] == "tench" and names.count("missile") == 2  # CLIP list: "missile", "sunglasses" twice
+  assert len(zeroshot.templates("80")) == 80 and len(zeroshot.templates("7")) == 7
+  assert zeroshot.templates() == zeroshot.templates("7")  # FLIP's default
+  gin.parse_config('ZEROSHOT_TEMPLATES = "80"')
+  assert len(zeroshot.templates()) == 80
+  gin.clear_config()
+  gin.parse_config('flip_t5x.data.zeroshot.template_set.name = "7"')
+  assert len(zeroshot.templates()) == 7
+  with pytest.raises(ValueError, match="template set"):
+    zeroshot.templates("12")
+
+
+def test_prompt_token_ids(vocab_file):
+  vocab = vocabulary.WordPieceVocabulary(vocab_file)
+  ids = zeroshot.prompt_token_ids(["cat", "red fox"], ["a photo of the {}.", "{}"], vocab, L)
+  assert ids.shape == (2, 2, L) and ids.dtype == np.int32
+  assert vocab.decode(ids[1, 0]) == "a photo of the red fox ."
+  assert ids[0, 1].tolist() == [9] + [0] * (L - 1)
+
+
+def test_imagenet_zeroshot_with_mock_data(vocab_file):
+  gin.parse_config(f'VOCAB_FILE = "{vocab_file}"')
+  with tfds.testing.mock_data(num_examples=6):
+    ds = seqio.get_dataset("flip_imagenet1k_zeroshot",
+                           task_feature_lengths={"image": S, "targets": L, "label": 1},
+                           dataset_split="validation", shuffle=False, num_epochs=1,
+                           feature_converter=_converter())
+    examples = list(ds.as_numpy_iterator())
+    test_split = list(seqio.get_mixture_or_task("flip_imagenet1k_zeroshot").get_dataset(
+        {"image": S, "targets": L}, split="test", shuffle=False).as_numpy_iterator())
+  assert len(examples) == 6 == len(test_split)
+  names = zeroshot.imagenet_class_names()
+  vocab = vocabulary.WordPieceVocabulary(vocab_file)
+  for ex in examples:
+    assert ex["images"].shape == (S, S, 3) and ex["images"].dtype == np.float32
+    assert ex["label"].dtype == np.int32 and 0 <= ex["label"] < 1000
+    assert ex["texts"].tolist() == (vocab.encode(names[ex["label"]]) + [0] * L)[:L]
+  assert preprocessors.kept_count("eval") == 12
+
+
+def test_folder_zeroshot(tmp_path, vocab_file):
+  root = tmp_path / "images"
+  rng = np.random.default_rng(0)
+  for c, cls in enumerate(["cat", "dog", "red_fox"]):
+    os.makedirs(root / cls)
+    for i in range(2 + c):
+      a = (rng.random((40 + 10 * i, 50, 3)) * 255).astype(np.uint8)
+      Image.fromarray(a).save(root / cls / f"{i}.{'jpg' if i % 2 else 'png'}")
+  (root / "dog" / "notes.md").write_text("not an image")
+  (root / "dog" / "broken.jpg").write_bytes(b"")
+  gin.parse_config(f'VOCAB_FILE = "{vocab_file}"\nZEROSHOT_FOLDER = "{root}"')
+  assert tasks.zeroshot_class_names("flip_folder_zeroshot") == ["cat", "dog", "red fox"]
+  ds = seqio.get_dataset("flip_folder_zeroshot",
+                         task_feature_lengths={"image": S, "targets": L, "label": 1},
+                         dataset_split="test", shuffle=False, num_epochs=1,
+                         feature_converter=_converter())
+  examples = list(ds.as_numpy_iterator())
+  assert [int(e["label"]) for e in examples] == [0, 0, 1, 1, 1, 2, 2, 2, 2]
+  assert preprocessors.skipped_counts("eval")["empty_image"] == 1
+  vocab = vocabulary.WordPieceVocabulary(vocab_file)
+  assert vocab.decode(examples[-1]["texts"]) == "red fox"
+  # Two hosts see disjoint halves.
+  parts = [list(seqio.get_mixture_or_task("flip_folder_zeroshot").get_dataset(
+      {"image": S, "targets": L}, split="test", shuffle=False,
+      shard_info=seqio.ShardInfo(i, 2)).as_numpy_iterator()) for i in range(2)]
+  assert len(parts[0]) + len(parts[1]) == 9
+
+  names = tmp_path / "names.txt"
+  names.write_text("dog\tdomestic dog\ncat\ttabby cat\nred_fox\tred fox\n")
+  assert zeroshot.folder_classes(str(root), str(names)) == (
+      ["dog", "cat", "red_fox"], ["domestic dog", "tabby cat", "red fox"])
+  names.write_text("kitty\npuppy\nfox\n")
+  assert zeroshot.folder_classes(str(root), str(names))[1] == ["kitty", "puppy", "fox"]
+
+
+def test_folder_zeroshot_needs_a_root(vocab_file):
+  gin.parse_config(f'VOCAB_FILE = "{vocab_file}"')
+  with pytest.raises(ValueError, match="ZEROSHOT_FOLDER"):
+    tasks.zeroshot_class_names("flip_folder_zeroshot")
