@@ -17,8 +17,10 @@ setuptools.setup(
     name="flip_t5x",
     version="0.1.0",
     description="FLIP: Scaling Language-Image Pre-training via Masking, on the T5X/seqio stack",
-    packages=setuptools.find_packages(include=["flip_t5x", "flip_t5x.*", "tasks", "tasks.*"]),
-    package_data={"flip_t5x": ["data/assets/*.txt"]},
+    packages=setuptools.find_packages(
+        include=["flip_t5x", "flip_t5x.*", "tasks", "tasks.*", "gin_configs", "gin_configs.*"]),
+    package_data={"flip_t5x": ["data/assets/*.txt"], "gin_configs": ["*.gin"], "gin_configs.models": ["*.gin"],
+                  "gin_configs.runs": ["*.gin"], "gin_configs.demo": ["*.gin"]},
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=[

@@ -20,7 +20,6 @@ from flip_t5x import models
 from flip_t5x.runtime import gin_utils
 
 FLAGS = flags.FLAGS
-gin_utils.define_gin_flags()
 
 
 @gin.configurable(module="flip_t5x.model_info")
@@ -67,4 +66,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  gin_utils.define_gin_flags()
   gin_utils.run(main)

@@ -124,7 +124,8 @@ class MlpBlock(nn.Module):
     width = x.shape[-1]
     h = DenseGeneral(features=(self.mlp_dim,), kernel_axes=("embed", "mlp"), dtype=self.dtype,
                      name="wi")(x)
-    h = nn.gelu(h, approximate=False)
+    # tanh-approximate GELU, as FLIP's release (flax's default): imported weights match exactly.
+    h = nn.gelu(h, approximate=True)
     h = with_sharding_constraint(h, ("batch", "length", "mlp"))
     return DenseGeneral(features=(width,), kernel_axes=("mlp", "embed"), dtype=self.dtype,
                         name="wo")(h)

@@ -55,6 +55,26 @@ def _load_tokens(path: str) -> tuple:
   return tokens
 
 
+@functools.lru_cache(maxsize=8)
+def _token_to_id(path: str) -> dict:
+  return {t: i for i, t in enumerate(_load_tokens(path))}
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer(path: str, lower_case: bool) -> tf_text.FastBertTokenizer:
+  """The tf-text tokenizer of a vocabulary file (built once per file, outside any tf.function)."""
+  with tf.init_scope():
+    # Duplicate lines keep their ids but are never produced (the tokenizer needs unique tokens).
+    seen, vocab = set(), []
+    for i, t in enumerate(_load_tokens(path)):
+      vocab.append(t if t not in seen else f"[duplicate-line-{i}]")
+      seen.add(t)
+    return tf_text.FastBertTokenizer(
+        vocab=vocab, suffix_indicator="##", max_bytes_per_word=100, token_out_type=tf.int64,
+        unknown_token="[UNK]", no_pretokenization=False, support_detokenization=True,
+        lower_case_nfd_strip_accents=lower_case)
+
+
 @gin.configurable(module="flip_t5x.data.vocabulary")
 class WordPieceVocabulary(seqio.Vocabulary):
   """Lower-casing BERT WordPiece (tensorflow-text FastBertTokenizer); ids = file line indices."""
@@ -62,7 +82,6 @@ class WordPieceVocabulary(seqio.Vocabulary):
   def __init__(self, vocab_file: Optional[str] = None, lower_case: bool = True):
     self._vocab_file = vocab_file
     self._lower_case = lower_case
-    self._tf_tokenizer = None
     super().__init__(extra_ids=0)
 
   @property
@@ -73,24 +92,14 @@ class WordPieceVocabulary(seqio.Vocabulary):
   def tokens(self) -> Sequence[str]:
     return _load_tokens(self.vocab_file)
 
-  @functools.cached_property
+  @property
   def _token_to_id(self) -> dict:
-    return {t: i for i, t in enumerate(self.tokens)}
+    return _token_to_id(self.vocab_file)
 
   @property
   def tf_tokenizer(self) -> tf_text.FastBertTokenizer:
-    if self._tf_tokenizer is None:
-      with tf.init_scope():
-        # Duplicate lines keep their ids but are never produced (the tokenizer needs unique tokens).
-        seen, vocab = set(), []
-        for i, t in enumerate(self.tokens):
-          vocab.append(t if t not in seen else f"[duplicate-line-{i}]")
-          seen.add(t)
-        self._tf_tokenizer = tf_text.FastBertTokenizer(
-            vocab=vocab, suffix_indicator="##", max_bytes_per_word=100,
-            token_out_type=tf.int64, unknown_token="[UNK]", no_pretokenization=False,
-            support_detokenization=True, lower_case_nfd_strip_accents=self._lower_case)
-    return self._tf_tokenizer
+    # Keyed by the file the vocabulary resolves to now: gin may point VOCAB_FILE elsewhere later.
+    return _tokenizer(self.vocab_file, self._lower_case)
 
   @property
   def eos_id(self) -> Optional[int]:

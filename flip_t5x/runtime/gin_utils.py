@@ -7,6 +7,7 @@ binaries work from any working directory.
 from __future__ import annotations
 
 import os
+import re
 from typing import Callable, List, Sequence
 
 from absl import app
@@ -18,7 +19,9 @@ PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(_
 
 
 def define_gin_flags() -> None:
-  """The gin flags of t5x's binaries (call once, at module level of a binary)."""
+  """The gin flags of t5x's binaries; safe to call from several modules of one process."""
+  if "gin_file" in flags.FLAGS:
+    return
   flags.DEFINE_multi_string("gin_file", default=[], help="Gin files, parsed in order.")
   flags.DEFINE_multi_string("gin_bindings", default=[], help="Individual gin bindings.")
   flags.DEFINE_list("gin_search_paths", default=["."], help="Where to look for gin files.")
@@ -69,10 +72,66 @@ def parse_gin_flags(gin_search_paths: Sequence[str], gin_files: Sequence[str],
     except Exception as e:
       raise GinConfigError(f"in gin binding {binding!r}: {e}") from e
   if finalize_config:
-    gin.finalize()
+    try:
+      gin.finalize()
+    except Exception as e:  # e.g. a `%gin.REQUIRED` macro nobody set
+      raise GinConfigError(f"{e}{_required_hint(str(e), gin_files)}") from e
   logging.info("Gin configuration:\n%s", gin.config_str())
+
+
+def _gin_file_closure(gin_files: Sequence[str]) -> List[str]:
+  """The given gin files and, recursively, the files they include (resolved on the search path)."""
+  seen, todo = [], list(gin_files)
+  while todo:
+    name = todo.pop(0)
+    path = next((os.path.join(p, name) for p in ["", *search_paths(["."])]
+                 if os.path.isfile(os.path.join(p, name))), None)
+    if path is None or path in seen:
+      continue
+    seen.append(path)
+    with open(path, encoding="utf-8") as f:
+      for line in f:
+        m = re.match(r"\s*include\s+['\"](.+)['\"]", line)
+        if m:
+          todo.append(m.group(1))
+  return seen
+
+
+def _required_hint(message: str, gin_files: Sequence[str]) -> str:
+  """Names the file that declared a required macro and how to set it."""
+  m = re.match(r"(\w+)/macro\.value set to `%gin\.REQUIRED`", message)
+  if not m:
+    return ""
+  name = m.group(1)
+  where = []
+  for path in _gin_file_closure(gin_files):
+    with open(path, encoding="utf-8") as f:
+      for i, line in enumerate(f, 1):
+        if re.match(rf"\s*{name}\s*=\s*%gin\.REQUIRED", line):
+          where.append(f"{path}:{i}")
+  return (f" (required by {', '.join(where) or 'the gin files'}; set it, e.g. "
+          f"--gin.{name}=...)")
 
 
 def run(main: Callable[[Sequence[str]], None]) -> None:
   """`app.run` with t5x's `--gin.NAME=VALUE` rewriting."""
   app.run(main, flags_parser=lambda argv: app.parse_flags_with_usage(rewrite_gin_args(argv)))
+
+
+def summarize_gin_config(model_dir: str, summary_writer=None, step: int = 0) -> None:
+  """Writes the gin config in use to MODEL_DIR/config.gin (and TensorBoard), as t5x does."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() != 0:
+    return
+  config_str = gin.config_str()
+  os.makedirs(model_dir, exist_ok=True)
+  with open(os.path.join(model_dir, "config.gin"), "w", encoding="utf-8") as f:
+    f.write(config_str)
+  operative = gin.operative_config_str()
+  if operative.strip():
+    with open(os.path.join(model_dir, "operative_config.gin"), "w", encoding="utf-8") as f:
+      f.write(operative)
+  if summary_writer is not None:
+    text = "\n".join("    " + line for line in config_str.splitlines())
+    summary_writer.write_texts(step, {"config": text})
+    summary_writer.flush()

@@ -1,0 +1,297 @@
+"""The partitioned train step, its metrics, and what users see while a run goes.
+
+`Trainer` keeps t5x's constructor names (gin files bind `trainer_cls = @trainer.Trainer` and
+`trainer.Trainer.num_microbatches`/`learning_rate_fn`; with upstream t5x installed the name is
+t5x's class). FLIP-only monitoring options live in `MonitoringConfig`, which t5x never sees.
+
+Writers: clu's default writer into MODEL_DIR (TensorBoard + console; console only on processes
+other than 0) and `metrics.jsonl`, one JSON object of scalars per line, for scripts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+from absl import logging
+from clu import metric_writers
+from flax.linen import partitioning as flax_partitioning
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from flip_t5x import compat
+from flip_t5x import flops
+from flip_t5x.runtime import optimizers
+from flip_t5x.runtime import train_state as train_state_lib
+
+PyTree = Any
+
+# Dense bf16 peak FLOP/s per device, for the utilisation estimate (vendor figures).
+PEAK_FLOPS_BY_DEVICE_KIND = (
+    ("TPU v3", 123e12),
+    ("TPU v4", 275e12),
+    ("TPU v5 lite", 197e12),
+    ("TPU v5e", 197e12),
+    ("TPU v5p", 459e12),
+    ("TPU v5", 459e12),
+    ("TPU v6 lite", 918e12),
+    ("TPU v6e", 918e12),
+    ("H200", 989e12),
+    ("H100", 989e12),
+    ("A100", 312e12),
+)
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN/inf; the run stopped before checkpointing that step."""
+
+
+@dataclasses.dataclass
+class MonitoringConfig:
+  """FLIP-only run options (gin: `trainer.MonitoringConfig.X = ...`).
+
+  profile_steps: how many steps to trace with the jax profiler into MODEL_DIR (0 = none), from
+    `profile_first_step` on. peak_flops_per_device: for the FLOP-utilisation estimate (None =
+    looked up from the device kind; not reported when unknown, e.g. CPU). prefetch_batches:
+    batches put on device ahead of the running step.
+  """
+
+  profile_steps: int = 0
+  profile_first_step: int = 10
+  peak_flops_per_device: Optional[float] = None
+  prefetch_batches: int = 1
+
+
+def monitoring_config() -> MonitoringConfig:
+  """The gin-configured `MonitoringConfig` (defaults when gin never saw it)."""
+  try:
+    return gin.get_configurable(MonitoringConfig)()
+  except (ValueError, KeyError):
+    return MonitoringConfig()
+
+
+def peak_flops_per_device(device: Any, override: Optional[float] = None) -> Optional[float]:
+  if override:
+    return float(override)
+  kind = getattr(device, "device_kind", "")
+  for name, value in PEAK_FLOPS_BY_DEVICE_KIND:
+    if name.lower() in kind.lower():
+      return value
+  return None
+
+
+class JsonlWriter(metric_writers.MetricWriter):
+  """Appends `{"step": s, name: value, ...}` per `write_scalars` call to a JSON-lines file."""
+
+  def __init__(self, path: str):
+    self._path = path
+    self._file = open(path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    row = {"step": int(step)}
+    row.update({k: float(np.asarray(v)) for k, v in scalars.items()})
+    self._file.write(json.dumps(row) + "\n")
+    self._file.flush()
+
+  def write_summaries(self, step, values, metadata=None):
+    del step, values, metadata
+
+  def write_images(self, step, images):
+    del step, images
+
+  def write_videos(self, step, videos):
+    del step, videos
+
+  def write_audios(self, step, audios, *, sample_rate):
+    del step, audios, sample_rate
+
+  def write_texts(self, step, texts):
+    del step, texts
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    del step, arrays, num_buckets
+
+  def write_hparams(self, hparams):
+    del hparams
+
+  def flush(self):
+    self._file.flush()
+
+  def close(self):
+    if not self._file.closed:
+      self._file.close()
+
+
+def create_writer(model_dir: str) -> metric_writers.MetricWriter:
+  """TensorBoard + console on process 0 (console only elsewhere), plus metrics.jsonl on 0."""
+  primary = jax.process_index() == 0
+  writer = metric_writers.create_default_writer(model_dir, just_logging=not primary,
+                                                asynchronous=False)
+  if not primary:
+    return writer
+  return metric_writers.MultiWriter([writer, JsonlWriter(os.path.join(model_dir,
+                                                                      "metrics.jsonl"))])
+
+
+class Trainer:
+  """Owns the jitted, partitioned train step of a `FlipModel` (t5x's constructor names).
+
+  The step's masking rng is `fold_in(rng, step)`: the same seed gives the same masks whatever the
+  mesh or how often the run was interrupted.
+  """
+
+  def __init__(self, model: Any, train_state: train_state_lib.TrainState, partitioner: Any,
+               eval_names: Sequence[str], summary_dir: Optional[str],
+               train_state_axes: train_state_lib.StateLayout, rng: jax.Array,
+               learning_rate_fn: Optional[Callable[[Any], Any]] = None,
+               num_microbatches: Optional[int] = None, weight_metrics_computer: Any = None):
+    del eval_names, summary_dir, weight_metrics_computer, train_state
+    if num_microbatches not in (None, 1):
+      raise ValueError("num_microbatches > 1 splits the batch and so the contrastive loss's "
+                       "negatives: FLIP needs Trainer.num_microbatches = None")
+    self.model = model
+    self.partitioner = partitioner
+    self.layout = train_state_axes
+    self.tx = train_state_axes.tx
+    self.learning_rate_fn = learning_rate_fn
+    self._rng = rng
+    batch_spec = {"images": jax.sharding.PartitionSpec("data"),
+                  "texts": jax.sharding.PartitionSpec("data")}
+    self._step_fn = partitioner.partition(
+        self._train_step, in_axis_resources=(self.layout.specs, batch_spec),
+        out_axis_resources=(self.layout.specs, None), donate_argnums=(0,))
+    self._eval_fn = partitioner.partition(
+        self._eval_step, in_axis_resources=(self.layout.specs.params, batch_spec),
+        out_axis_resources=None)
+
+  def _contexts(self):
+    return _MeshAndRules(self.partitioner)
+
+  def _train_step(self, state: train_state_lib.TrainState, batch: Mapping[str, jax.Array]):
+    dropout_rng = jax.random.fold_in(self._rng, state.step)
+
+    def loss_fn(params):
+      return self.model.loss_fn(params, batch, dropout_rng)
+
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    scalars = {k: m.compute() for k, m in metrics.items()}
+    scalars["loss"] = loss
+    scalars["grad_norm"] = optax.global_norm(grads)
+    scalars["param_norm"] = optax.global_norm(params)
+    if self.learning_rate_fn is not None:
+      scalars["learning_rate"] = jnp.asarray(self.learning_rate_fn(state.step), jnp.float32)
+    new_state = train_state_lib.TrainState(step=state.step + 1, params=params,
+                                           opt_state=opt_state)
+    return new_state, scalars
+
+  def _eval_step(self, params: PyTree, batch: Mapping[str, jax.Array]):
+    loss, metrics = self.model.eval_fn(params, batch)
+    scalars = {k: m.compute() for k, m in metrics.items()}
+    scalars["loss"] = loss
+    return scalars
+
+  def train_step(self, state: train_state_lib.TrainState, batch: Mapping[str, jax.Array]):
+    """One update; `state` is donated. Returns (new state, device scalars)."""
+    with self._contexts():
+      return self._step_fn(state, batch)
+
+  def eval_step(self, params: PyTree, batch: Mapping[str, jax.Array]) -> Mapping[str, jax.Array]:
+    with self._contexts():
+      return self._eval_fn(params, batch)
+
+  def lower_train_step(self, state, batch):
+    with self._contexts():
+      return self._step_fn.lower(state, batch)
+
+
+class _MeshAndRules:
+  """The mesh and logical-axis rules active while tracing (flax's activation constraints)."""
+
+  def __init__(self, partitioner: Any):
+    self._mesh = partitioner.mesh
+    self._rules = flax_partitioning.axis_rules(partitioner.logical_axis_rules)
+
+  def __enter__(self):
+    self._mesh.__enter__()
+    self._rules.__enter__()
+    return self
+
+  def __exit__(self, *exc):
+    self._rules.__exit__(*exc)
+    self._mesh.__exit__(*exc)
+    return False
+
+
+class MetricsAccumulator:
+  """Sums per-step device scalars without syncing; averages them when written."""
+
+  def __init__(self):
+    self._sum = None
+    self._count = 0
+
+  def add(self, scalars: Mapping[str, jax.Array]) -> None:
+    self._sum = dict(scalars) if self._sum is None else jax.tree_util.tree_map(
+        jnp.add, self._sum, dict(scalars))
+    self._count += 1
+
+  def result(self) -> Mapping[str, float]:
+    if not self._count:
+      return {}
+    host = jax.device_get(self._sum)
+    out = {k: float(v) / self._count for k, v in host.items()}
+    self._sum, self._count = None, 0
+    return out
+
+
+class Throughput:
+  """steps/s, images/s, model-FLOP utilisation and ETA between two reports."""
+
+  def __init__(self, model: Any, batch_size: int, total_steps: int,
+               peak_flops: Optional[float], num_devices: int):
+    self.batch_size = batch_size
+    self.total_steps = total_steps
+    self.flops_per_step = batch_size * flops.flops_per_example(
+        model.module, getattr(model, "mask_ratio", 0.0), batch_size)["train"]
+    self.peak = peak_flops * num_devices if peak_flops else None
+    self._last = None
+
+  def start(self, step: int) -> None:
+    self._last = (step, time.perf_counter())
+
+  def report(self, step: int) -> Mapping[str, float]:
+    now = time.perf_counter()
+    if self._last is None or step <= self._last[0]:
+      self._last = (step, now)
+      return {}
+    steps = step - self._last[0]
+    dt = max(now - self._last[1], 1e-9)
+    self._last = (step, now)
+    sps = steps / dt
+    out = {"timing/steps_per_second": sps,
+           "timing/images_per_second": sps * self.batch_size,
+           "timing/seconds_per_step": dt / steps,
+           "timing/eta_hours": (self.total_steps - step) / sps / 3600.0,
+           "timing/tflops_per_second": sps * self.flops_per_step / 1e12}
+    if self.peak:
+      out["timing/mfu"] = sps * self.flops_per_step / self.peak
+    return out
+
+
+def unwrap_optimizer(model: Any) -> optax.GradientTransformation:
+  return optimizers.unwrap(model.optimizer_def)
+
+
+if compat.T5X_AVAILABLE:
+  # Upstream t5x.train builds its own trainer from `trainer_cls`: give it t5x's class.
+  from t5x import trainer as _t5x_trainer  # pylint: disable=g-import-not-at-top
+  FlipTrainer = Trainer
+  Trainer = _t5x_trainer.Trainer  # noqa: F811
+else:
+  FlipTrainer = Trainer

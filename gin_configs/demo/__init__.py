@@ -1,0 +1,1 @@
+"""gin files (a package so gin can resolve includes as package resources)."""

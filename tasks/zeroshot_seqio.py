@@ -1,0 +1,146 @@
+"""Eval tasks that upstream `t5x.eval` (seqio's Evaluator) can score: zero-shot and retrieval.
+
+For each zero-shot task of `tasks` (`flip_imagenet1k_zeroshot`, `flip_folder_zeroshot`,
+`flip_tfds_zeroshot`) this registers `<name>_seqio`, whose dataset is
+
+  1. one example per (class, template) prompt: `targets` = the prompt's WordPiece ids,
+     `image` = zeros, `label` = the class, `is_prompt` = True;
+  2. then the base task's images: `targets` = empty (all padding), `label`, `is_prompt` = False.
+
+The evaluator embeds every row once with `FlipModel.predict_batch_with_aux`; the task's
+`postprocess_fn` turns each target into `{label, is_prompt}` and its metric
+(`flip_t5x.seqio_metrics.zeroshot_metric`) builds the class embeddings from the prompt rows and
+scores the image rows, giving the same top-1/top-5 as `flip_t5x.eval`.
+
+    python -m t5x.eval --gin_file=gin_configs/models/flip_vit_b16.gin \
+      --gin_file=t5x/configs/runs/eval.gin \
+      --gin.MIXTURE_OR_TASK_NAME=\"flip_imagenet1k_zeroshot_seqio\" \
+      --gin.MIXTURE_OR_TASK_MODULE=\"tasks.zeroshot_seqio\" \
+      --gin.TASK_FEATURE_LENGTHS="{'image': 224, 'targets': 32}" \
+      --gin.utils.DatasetConfig.split=\"validation\" --gin.VOCAB_FILE=\"...\" ...
+
+Templates follow `flip_t5x.data.zeroshot.template_set` (ZEROSHOT_TEMPLATES). The metric reads the
+embeddings from `aux_values` (seqio decodes plain predictions with the text vocabulary, which
+would turn them into strings). The prompt rows carry zero images of the eval size, so the
+evaluator's in-memory cache grows by classes x templates images (ImageNet, 7 templates: ~4 GB at
+224 px), and t5x's JSONLogger writes every row's embeddings unless told not to
+(`--gin.seqio.JSONLogger.write_n_results=0`); `flip_t5x.eval` streams instead and is the
+faster way to the same numbers.
+
+It also registers `flip_img2dataset_retrieval`: captioned img2dataset shards
+(RETRIEVAL_DATA_PATTERN, splits `validation` and `test`) with eval preprocessing (resize + center
+crop) and image<->text recall@1/5/10 as its metric; `flip_t5x.eval` with
+`flip_eval.eval_options.mode = 'retrieval'` (EVAL_MODE) reads it too.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, List, Mapping, Optional, Sequence
+
+import gin
+import seqio
+import tensorflow as tf
+
+import tasks
+from flip_t5x import seqio_metrics
+from flip_t5x.data import preprocessors
+from flip_t5x.data import sources
+from flip_t5x.data import zeroshot
+
+SUFFIX = "_seqio"
+RETRIEVAL_TASK = "flip_img2dataset_retrieval"
+BASE_TASKS = ("flip_imagenet1k_zeroshot", "flip_folder_zeroshot", "flip_tfds_zeroshot")
+
+
+def class_names(task_name: str) -> List[str]:
+  """Label-ordered class names of a zero-shot task (from its source when it can tell them)."""
+  task = seqio.get_mixture_or_task(task_name)
+  fn = getattr(getattr(task, "source", None), "class_names", None)
+  if callable(fn):
+    return list(fn())
+  return list(tasks.zeroshot_class_names(task_name))
+
+
+def prepend_prompts(dataset: tf.data.Dataset,
+                    sequence_length: Optional[Mapping[str, int]] = None,
+                    output_features: Optional[Mapping[str, seqio.Feature]] = None, *,
+                    class_names_fn: Callable[[], Sequence[str]],
+                    templates_fn: Callable[[], Sequence[str]] = zeroshot.templates
+                    ) -> tf.data.Dataset:
+  """Zero-shot image examples -> prompt examples followed by the image examples."""
+  names = list(class_names_fn())
+  template_list = list(templates_fn())
+  if not names or not template_list:
+    raise ValueError(f"zero-shot prompts need class names and templates, got {len(names)} "
+                     f"names and {len(template_list)} templates")
+  image_shape = dataset.element_spec["image"].shape
+  if not image_shape.is_fully_defined():
+    size = int((sequence_length or {}).get("image") or 224)
+    image_shape = tf.TensorShape([size, size, 3])
+  length = (sequence_length or {}).get("targets")
+  vocab = output_features["targets"].vocabulary
+
+  texts = [t.format(c) for c in names for t in template_list]
+  labels = [i for i, _ in enumerate(names) for _ in template_list]
+
+  def prompt_example(text, label):
+    ids = tf.cast(vocab.encode_tf(text), tf.int32)
+    if length:
+      ids = ids[:length]
+    return {"image": tf.zeros(image_shape, tf.float32), "targets": ids,
+            "targets_pretokenized": text, "label": label, "is_prompt": tf.constant(True)}
+
+  def image_example(ex):
+    return {"image": tf.ensure_shape(ex["image"], image_shape),
+            "targets": tf.zeros([0], tf.int32), "targets_pretokenized": tf.constant(""),
+            "label": tf.cast(ex["label"], tf.int32), "is_prompt": tf.constant(False)}
+
+  prompt_ds = tf.data.Dataset.from_tensor_slices(
+      (tf.constant(texts), tf.constant(labels, tf.int32))).map(prompt_example)
+  return prompt_ds.concatenate(dataset.map(image_example))
+
+
+def register_zeroshot_seqio_task(base_task_name: str, name: Optional[str] = None,
+                                 class_names_fn: Optional[Callable[[], Sequence[str]]] = None,
+                                 templates_fn: Callable[[], Sequence[str]] = zeroshot.templates
+                                 ) -> seqio.Task:
+  """Registers the evaluator-ready variant of zero-shot task `base_task_name`."""
+  base = seqio.get_mixture_or_task(base_task_name)
+  name = name or base_task_name + SUFFIX
+  if class_names_fn is None:
+    class_names_fn = functools.partial(class_names, base_task_name)
+  return seqio.TaskRegistry.add(
+      name,
+      source=base.source,
+      output_features=base.output_features,
+      preprocessors=list(base.preprocessors) + [functools.partial(
+          prepend_prompts, class_names_fn=class_names_fn, templates_fn=templates_fn)],
+      postprocess_fn=seqio_metrics.zeroshot_postprocess,
+      metric_fns=[seqio_metrics.zeroshot_metric],
+      shuffle_buffer_size=None)
+
+
+for _base in BASE_TASKS:
+  if _base + SUFFIX not in seqio.TaskRegistry.names():
+    register_zeroshot_seqio_task(_base)
+
+
+@gin.configurable(module="tasks.zeroshot_seqio")
+def retrieval_data_pattern(pattern: Optional[str] = None) -> str:
+  """Glob(s) of the captioned eval shards: this binding, else the macro RETRIEVAL_DATA_PATTERN."""
+  if pattern is None:
+    pattern = tasks.gin_macro("RETRIEVAL_DATA_PATTERN", None)
+  if not pattern:
+    raise ValueError("flip_img2dataset_retrieval needs RETRIEVAL_DATA_PATTERN = "
+                     "\"/path/to/eval_shards/*.tfrecord\" in gin (img2dataset output).")
+  return pattern
+
+
+if RETRIEVAL_TASK not in seqio.TaskRegistry.names():
+  seqio.TaskRegistry.add(
+      RETRIEVAL_TASK,
+      source=sources.Img2DatasetSource(retrieval_data_pattern, splits=("validation", "test")),
+      output_features=tasks.output_features(),
+      preprocessors=[preprocessors.eval_preprocessor],
+      metric_fns=[seqio_metrics.retrieval_metric],
+      shuffle_buffer_size=None)

@@ -1,0 +1,288 @@
+"""flip_t5x.eval on the tiny model: brute-force agreement, the seqio (t5x.eval) path, the binary.
+
+Data: a 6-class folder tree for `flip_folder_zeroshot` and one img2dataset TFRecord shard of
+captioned images for `flip_img2dataset_retrieval`, plus a small WordPiece vocabulary; parameters
+are the tiny model's initialisation saved as a params-only checkpoint.
+"""
+import io
+import json
+import os
+import subprocess
+import sys
+
+import gin
+import jax
+import numpy as np
+from PIL import Image
+import pytest
+import seqio
+import tensorflow as tf
+
+import tasks
+from tasks import zeroshot_seqio
+from flip_t5x import eval as flip_eval
+from flip_t5x import evaluation
+from flip_t5x import make_shards
+from flip_t5x.data import zeroshot
+from flip_t5x.runtime import checkpoints
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LENGTHS = {"image": 32, "targets": 16}
+CLASSES = ("cat", "dog", "red car", "blue sky", "green tree", "yellow sun")
+CAPTIONS = tuple(f"a photo of a {c} number {i}" for i in range(2) for c in CLASSES)
+
+
+def _image(rng, channel, size=(40, 48)):
+  a = (rng.rand(*size, 3) * 255).astype(np.uint8)
+  a[..., channel] = 220
+  return Image.fromarray(a)
+
+
+def _png(img):
+  buf = io.BytesIO()
+  img.save(buf, format="PNG")
+  return buf.getvalue()
+
+
+def _tiny_model():
+  gin.clear_config()
+  gin.parse_config_file(os.path.join(ROOT, "gin_configs/models/flip_tiny.gin"))
+  try:
+    return gin.query_parameter("%MODEL").scoped_configurable_fn()
+  finally:
+    gin.clear_config()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  d = tmp_path_factory.mktemp("eval")
+  words = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", ".", ","}
+  for text in list(zeroshot.templates("7")) + list(CLASSES) + list(CAPTIONS):
+    words.update(text.replace("{}", " ").replace(".", " ").replace(",", " ").lower().split())
+  special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+  (d / "vocab.txt").write_text("\n".join(special + sorted(words - set(special))) + "\n")
+  rng = np.random.RandomState(0)
+  for i, c in enumerate(CLASSES):
+    folder = d / "zeroshot" / c.replace(" ", "_")
+    folder.mkdir(parents=True)
+    for j in range(2):
+      _image(rng, i % 3).save(folder / f"{j}.png")
+  (d / "shards").mkdir()
+  with tf.io.TFRecordWriter(str(d / "shards" / "eval-00000-of-00001.tfrecord")) as w:
+    for k, caption in enumerate(CAPTIONS):
+      img = _image(rng, k % 3, size=(36, 36))
+      w.write(make_shards.make_example(f"{k:05d}", _png(img), caption, 36, 36)
+              .SerializeToString())
+  model = _tiny_model()
+  params = model.get_initial_variables(
+      jax.random.PRNGKey(0), {"images": (1, 32, 32, 3), "texts": (1, 16)})["params"]
+  ckpt = checkpoints.save_params(params, str(d / "model"), step=7)
+  bindings = {
+      "flip_t5x.data.vocabulary.wordpiece_vocab_file.path": str(d / "vocab.txt"),
+      "tasks.zeroshot_folder.root": str(d / "zeroshot"),
+      "tasks.zeroshot_seqio.retrieval_data_pattern.pattern": str(d / "shards" / "*.tfrecord"),
+  }
+  gin.clear_config()
+  for k, v in bindings.items():
+    gin.bind_parameter(k, v)
+  yield dict(dir=d, model=model, params=params, ckpt=ckpt)
+  gin.clear_config()
+
+
+def _gin_file(d, name, lines):
+  path = d / name
+  path.write_text("\n".join(lines) + "\n")
+  return str(path)
+
+
+def _run_binary(d, gin_file, *bindings):
+  cmd = [sys.executable, "-m", "flip_t5x.eval", f"--gin_file={gin_file}", *bindings]
+  return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+
+
+@pytest.fixture(scope="module")
+def binaries(setup):
+  """Starts the binary runs first (in parallel); the in-process tests run meanwhile."""
+  d = setup["dir"]
+  common = [f"VOCAB_FILE = '{d}/vocab.txt'", "include 'gin_configs/models/flip_tiny.gin'"]
+  zs = _gin_file(d, "zs.gin", common + [
+      "include 'gin_configs/runs/eval.gin'", "MIXTURE_OR_TASK_NAME = 'flip_folder_zeroshot'",
+      f"ZEROSHOT_FOLDER = '{d}/zeroshot'", "utils.DatasetConfig.batch_size = 4"])
+  ret = _gin_file(d, "ret.gin", common + [
+      "include 'gin_configs/runs/eval_retrieval.gin'",
+      f"RETRIEVAL_DATA_PATTERN = '{d}/shards/*.tfrecord'", "utils.DatasetConfig.batch_size = 4",
+      "EVAL_MAX_EXAMPLES = 10"])
+  ckpt = f'--gin.CHECKPOINT_PATH="{setup["ckpt"]}"'
+  procs = {
+      "zeroshot": _run_binary(d, zs, ckpt, f'--gin.EVAL_OUTPUT_DIR="{d}/out_zs"'),
+      "retrieval": _run_binary(d, ret, f'--gin.CHECKPOINT_PATH="{d}/model"',
+                               f'--gin.EVAL_OUTPUT_DIR="{d}/out_ret"'),
+      # The ImageNet experiment file parses and finds its task; the checkpoint is missing.
+      "missing_ckpt": _run_binary(d, os.path.join(ROOT, "gin_configs/eval_zeroshot_imagenet.gin"),
+                                  f'--gin.CHECKPOINT_PATH="{d}/nope"',
+                                  f'--gin.EVAL_OUTPUT_DIR="{d}/out_bad"'),
+      # A string value without gin quotes, the classic command-line mistake.
+      "bad_gin": _run_binary(d, zs, ckpt, f'--gin.EVAL_OUTPUT_DIR="{d}/out_bad"',
+                             "--gin.evaluate.mode=zeroshot"),
+  }
+  yield procs
+  for p in procs.values():
+    if p.poll() is None:
+      p.kill()
+
+
+def _finish(proc):
+  out, err = proc.communicate(timeout=240)
+  return proc.returncode, out, err
+
+
+def _bruteforce_class_embeddings(model, params, class_names, templates):
+  ids = zeroshot.prompt_token_ids(class_names, templates, tasks.output_features()["targets"]
+                                  .vocabulary, LENGTHS["targets"])
+  emb = np.asarray(model.encode_texts(params, ids.reshape(-1, LENGTHS["targets"])))
+  emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
+  emb = emb.reshape(len(class_names), len(templates), -1).mean(axis=1)
+  return emb / np.linalg.norm(emb, axis=-1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def own_zeroshot(setup):
+  """flip_t5x.eval's in-process zero-shot result (computed once: building the dataset is slow)."""
+  return flip_eval.zeroshot_evaluate(
+      setup["model"], setup["params"], task_name="flip_folder_zeroshot", split="validation",
+      feature_lengths=LENGTHS, batch_size=5, templates=zeroshot.templates("7"))
+
+
+def _predict_with_aux_fn(model, params, batch_size=4):
+  step = jax.jit(model.predict_batch_with_aux)
+
+  def predict_with_aux(ds, model_feature_shapes=None):
+    # Like t5x.utils.get_infer_fn: (index, prediction) pairs and per-example aux lists.
+    del model_feature_shapes
+    outputs, aux = [], {}
+    for index, batch in ds.batch(batch_size).as_numpy_iterator():
+      preds, batch_aux = step(params, {"images": batch["images"], "texts": batch["texts"]})
+      outputs += list(zip(index.tolist(), np.asarray(preds).tolist()))
+      for k, v in batch_aux.items():
+        aux.setdefault(k, []).extend(np.asarray(v).tolist())
+    return outputs, aux
+
+  return predict_with_aux
+
+
+def test_zeroshot_seqio_path_and_bruteforce_agree(setup, binaries, own_zeroshot):
+  """Own path == seqio.Evaluator on the `_seqio` task (what t5x.eval runs) == brute force."""
+  model, params = setup["model"], setup["params"]
+  names = zeroshot_seqio.class_names("flip_folder_zeroshot")
+  assert names == sorted(CLASSES)  # labels follow the sorted folder names
+  templates = zeroshot.templates("7")
+  assert own_zeroshot["num_examples"] == 12
+  assert own_zeroshot["num_classes"] == 6 and own_zeroshot["num_templates"] == 7
+
+  (setup["dir"] / "seqio_eval").mkdir(exist_ok=True)
+  evaluator = seqio.Evaluator(
+      "flip_folder_zeroshot_seqio", feature_converter=model.FEATURE_CONVERTER_CLS(pack=False),
+      eval_split="validation", sequence_length=LENGTHS,
+      logger_cls=[seqio.PyLoggingLogger, seqio.JSONLogger],  # t5x's eval.gin loggers (minus TB)
+      log_dir=str(setup["dir"] / "seqio_eval"))
+  rows = list(evaluator.cached_task_datasets["flip_folder_zeroshot_seqio"].as_numpy_iterator())
+  assert len(rows) == 6 * 7 + 12  # every prompt once, then the images
+  assert all(r["is_prompt"] for r in rows[:42]) and not any(r["is_prompt"] for r in rows[42:])
+  metrics, _ = evaluator.evaluate(compute_metrics=True, step=7,
+                                  predict_with_aux_fn=_predict_with_aux_fn(model, params))
+  got = metrics.result()["flip_folder_zeroshot_seqio"]
+  for k in ("top1", "top5", "num_examples", "num_classes"):
+    assert got[k] == pytest.approx(own_zeroshot[k]), k
+  evaluator.close()
+  logged = (setup["dir"] / "seqio_eval" / "flip_folder_zeroshot_seqio-metrics.jsonl").read_text()
+  assert json.loads(logged.splitlines()[-1])["top1"] == pytest.approx(own_zeroshot["top1"])
+
+  # Brute force: unbatched, unjitted towers and plain numpy ranking on the same images.
+  vocab = tasks.output_features()["targets"].vocabulary
+  ids = zeroshot.prompt_token_ids(names, templates, vocab, LENGTHS["targets"])
+  emb = np.asarray(model.encode_texts(params, ids.reshape(-1, LENGTHS["targets"])))
+  emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
+  emb = emb.reshape(len(names), len(templates), -1).mean(axis=1)
+  class_emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
+  np.testing.assert_allclose(
+      flip_eval.class_embeddings(model, params, names, templates, vocab, LENGTHS["targets"],
+                                 batch_size=8), class_emb, atol=1e-5)
+  images = np.stack([r["image"] for r in rows[42:]])
+  labels = np.array([r["label"] for r in rows[42:]])
+  img = np.asarray(model.encode_images(params, images))
+  sims = (img / np.linalg.norm(img, axis=-1, keepdims=True)) @ class_emb.T
+  rank = np.array([(sims[i] > sims[i, labels[i]]).sum() for i in range(len(labels))])
+  assert own_zeroshot["top1"] == pytest.approx(100.0 * np.mean(rank < 1))
+  assert own_zeroshot["top5"] == pytest.approx(100.0 * np.mean(rank < 5))
+
+
+def test_bad_inputs_in_process(setup, binaries):
+  model = setup["model"]
+
+  class Cfg:
+    mixture_or_task_name = "flip_folder_zeroshot"
+    task_feature_lengths = LENGTHS
+    split = "validation"
+    batch_size = 4
+    module = None
+
+  out = str(setup["dir"] / "out_inproc")
+  with pytest.raises(flip_eval.EvalError, match="Checkpoint not found"):
+    flip_eval.evaluate(model=model, dataset_cfg=Cfg, output_dir=out,
+                       checkpoint_path=str(setup["dir"] / "missing"))
+  Cfg.mixture_or_task_name = "flip_folder_zeroshott"
+  with pytest.raises(flip_eval.EvalError, match="flip_folder_zeroshot"):
+    flip_eval.evaluate(model=model, dataset_cfg=Cfg, output_dir=out, checkpoint_path=setup["ckpt"])
+  with pytest.raises(flip_eval.EvalError, match="mode"):
+    flip_eval.evaluate(model=model, dataset_cfg=Cfg, output_dir=out,
+                       checkpoint_path=setup["ckpt"], mode="bogus")
+
+
+def _bruteforce_retrieval(model, params, max_examples):
+  ds = seqio.get_mixture_or_task("flip_img2dataset_retrieval").get_dataset(
+      LENGTHS, split="test", shuffle=False)
+  examples = list(ds.take(max_examples).as_numpy_iterator())
+  texts = np.zeros((len(examples), LENGTHS["targets"]), np.int32)
+  for i, ex in enumerate(examples):
+    ids = ex["targets"][:LENGTHS["targets"]]
+    texts[i, :len(ids)] = ids
+  img = np.asarray(model.encode_images(params, np.stack([ex["image"] for ex in examples])))
+  txt = np.asarray(model.encode_texts(params, texts))
+  return evaluation.retrieval_recall(img, txt)
+
+
+def test_binary_end_to_end(setup, binaries, own_zeroshot):
+  d = setup["dir"]
+  rc, out, err = _finish(binaries["zeroshot"])
+  assert rc == 0, err[-3000:]
+  written = json.loads((d / "out_zs" / "zeroshot_metrics.json").read_text())
+  assert json.loads(out.strip().splitlines()[-1]) == written
+  assert written["task"] == "flip_folder_zeroshot" and written["mode"] == "zeroshot"
+  assert written["checkpoint_step"] == 7 and written["templates"] == "7"
+  assert written["num_examples"] == 12 and written["num_classes"] == 6
+  assert written["top1"] == pytest.approx(own_zeroshot["top1"])
+  assert written["top5"] == pytest.approx(own_zeroshot["top5"])
+  assert "images/s" in err
+
+  rc, out, err = _finish(binaries["retrieval"])
+  assert rc == 0, err[-3000:]
+  written = json.loads((d / "out_ret" / "retrieval_metrics.json").read_text())
+  assert json.loads(out.strip().splitlines()[-1]) == written
+  assert written["mode"] == "retrieval" and written["checkpoint_step"] == 7
+  assert written["num_examples"] == 10  # EVAL_MAX_EXAMPLES
+  expected = _bruteforce_retrieval(setup["model"], setup["params"], 10)
+  assert set(expected) == {f"{d}/recall@{k}" for d in ("image_to_text", "text_to_image")
+                           for k in (1, 5, 10)}
+  for k, v in expected.items():
+    assert written[k] == pytest.approx(v), k
+
+
+def test_binary_clear_errors(setup, binaries):
+  rc, _, err = _finish(binaries["missing_ckpt"])
+  assert rc == 2
+  assert "flip_t5x.eval: error: Checkpoint not found" in err and "Traceback" not in err
+  rc, _, err = _finish(binaries["bad_gin"])
+  assert rc == 2
+  assert "flip_t5x.eval: error: in gin binding 'evaluate.mode = zeroshot'" in err
+  assert "Traceback" not in err

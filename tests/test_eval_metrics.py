@@ -1,0 +1,71 @@
+"""Zero-shot/retrieval metric pieces shared by flip_t5x.eval and the seqio (t5x.eval) path."""
+import numpy as np
+import pytest
+
+from flip_t5x import evaluation
+from flip_t5x import seqio_metrics
+
+
+def _unit(rng, *shape):
+  return evaluation.l2_normalize(rng.randn(*shape))
+
+
+def test_labeled_prompts_match_class_major_prompts_in_any_order():
+  rng = np.random.RandomState(0)
+  prompts = rng.randn(5 * 3, 8)  # 5 classes x 3 templates, class-major
+  labels = np.repeat(np.arange(5), 3)
+  expected = evaluation.class_embeddings_from_prompts(prompts, 5)
+  perm = rng.permutation(len(labels))
+  got = evaluation.class_embeddings_from_labeled_prompts(prompts[perm], labels[perm], 5)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="no prompt embeddings for classes"):
+    evaluation.class_embeddings_from_labeled_prompts(prompts[:3], labels[:3], 5)
+
+
+def test_accumulator_streams_like_one_shot_accuracy():
+  rng = np.random.RandomState(1)
+  classes, images = _unit(rng, 7, 8), rng.randn(23, 8)
+  labels = rng.randint(0, 7, size=23)
+  acc = evaluation.ZeroShotAccumulator(classes)
+  for s in range(0, 23, 5):
+    acc.update(images[s:s + 5], labels[s:s + 5])
+  result = acc.result()
+  expected = evaluation.zeroshot_accuracy(images, classes, labels)
+  assert result["top1"] == pytest.approx(expected["top1"])
+  assert result["top5"] == pytest.approx(expected["top5"])
+  assert (result["num_examples"], result["num_classes"]) == (23, 7)
+
+
+def test_seqio_zeroshot_metric_scores_image_rows_against_prompt_rows():
+  rng = np.random.RandomState(2)
+  c, t, n, e = 6, 2, 9, 8
+  prompt_text = rng.randn(c * t, e)
+  image_emb = rng.randn(n, e)
+  labels = rng.randint(0, c, size=n)
+  # Rows as the seqio task lists them: prompts first (text half used), then images.
+  text_col = np.concatenate([prompt_text, np.zeros((n, e))])
+  image_col = np.concatenate([np.zeros((c * t, e)), image_emb])
+  examples = ([{"label": i // t, "is_prompt": True} for i in range(c * t)] +
+              [{"label": l, "is_prompt": False} for l in labels])
+  targets = [seqio_metrics.zeroshot_postprocess("", example=ex, is_target=True) for ex in examples]
+  assert seqio_metrics.zeroshot_postprocess("text", example=examples[0]) == "text"
+  got = seqio_metrics.zeroshot_metric(
+      targets, [""] * len(targets), {"image_embedding": image_col, "text_embedding": text_col})
+  class_emb = evaluation.class_embeddings_from_prompts(prompt_text, c)
+  expected = evaluation.zeroshot_accuracy(image_emb, class_emb, labels)
+  assert got["top1"] == pytest.approx(expected["top1"])
+  assert got["top5"] == pytest.approx(expected["top5"])
+  assert got["num_examples"] == n and got["num_classes"] == c
+  with pytest.raises(ValueError, match="no prompt rows"):
+    seqio_metrics.zeroshot_metric(targets[c * t:], [], {"image_embedding": image_emb,
+                                                        "text_embedding": image_emb})
+
+
+def test_seqio_retrieval_metric():
+  rng = np.random.RandomState(3)
+  img = rng.randn(12, 8)
+  txt = img + 0.01 * rng.randn(12, 8)  # every caption closest to its own image
+  got = seqio_metrics.retrieval_metric([""] * 12, [""] * 12,
+                                       {"image_embedding": img, "text_embedding": txt})
+  assert got["image_to_text/recall@1"] == 100.0 and got["text_to_image/recall@1"] == 100.0
+  assert got["num_examples"] == 12

@@ -1,0 +1,82 @@
+"""Fast in-process checks: LR schedule, decay mask, sharding rules, checkpoint helpers."""
+from __future__ import annotations
+
+import gin
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from flip_t5x.runtime import checkpoints
+from flip_t5x.runtime import optimizers
+from flip_t5x.runtime import partitioning
+from flip_t5x.runtime import train_state
+
+
+@pytest.fixture(scope="module")
+def model():
+  gin.clear_config()
+  gin.parse_config_file("gin_configs/models/flip_tiny.gin")
+  m = gin.query_parameter("%MODEL").scoped_configurable_fn()
+  gin.clear_config()
+  return m
+
+
+def test_schedule_linear_scaling_warmup_cosine():
+  s = optimizers.warmup_cosine_schedule(4e-6, 65536, total_epochs=10000, warmup_epochs=40)
+  warm = 40 * 1_281_167 / 65536
+  assert float(s(0)) == 0.0
+  np.testing.assert_allclose(float(s(warm)), 1.024e-3, rtol=1e-5)
+  np.testing.assert_allclose(float(s(warm / 2)), 0.512e-3, rtol=1e-4)
+  assert float(s(10000 * 1_281_167 / 65536)) < 1e-12
+  with pytest.raises(TypeError, match="total_steps"):
+    optimizers.warmup_cosine_schedule(1e-3, 8, total_steps="abc")
+
+
+def test_decay_mask(model):
+  shapes = train_state.abstract_params_and_axes(model, train_state.model_input_shapes(model))[0]
+  mask = optimizers.weight_decay_mask(shapes)
+  assert mask["text_tower"]["token_embedding"] and mask["image_tower"]["projection"]["kernel"]
+  assert not mask["text_tower"]["pos_embedding"] and not mask["logit_scale"]
+  assert not mask["image_tower"]["cls"]
+  blk = mask["image_tower"]["encoder"]["block_0"]
+  assert blk["attention"]["query"]["kernel"] and not blk["attention"]["query"]["bias"]
+  assert not blk["pre_mlp_layer_norm"]["scale"]
+
+
+def test_rules_and_state_partitioning():
+  rules = dict(partitioning.standard_logical_axis_rules())
+  assert rules["batch"] == "data" and rules["mlp"] == "model" and rules["patch"] is None
+  assert rules["proj"] is None and rules["embed"] is None
+  assert partitioning.partition_state_spec(P(None, "model"), (1000, 32), 4) == P("data", "model")
+  assert partitioning.partition_state_spec(P(), (6,), 4) == P()
+  assert partitioning.partition_state_spec(P(), (), 4) == P()
+
+
+def test_amos_builds_and_updates(model):
+  tx = optimizers.amos(learning_rate=0.01)
+  part = partitioning.PjitPartitioner()
+  layout = train_state.StateLayout(model, tx, part, train_state.model_input_shapes(model, 2))
+  state = layout.initialize(jax.random.PRNGKey(0))
+  grads = jax.tree_util.tree_map(np.ones_like, state.params)
+  updates, _ = tx.update(grads, state.opt_state, state.params)
+  assert all(np.isfinite(np.asarray(u)).all() for u in jax.tree_util.tree_leaves(updates))
+
+
+def test_save_load_resize_and_errors(model, tmp_path):
+  part = partitioning.PjitPartitioner()
+  layout = train_state.StateLayout(model, optimizers.adamw(1e-3), part,
+                                   train_state.model_input_shapes(model))
+  params = layout.initialize(jax.random.PRNGKey(0)).params
+  path = checkpoints.save_params(params, str(tmp_path), step=7)
+  assert checkpoints.checkpoint_step(str(tmp_path)) == 7 == checkpoints.checkpoint_step(path)
+  loaded = checkpoints.load_params(str(tmp_path), model, part)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, params, loaded)
+  shorter = type(model)(model.module.clone(text_length=8), mask_ratio=0.5)
+  resized = checkpoints.load_params(path, shorter)
+  assert resized["text_tower"]["pos_embedding"].shape == (8, 32)
+  narrower = type(model)(model.module.clone(embed_dim=16), mask_ratio=0.5)
+  with pytest.raises(checkpoints.CheckpointShapeError, match="image_tower/projection/kernel"):
+    checkpoints.load_params(path, narrower)
+  with pytest.raises(FileNotFoundError):
+    checkpoints.load_params(str(tmp_path / "nothing"), model)

@@ -1,0 +1,115 @@
+"""End to end on the tiny model: train, checkpoint, resume (also after kill -9), metrics, tuning."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+import test_train_helpers as h
+
+STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  model_dir = str(tmp_path_factory.mktemp("full"))
+  h.run_train(model_dir, STEPS, ["--gin.CHECKPOINT_PERIOD=4", "--gin.KEEP_CHECKPOINTS=2"])
+  return model_dir
+
+
+def test_outputs_and_keep(uninterrupted):
+  names = sorted(os.listdir(uninterrupted))
+  assert "config.gin" in names and "metrics.jsonl" in names
+  assert any(n.startswith("events.out.tfevents") for n in names)
+  # keep=2: checkpoints 8 and 12 remain, no temporary directories left behind.
+  assert sorted(n for n in names if n.startswith("checkpoint")) == ["checkpoint_12", "checkpoint_8"]
+  with open(os.path.join(uninterrupted, "config.gin")) as f:
+    assert "TRAIN_STEPS = 12" in f.read()
+  rows = [r for r in h.read_metrics(uninterrupted) if "loss" in r]
+  assert rows and rows[-1]["step"] == STEPS
+  last = rows[-1]
+  for key in ("loss", "learning_rate", "temperature", "accuracy/image_to_text",
+              "accuracy/text_to_image", "timing/steps_per_second", "timing/images_per_second",
+              "timing/eta_hours", "input/skipped/decode_error"):
+    assert key in last, key
+  assert np.isfinite(last["loss"])
+
+
+def test_resume_matches_uninterrupted(uninterrupted, tmp_path):
+  model_dir = str(tmp_path / "resumed")
+  # Stop at step 4 of the 12-step schedule (the cosine length stays that of the full run).
+  h.run_train(model_dir, 4, ["--gin.CHECKPOINT_PERIOD=4",
+                             f"--gin.optimizers.warmup_cosine_schedule.total_steps={STEPS}"])
+  assert os.path.isdir(os.path.join(model_dir, "checkpoint_4"))
+  # Same command with the final TRAIN_STEPS: resumes at step 4, data position included.
+  h.run_train(model_dir, STEPS, ["--gin.CHECKPOINT_PERIOD=4"])
+  h.assert_params_equal(h.read_params(uninterrupted), h.read_params(model_dir))
+
+
+def test_kill_9_then_resume(uninterrupted, tmp_path):
+  model_dir = str(tmp_path / "killed")
+  args = h.train_args(model_dir, STEPS, ["--gin.CHECKPOINT_PERIOD=1"])
+  proc = subprocess.Popen(args, cwd=h.ROOT, env=h.env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 240
+    while not os.path.isdir(os.path.join(model_dir, "checkpoint_3")):
+      assert proc.poll() is None, "training ended before it could be killed"
+      assert time.time() < deadline, "no checkpoint_3 within the deadline"
+      time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+  finally:
+    proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  done = sorted(int(n.split("_")[1]) for n in os.listdir(model_dir)
+                if n.startswith("checkpoint_") and n.split("_")[1].isdigit())
+  assert done and done[-1] < STEPS, done
+  # The same command again: resumes from the latest complete checkpoint (a half-written one,
+  # if the kill hit a write, is a temporary directory that orbax ignores and cleans up).
+  h.run_train(model_dir, STEPS, ["--gin.CHECKPOINT_PERIOD=1"])
+  h.assert_params_equal(h.read_params(uninterrupted), h.read_params(model_dir))
+  assert not [n for n in os.listdir(model_dir) if "tmp" in n]
+
+
+def test_unmasked_tuning_restores_params_and_resets_optimizer(uninterrupted, tmp_path):
+  model_dir = str(tmp_path / "tuned")
+  h.run_train(model_dir, 2, [
+      "--gin_file=gin_configs/runs/unmasked_tuning.gin",
+      f"--gin.INITIAL_CHECKPOINT_PATH='{uninterrupted}/checkpoint_12'",
+      "--gin.WARMUP_EPOCHS=None", "--gin.WARMUP_STEPS=1", "--gin.TRAIN_STEPS=2",
+      "--gin.BASE_LEARNING_RATE=0.0", "--gin.CHECKPOINT_PERIOD=1"])
+  with open(os.path.join(model_dir, "config.gin")) as f:
+    config = f.read()
+  assert "MASK_RATIO = 0.0" in config
+  # lr 0: AdamW with a zero rate leaves the restored parameters exactly as they were.
+  h.assert_params_equal(h.read_params(uninterrupted), h.read_params(model_dir, step=2))
+  from flip_t5x.runtime import checkpoints
+  meta = checkpoints.read_meta(os.path.join(model_dir, "checkpoint_1"))
+  assert meta["step"] == 1  # the tuning run counts from 0 with a fresh optimizer
+  opt = _read_opt_count(os.path.join(model_dir, "checkpoint_1"))
+  assert opt == 1
+
+
+def _read_opt_count(step_dir: str) -> int:
+  import orbax.checkpoint as ocp
+  tree = ocp.StandardCheckpointer().restore(os.path.join(step_dir, "opt_state"))
+  counts = []
+
+  def visit(x):
+    if isinstance(x, dict):
+      for k, v in x.items():
+        if k == "count":
+          counts.append(int(np.asarray(v)))
+        else:
+          visit(v)
+    elif isinstance(x, (list, tuple)):
+      for v in x:
+        visit(v)
+  visit(tree)
+  assert counts
+  return counts[0]

@@ -1,0 +1,124 @@
+"""Shared helpers of the runtime/train tests: a tiny in-memory seqio task and gin set-up.
+
+Importing this module registers `flip_test_tiny` (32 px images, 16 tokens of a 1000-word
+vocabulary; captions depend on the image so the loss can fall). Gin files reach it with
+`MIXTURE_OR_TASK_MODULE = 'test_train_helpers'` when `tests/` is on PYTHONPATH.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+TASK = "flip_test_tiny"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(ROOT, "tests")
+NUM_EXAMPLES = {"train": 256, "validation": 64}
+IMAGE, TEXT = 32, 16
+
+
+def _examples(split: str) -> Dict[str, np.ndarray]:
+  rng = np.random.default_rng(0 if split == "train" else 1)
+  n = NUM_EXAMPLES[split]
+  cls = rng.integers(0, 10, size=n)
+  images = rng.normal(size=(n, IMAGE, IMAGE, 3)).astype(np.float32) * 0.5
+  images += cls[:, None, None, None].astype(np.float32) / 5.0 - 1.0
+  texts = rng.integers(1, 1000, size=(n, TEXT)).astype(np.int32)
+  texts[:, 0] = cls + 1
+  texts[:, 10:] = 0
+  return {"image": images, "targets": texts}
+
+
+def _dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None) -> tf.data.Dataset:
+  del shuffle_files, seed
+  return tf.data.Dataset.from_tensor_slices(_examples(split))
+
+
+def register() -> None:
+  if TASK in seqio.TaskRegistry.names():
+    return
+  seqio.TaskRegistry.add(
+      TASK,
+      source=seqio.FunctionDataSource(_dataset_fn, splits=["train", "validation"]),
+      preprocessors=[],
+      output_features={
+          "image": seqio.Feature(seqio.PassThroughVocabulary(1), dtype=tf.float32, rank=3,
+                                 add_eos=False),
+          "targets": seqio.Feature(seqio.PassThroughVocabulary(1000), dtype=tf.int32,
+                                   add_eos=False),
+      })
+
+
+register()
+
+BASE_ARGS = [
+    "--gin_file=gin_configs/models/flip_tiny.gin",
+    "--gin_file=gin_configs/runs/pretrain.gin",
+    f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'",
+    "--gin.MIXTURE_OR_TASK_MODULE='test_train_helpers'",
+    f"--gin.TASK_FEATURE_LENGTHS={{'image': {IMAGE}, 'targets': {TEXT}}}",
+    "--gin.BATCH_SIZE=8",
+    "--gin.RANDOM_SEED=7",
+    "--gin.BASE_LEARNING_RATE=0.05",
+    "--gin.WARMUP_STEPS=2",
+    "--gin.EVAL_PERIOD=0",
+]
+
+
+def env(num_devices: int = 1) -> Dict[str, str]:
+  e = dict(os.environ)
+  e["PYTHONPATH"] = os.pathsep.join([ROOT, TESTS, e.get("PYTHONPATH", "")])
+  e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+  e["JAX_PLATFORMS"] = "cpu"
+  e["TF_CPP_MIN_LOG_LEVEL"] = "3"
+  e["CUDA_VISIBLE_DEVICES"] = ""
+  return e
+
+
+def train_args(model_dir: str, steps: int, extra: Sequence[str] = ()) -> List[str]:
+  return [sys.executable, "-m", "flip_t5x.train"] + BASE_ARGS + [
+      f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={steps}"] + list(extra)
+
+
+def run_train(model_dir: str, steps: int, extra: Sequence[str] = (), num_devices: int = 1,
+              check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+  proc = subprocess.run(train_args(model_dir, steps, extra), cwd=ROOT, env=env(num_devices),
+                        capture_output=True, text=True, timeout=timeout)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"train failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
+  return proc
+
+
+def read_params(model_dir: str, step: Optional[int] = None) -> Dict[str, np.ndarray]:
+  """Flat {name: array} of a checkpoint's params, read without a model (host numpy)."""
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from flip_t5x.runtime import checkpoints  # pylint: disable=g-import-not-at-top
+  root, latest = checkpoints.resolve(model_dir)
+  step = latest if step is None else step
+  ckptr = ocp.StandardCheckpointer()
+  meta = ckptr.metadata(os.path.join(root, f"checkpoint_{step}", "params"))
+  tree = getattr(meta, "item_metadata", meta)
+  tree = getattr(tree, "tree", tree)
+  target = {k: np.zeros(v.shape, v.dtype) for k, v in
+            traverse_util.flatten_dict(dict(tree), sep="/").items()}
+  restored = ckptr.restore(os.path.join(root, f"checkpoint_{step}", "params"),
+                           traverse_util.unflatten_dict(target, sep="/"))
+  return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(restored, sep="/").items()}
+
+
+def read_metrics(model_dir: str) -> List[dict]:
+  import json  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(model_dir, "metrics.jsonl"), encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def assert_params_equal(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]) -> None:
+  assert sorted(a) == sorted(b)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
