@@ -39,6 +39,12 @@ class CheckpointShapeError(ValueError):
   """The checkpoint's parameters do not fit the model; the message lists them."""
 
 
+def absolute(path: str) -> epath.Path:
+  """Orbax wants absolute paths: make local ones absolute, leave gs://-style URLs alone."""
+  path = os.fspath(path).rstrip("/")
+  return epath.Path(path if "://" in path else os.path.abspath(path))
+
+
 def make_manager(directory: str, *, max_to_keep: Optional[int] = None,
                  enable_async: bool = True, read_only: bool = False) -> ocp.CheckpointManager:
   """An orbax manager over `directory/checkpoint_<step>` (t5x's naming, no zero padding)."""
@@ -47,27 +53,27 @@ def make_manager(directory: str, *, max_to_keep: Optional[int] = None,
       create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only)
   handlers = {PARAMS: ocp.StandardCheckpointHandler(), OPT_STATE: ocp.StandardCheckpointHandler(),
               META: ocp.JsonCheckpointHandler()}
-  return ocp.CheckpointManager(epath.Path(directory), item_handlers=handlers, options=options)
+  return ocp.CheckpointManager(absolute(directory), item_handlers=handlers, options=options)
 
 
 def resolve(checkpoint_path: str) -> Tuple[str, int]:
   """(manager root, step) for a MODEL_DIR (its latest step) or a `checkpoint_<step>` directory."""
-  path = os.path.abspath(os.fspath(checkpoint_path).rstrip("/"))
-  match = _STEP_DIR_RE.match(os.path.basename(path))
-  if match and os.path.isdir(path):
-    return os.path.dirname(path), int(match.group(1))
-  if not os.path.isdir(path):
+  path = absolute(checkpoint_path)
+  match = _STEP_DIR_RE.match(path.name)
+  if match and path.is_dir():
+    return os.fspath(path.parent), int(match.group(1))
+  if not path.is_dir():
     raise FileNotFoundError(f"no checkpoint at {checkpoint_path!r}")
-  steps = sorted(int(m.group(1)) for m in (_STEP_DIR_RE.match(n) for n in os.listdir(path))
-                 if m and _is_complete(os.path.join(path, m.group(0))))
+  steps = sorted(int(m.group(1)) for m in (_STEP_DIR_RE.match(p.name) for p in path.iterdir())
+                 if m and _is_complete(path / m.group(0)))
   if not steps:
     raise FileNotFoundError(f"no complete checkpoint_<step> directory in {checkpoint_path!r}")
-  return path, steps[-1]
+  return os.fspath(path), steps[-1]
 
 
-def _is_complete(step_dir: str) -> bool:
+def _is_complete(step_dir: epath.Path) -> bool:
   # orbax renames the temporary directory only once every item is written.
-  return os.path.isdir(os.path.join(step_dir, PARAMS))
+  return (step_dir / PARAMS).is_dir()
 
 
 def checkpoint_step(checkpoint_path: str) -> int:

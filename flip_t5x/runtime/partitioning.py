@@ -347,7 +347,9 @@ if compat.T5X_AVAILABLE:
                                                sep="/")
       for k, spec in flat_axes.items():
         if k.startswith("state/param_states") and isinstance(spec, PartitionSpec):
-          flat_axes[k] = partition_state_spec(spec, np.shape(flat_state[k]), data_size)
+          leaf = flat_state[k]  # abstract (ShapeDtypeStruct) or concrete
+          flat_axes[k] = partition_state_spec(spec, tuple(getattr(leaf, "shape", np.shape(leaf))),
+                                              data_size)
       return mesh_axes.restore_state(traverse_util.unflatten_dict(flat_axes, sep="/"))
 
 else:

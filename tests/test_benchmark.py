@@ -1,0 +1,48 @@
+"""Smoke test of `python -m flip_t5x.benchmark` on the tiny model: the JSON contract users read."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from flip_t5x import benchmark
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_timing_summary():
+  t = benchmark._timing([2.0, 1.0, 4.0])  # pylint: disable=protected-access
+  assert t["step_time_median_s"] == 2.0 and t["step_time_min_s"] == 1.0
+  assert t["step_time_spread"] == pytest.approx(1.5) and t["samples"] == 3
+
+
+def test_benchmark_cli_prints_sane_json_last():
+  cmd = [sys.executable, "-m", "flip_t5x.benchmark",
+         "--gin_file=gin_configs/models/flip_tiny.gin", "--batch_size=8",
+         "--mask_ratios=0.0,0.5", "--rounds=1", "--warmup_steps=0", "--matmul_size=256"]
+  # Smoke test: LLVM at -O0 compiles the tiny step several times faster.
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+                        check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out["platform"] == "cpu" and out["num_devices"] >= 1
+  assert out["batch_size"] == 8 and out["params"] > 0
+  assert out["matmul_peak_flops_per_device"] > 0
+  per = out["per_mask_ratio"]
+  assert set(per) == {"0.0", "0.5"}
+  for r in per.values():
+    assert r["images_per_second"] > 0 and r["step_time_median_s"] > 0
+    assert r["step_time_min_s"] <= r["step_time_median_s"] <= r["step_time_max_s"]
+    assert r["train_flops_per_example"] > 0 and r["achieved_flops_per_second"] > 0
+    assert 0 < r["mfu"] < 10  # tiny shapes are far from the matmul peak, but never absurd
+    assert r["peak_memory_gib"] > 0
+  # Masking half the patches leaves fewer FLOPs; the theory ratio comes from flip_t5x.flops.
+  assert per["0.5"]["train_flops_per_example"] < per["0.0"]["train_flops_per_example"]
+  assert 1.0 < out["theoretical_speedup_0.5"] < 2.0
+  assert out["speedup_0.5"] > 0
+  assert out["speedup_fraction_of_theory_0.5"] == pytest.approx(
+      out["speedup_0.5"] / out["theoretical_speedup_0.5"])
+  assert out["eval_images_per_second"] > 0
