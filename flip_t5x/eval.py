@@ -40,6 +40,8 @@ from flip_t5x import evaluation
 from flip_t5x import models
 from flip_t5x.data import zeroshot as zeroshot_lib
 from flip_t5x.runtime import gin_utils
+# Registers the zero-shot tasks and their gin configurables at import, before gin is locked.
+from tasks import zeroshot_seqio
 
 PyTree = Any
 MODES = ("zeroshot", "retrieval")
@@ -66,7 +68,6 @@ def get_task(name: str) -> Union[seqio.Task, seqio.Mixture]:
 
 def task_class_names(task_name: str) -> list:
   """Label-ordered class names of a zero-shot task (its source's, or `tasks`' lookup)."""
-  from tasks import zeroshot_seqio  # pylint: disable=g-import-not-at-top
   try:
     return zeroshot_seqio.class_names(task_name)
   except ValueError as e:

@@ -115,10 +115,6 @@ def _skipped_counts() -> Mapping[str, float]:
   return {f"input/skipped/{k}": float(v) for k, v in counts.items()}
 
 
-def _zeroshot_fn() -> Optional[Callable[..., Mapping[str, Any]]]:
-  return getattr(eval_lib, "zeroshot_evaluate", None)
-
-
 def _batch_shapes(cfg: Any) -> Mapping[str, Tuple[int, ...]]:
   s, length = cfg.task_feature_lengths["image"], cfg.task_feature_lengths["targets"]
   return {"images": (cfg.batch_size, s, s, 3), "texts": (cfg.batch_size, length)}
@@ -236,9 +232,6 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
         logdir=model_dir, num_profile_steps=monitor.profile_steps,
         first_profile=start_step + monitor.profile_first_step, every_steps=None,
         every_secs=None, profile_duration_ms=None))
-  zeroshot = _zeroshot_fn() if infer_eval_dataset_cfg is not None else None
-  if infer_eval_dataset_cfg is not None and zeroshot is None:
-    logging.warning("infer_eval_dataset_cfg set but flip_t5x.eval.zeroshot_evaluate is missing")
 
   meta_base = {"seed": seed, "data_seed": int(data_seed), "batch_size": batch_size,
                "data_position": "batches consumed = step"}
@@ -260,10 +253,10 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
     if train_eval_dataset_cfg is not None and eval_steps:
       _train_eval(trainer, params, train_eval_dataset_cfg, model, partitioner, get_dataset_fn,
                   eval_steps, writer, step)
-    if zeroshot is not None:
+    if infer_eval_dataset_cfg is not None:
       cfg = infer_eval_dataset_cfg
       lengths = cfg.task_feature_lengths or train_dataset_cfg.task_feature_lengths
-      res = zeroshot(model, params, task_name=cfg.mixture_or_task_name, split=cfg.split,
+      res = eval_lib.zeroshot_evaluate(model, params, task_name=cfg.mixture_or_task_name, split=cfg.split,
                      feature_lengths=lengths, batch_size=cfg.batch_size,
                      max_examples=(eval_steps * cfg.batch_size) if eval_steps else None,
                      mesh=partitioner.mesh)

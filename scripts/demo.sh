@@ -67,13 +67,13 @@ stage() {
 }
 stage pretrain "masked pre-training (MASK_RATIO=0.5)" \
 $py -m flip_t5x.train --gin_file=gin_configs/demo/pretrain.gin "${common[@]}" "${train_data[@]}" \
-  --gin.MODEL_DIR="\"$run_dir/pretrain\"" "${pre_steps[@]}"
+  "${eval_data[@]}" --gin.MODEL_DIR="\"$run_dir/pretrain\"" "${pre_steps[@]}"
 stage eval_pretrain "zero-shot eval after pre-training" \
 $py -m flip_t5x.eval --gin_file=gin_configs/demo/eval.gin "${common[@]}" "${eval_data[@]}" \
   --gin.CHECKPOINT_PATH="\"$run_dir/pretrain\"" --gin.EVAL_OUTPUT_DIR="\"$run_dir/eval_pretrain\""
 stage tune "unmasked tuning from the pre-trained checkpoint (MASK_RATIO=0.0)" \
 $py -m flip_t5x.train --gin_file=gin_configs/demo/unmasked_tuning.gin "${common[@]}" \
-  "${train_data[@]}" --gin.INITIAL_CHECKPOINT_PATH="\"$run_dir/pretrain\"" \
+  "${train_data[@]}" "${eval_data[@]}" --gin.INITIAL_CHECKPOINT_PATH="\"$run_dir/pretrain\"" \
   --gin.MODEL_DIR="\"$run_dir/tuned\"" "${tun_steps[@]}"
 stage eval_tuned "zero-shot eval after tuning" \
 $py -m flip_t5x.eval --gin_file=gin_configs/demo/eval.gin "${common[@]}" "${eval_data[@]}" \

@@ -28,6 +28,9 @@ def test_shortened_demo_runs_the_whole_chain(tmp_path):
     assert summary["stages"][stage]["num_examples"] == 40
     assert 0.0 <= summary["stages"][stage]["zeroshot_top1"] <= summary["stages"][stage]["zeroshot_top5"]
     assert (run_dir / stage / "config.gin").exists()
+  # periodic zero-shot accuracy during training reaches the metrics
+  rows = [json.loads(l) for l in (run_dir / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+  assert any("zeroshot/flip_folder_zeroshot/top1" in r for r in rows)
   # the tuning run really started from the pre-trained parameters, with masking off
   tuned_config = (run_dir / "tuned" / "config.gin").read_text()
   assert "mask_ratio = 0.0" in tuned_config or "MASK_RATIO = 0.0" in tuned_config
