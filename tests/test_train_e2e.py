@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -113,3 +114,31 @@ def _read_opt_count(step_dir: str) -> int:
   visit(tree)
   assert counts
   return counts[0]
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(uninterrupted, tmp_path):
+  model_dir = str(tmp_path / "diverges")
+  shutil.copytree(os.path.join(uninterrupted, "checkpoint_12"),
+                  os.path.join(model_dir, "checkpoint_12"))
+  before = h.read_params(model_dir)
+  # An absurd learning rate blows the parameters up on the first step after resuming.
+  proc = h.run_train(model_dir, 20, ["--gin.BASE_LEARNING_RATE=1e30", "--gin.CHECKPOINT_PERIOD=1"],
+                     check=False)
+  assert proc.returncode == 3, proc.stderr[-3000:]
+  assert "loss is" in proc.stderr and "checkpoint_12" in proc.stderr
+  steps = sorted(n for n in os.listdir(model_dir) if n.startswith("checkpoint_"))
+  for name in steps:  # whatever was saved before the loss was seen is finite
+    params = h.read_params(model_dir, step=int(name.split("_")[1]))
+    assert all(np.all(np.isfinite(v)) for v in params.values()), name
+  h.assert_params_equal(before, h.read_params(model_dir, step=12))
+
+
+def test_profile_steps_write_a_jax_profile(uninterrupted, tmp_path):
+  model_dir = str(tmp_path / "profiled")
+  shutil.copytree(os.path.join(uninterrupted, "checkpoint_12"),
+                  os.path.join(model_dir, "checkpoint_12"))
+  h.run_train(model_dir, 16, ["--gin.PROFILE_STEPS=2",
+                              "--gin.trainer.MonitoringConfig.profile_first_step=1"])
+  traces = [os.path.join(d, f) for d, _, fs in os.walk(model_dir) for f in fs
+            if f.endswith((".xplane.pb", ".trace.json.gz"))]
+  assert traces, sorted(os.listdir(model_dir))
