@@ -35,7 +35,6 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from absl import flags
 from absl import logging
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,10 +68,6 @@ def define_flags() -> None:
                        "and report XLA's memory analysis.")
   flags.DEFINE_string("output_json", "", "Also write the JSON result to this file.")
 
-
-@gin.configurable(module="flip_t5x.benchmark")
-def configured_model(model: models.FlipModel = gin.REQUIRED) -> models.FlipModel:
-  return model
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -440,10 +435,8 @@ def benchmark(module: network.FlipTwoTower, optimizer_def: Any, ratios: Sequence
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  gin_utils.parse_gin_flags(FLAGS.gin_search_paths, FLAGS.gin_file,
-                            list(FLAGS.gin_bindings) +
-                            ["flip_t5x.benchmark.configured_model.model = %MODEL"])
-  model = configured_model()
+  model = gin_utils.parse_gin_flags_for_model(FLAGS.gin_search_paths, FLAGS.gin_file,
+                                              FLAGS.gin_bindings)
   module = model.module
   ratios = [float(r) for r in FLAGS.mask_ratios]
   out: Dict[str, Any] = {"benchmark": "flip_t5x.train_step", "gin_files": list(FLAGS.gin_file),

@@ -36,7 +36,6 @@ from absl import flags
 from absl import logging
 from flax import serialization
 from flax import traverse_util
-import gin
 import jax
 import numpy as np
 import tensorstore as ts
@@ -460,10 +459,6 @@ def import_checkpoint(source: str, model: models.FlipModel, output: Optional[str
   return params, step
 
 
-@gin.configurable(module="flip_t5x.import_checkpoint")
-def configured_model(model: models.FlipModel = gin.REQUIRED) -> models.FlipModel:
-  return model
-
 
 FLAGS = flags.FLAGS
 
@@ -484,10 +479,8 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError("--source is required")
   if not FLAGS.output and not FLAGS.dry_run:
     raise app.UsageError("--output is required (or pass --dry_run)")
-  gin_utils.parse_gin_flags(
-      FLAGS.gin_search_paths, FLAGS.gin_file,
-      list(FLAGS.gin_bindings) + ["flip_t5x.import_checkpoint.configured_model.model = %MODEL"])
-  model = configured_model()
+  model = gin_utils.parse_gin_flags_for_model(FLAGS.gin_search_paths, FLAGS.gin_file,
+                                              FLAGS.gin_bindings)
   if FLAGS.dry_run:
     for e in mapping_table(model):
       print(f"{e.official} {e.official_shape} -> {e.ours} {e.our_shape}")

@@ -11,7 +11,6 @@ import json
 from typing import Any, Dict, Sequence
 
 from absl import flags
-import gin
 import jax
 import numpy as np
 
@@ -21,10 +20,6 @@ from flip_t5x.runtime import gin_utils
 
 FLAGS = flags.FLAGS
 
-
-@gin.configurable(module="flip_t5x.model_info")
-def configured_model(model: models.FlipModel = gin.REQUIRED) -> models.FlipModel:
-  return model
 
 
 def param_shapes(model: models.FlipModel) -> Any:
@@ -57,9 +52,9 @@ def model_info(model: models.FlipModel) -> Dict[str, Any]:
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  gin_utils.parse_gin_flags(FLAGS.gin_search_paths, FLAGS.gin_file,
-                            list(FLAGS.gin_bindings) + ["flip_t5x.model_info.configured_model.model = %MODEL"])
-  info = model_info(configured_model())
+  model = gin_utils.parse_gin_flags_for_model(FLAGS.gin_search_paths, FLAGS.gin_file,
+                                              FLAGS.gin_bindings)
+  info = model_info(model)
   for k, v in info.items():
     print(f"{k:>36s}: {v}")
   print(json.dumps(info))

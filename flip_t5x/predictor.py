@@ -42,11 +42,6 @@ class ImageError(ValueError):
   """An input image that cannot be read or decoded; the message names it."""
 
 
-@gin.configurable(module="flip_t5x.predictor")
-def configured_model(model: models.FlipModel = gin.REQUIRED) -> models.FlipModel:
-  return model
-
-
 def _is_single_image(images: Any) -> bool:
   if isinstance(images, (str, bytes, os.PathLike)):
     return True
@@ -140,11 +135,8 @@ class FlipPredictor:
     """
     gin_files = [gin_file] if isinstance(gin_file, (str, os.PathLike)) else list(gin_file)
     gin.clear_config()
-    gin_utils.parse_gin_flags(
-        ["."], [os.fspath(f) for f in gin_files],
-        list(gin_bindings) + ["flip_t5x.predictor.configured_model.model = %MODEL"],
-        finalize_config=False)
-    model = configured_model()
+    model = gin_utils.parse_gin_flags_for_model(
+        ["."], [os.fspath(f) for f in gin_files], gin_bindings, finalize_config=False)
     if vocab_file is None:
       try:
         vocab_file = vocabulary_lib.wordpiece_vocab_file()

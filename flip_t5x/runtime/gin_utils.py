@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Callable, List, Sequence
+from typing import Any, Callable, List, Sequence
 
 from absl import app
 from absl import flags
@@ -111,6 +111,20 @@ def _required_hint(message: str, gin_files: Sequence[str]) -> str:
           where.append(f"{path}:{i}")
   return (f" (required by {', '.join(where) or 'the gin files'}; set it, e.g. "
           f"--gin.{name}=...)")
+
+
+@gin.configurable(module="flip_t5x.runtime.gin_utils")
+def configured_model(model: Any = gin.REQUIRED) -> Any:
+  """MODEL as the gin files bind it."""
+  return model
+
+
+def parse_gin_flags_for_model(gin_search_paths: Sequence[str], gin_files: Sequence[str],
+                              gin_bindings: Sequence[str], finalize_config: bool = True) -> Any:
+  """Parses the gin flags of a binary that needs only the model, and returns `%MODEL`."""
+  parse_gin_flags(gin_search_paths, gin_files, list(gin_bindings) + [
+      "flip_t5x.runtime.gin_utils.configured_model.model = %MODEL"], finalize_config)
+  return configured_model()
 
 
 def run(main: Callable[[Sequence[str]], None]) -> None:
