@@ -124,12 +124,7 @@ def shards(tmp_path_factory):
   return {"root": root, "vocab": _vocab_file(str(root)), "expected": expected}
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-  gin.clear_config()
-  preprocessors.reset_counts()
-  yield
-  gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin_and_counters")
 
 
 def _configure(shards, fmt="tfrecord", extra=""):

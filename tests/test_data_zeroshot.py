@@ -27,12 +27,7 @@ def vocab_file(tmp_path):
   return str(path)
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-  gin.clear_config()
-  preprocessors.reset_counts()
-  yield
-  gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin_and_counters")
 
 
 def _converter():
