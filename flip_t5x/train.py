@@ -206,21 +206,39 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
     writer.close()
     return start_step, state
 
+  save_period = save_cfg.period if save_cfg is not None and save_cfg.period else None
+  save_steps = set(getattr(save_cfg, "checkpoint_steps", None) or ())
+  save_dataset = bool(getattr(save_cfg, "save_dataset", False))
+
+  def is_save_step(step: int) -> bool:
+    return bool((save_period and step % save_period == 0) or step in save_steps
+                or step == total_steps)
+
   # ------------------------------------------------------------- data
+  # The data position: the checkpoint's tf.data iterator state when it has one (save_dataset);
+  # otherwise skip `step` batches of the seeded stream (exact, but re-reads the consumed data).
+  resume_position = latest is not None and ckpt.has_input_position(latest)
+  if latest is not None and not resume_position:
+    logging.warning("checkpoint_%d has no input position: skipping %d batches to resume the "
+                    "data stream (set SaveCheckpointConfig.save_dataset = True to avoid this)",
+                    latest, start_step)
   # Per-process rows: batch / shards (t5x's DataLayout.batch_size is the global batch).
   ds = get_dataset_fn(train_dataset_cfg, data_layout.shard_id, data_layout.num_shards,
                       model.FEATURE_CONVERTER_CLS, batch_size // data_layout.num_shards,
-                      skip_batches=start_step, seed=data_seed)
+                      skip_batches=0 if resume_position else start_step, seed=data_seed)
   batches = utils.DeviceIterator(ds, partitioner.data_sharding, batch_size,
-                                 prefetch=monitor.prefetch_batches)
+                                 prefetch=monitor.prefetch_batches,
+                                 hold_at=is_save_step if save_dataset else None,
+                                 start_step=start_step)
+  if resume_position:
+    ckpt.restore_input_position(latest, batches.synced_iterator())
+    logging.info("input stream repositioned from checkpoint_%d", latest)
 
   step_rng = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
   trainer = trainer_cls(model=model, train_state=state, partitioner=partitioner,
                         eval_names=[], summary_dir=model_dir, train_state_axes=layout,
                         rng=step_rng)
   stats_period = stats_period or eval_period or 100
-  save_period = save_cfg.period if save_cfg is not None and save_cfg.period else None
-  save_steps = set(getattr(save_cfg, "checkpoint_steps", None) or ())
   throughput = trainer_lib.Throughput(
       model, batch_size, total_steps,
       trainer_lib.peak_flops_per_device(jax.devices()[0], monitor.peak_flops_per_device),
@@ -234,7 +252,8 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
         every_secs=None, profile_duration_ms=None))
 
   meta_base = {"seed": seed, "data_seed": int(data_seed), "batch_size": batch_size,
-               "data_position": "batches consumed = step"}
+               "data_position": ("input_position item" if save_dataset
+                                 else "batches consumed = step")}
   accumulator = trainer_lib.MetricsAccumulator()
   pending = None  # (step, scalars) whose loss has not been checked yet
   last_saved = latest
@@ -293,9 +312,10 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
         out.update(throughput.report(new_step))
         out.update(_skipped_counts())
         writer.write_scalars(new_step, out)
-      if ((save_period and new_step % save_period == 0) or new_step in save_steps or is_last):
+      if is_save_step(new_step):
         check_finite(pending)
-        ckpt.save(state, dict(meta_base, step=new_step))
+        ckpt.save(state, dict(meta_base, step=new_step),
+                  input_iterator=batches.synced_iterator() if save_dataset else None)
         last_saved = new_step
       if eval_period and new_step % eval_period == 0 and not is_last:
         run_evals(new_step, state.params)

@@ -80,3 +80,29 @@ def test_save_load_resize_and_errors(model, tmp_path):
     checkpoints.load_params(path, narrower)
   with pytest.raises(FileNotFoundError):
     checkpoints.load_params(str(tmp_path / "nothing"), model)
+
+
+def test_device_iterator_holds_at_save_steps_and_hands_out_the_exact_position(tmp_path):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from flip_t5x.data import sources  # pylint: disable=g-import-not-at-top
+  from flip_t5x.runtime import utils  # pylint: disable=g-import-not-at-top
+  mesh = partitioning.PjitPartitioner(num_partitions=1).mesh
+  sharding = jax.sharding.NamedSharding(mesh, P("data"))
+  ds = tf.data.Dataset.range(40).shuffle(16, seed=0, reshuffle_each_iteration=False).batch(2)
+  it = utils.DeviceIterator(ds.map(lambda x: {"x": x}), sharding, 2, prefetch=2,
+                            hold_at=lambda step: step % 3 == 0, start_step=0)
+  seen = [np.asarray(next(it)["x"]).tolist() for _ in range(2)]
+  with pytest.raises(RuntimeError, match="ahead of the consumer"):
+    it.synced_iterator()  # step 2 is not a hold step: batch 3 was already prefetched
+  seen.append(np.asarray(next(it)["x"]).tolist())
+  sources.save_input_position(it.synced_iterator(), str(tmp_path), counter_names=())
+  rest = [np.asarray(next(it)["x"]).tolist() for _ in range(3)]  # steps 4..6
+  # A fresh pipeline restored from the saved position continues with batch 4.
+  fresh = utils.DeviceIterator(ds.map(lambda x: {"x": x}), sharding, 2, prefetch=2, start_step=3)
+  assert sources.restore_input_position(fresh.synced_iterator(), str(tmp_path), counter_names=())
+  assert [np.asarray(next(fresh)["x"]).tolist() for _ in range(3)] == rest
+  whole = [b.tolist() for b in ds.as_numpy_iterator()]
+  assert seen + rest == whole[:6]
+  # Holding (at step 6) without taking the position is a clear error, not a silent end of data.
+  with pytest.raises(RuntimeError, match="never taken"):
+    next(it)

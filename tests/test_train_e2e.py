@@ -46,9 +46,24 @@ def test_resume_matches_uninterrupted(uninterrupted, tmp_path):
   # Stop at step 4 of the 12-step schedule (the cosine length stays that of the full run).
   h.run_train(model_dir, 4, ["--gin.CHECKPOINT_PERIOD=4",
                              f"--gin.optimizers.warmup_cosine_schedule.total_steps={STEPS}"])
-  assert os.path.isdir(os.path.join(model_dir, "checkpoint_4"))
-  # Same command with the final TRAIN_STEPS: resumes at step 4, data position included.
-  h.run_train(model_dir, STEPS, ["--gin.CHECKPOINT_PERIOD=4"])
+  position = os.path.join(model_dir, "checkpoint_4", "input_position")
+  assert os.path.exists(os.path.join(position, "input_position-00000-of-00001.index"))
+  # Same command with the final TRAIN_STEPS: resumes at step 4, the tf.data iterator restored
+  # from the checkpoint (no batches skipped).
+  proc = h.run_train(model_dir, STEPS, ["--gin.CHECKPOINT_PERIOD=4"])
+  assert "input stream repositioned from checkpoint_4" in proc.stderr
+  assert "skipping" not in proc.stderr
+  h.assert_params_equal(h.read_params(uninterrupted), h.read_params(model_dir))
+
+
+def test_resume_without_saved_input_position_skips_to_the_same_data(uninterrupted, tmp_path):
+  model_dir = str(tmp_path / "no_position")
+  h.run_train(model_dir, 4, ["--gin.CHECKPOINT_PERIOD=4",
+                             "--gin.utils.SaveCheckpointConfig.save_dataset=False",
+                             f"--gin.optimizers.warmup_cosine_schedule.total_steps={STEPS}"])
+  assert not os.path.exists(os.path.join(model_dir, "checkpoint_4", "input_position"))
+  proc = h.run_train(model_dir, STEPS, ["--gin.CHECKPOINT_PERIOD=4"])
+  assert "skipping 4 batches" in proc.stderr
   h.assert_params_equal(h.read_params(uninterrupted), h.read_params(model_dir))
 
 

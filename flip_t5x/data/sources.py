@@ -95,17 +95,23 @@ def detect_format(files: Sequence[str], fmt: str = "auto") -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-# Readers: path (scalar string tensor) -> dataset of {"image", "text", "key"}.
+# Readers: path (scalar string tensor) -> dataset of {"image", "text"}.
+_IMAGE_KEYS = ("jpg", "png", "webp", "image")
 _TFRECORD_SPEC = {k: tf.io.FixedLenFeature([], tf.string, default_value="")
-                  for k in ("jpg", "png", "webp", "image", "txt", "key")}
+                  for k in _IMAGE_KEYS + ("txt",)}
 
 
 def _parse_img2dataset_example(serialized: tf.Tensor) -> dict:
+  """The first non-empty image column and the caption.
+
+  tf.cond passes the chosen string through; tf.where would copy the image bytes (~0.05 ms a
+  record, measured by scripts/bench_input.py).
+  """
   ex = tf.io.parse_single_example(serialized, _TFRECORD_SPEC)
-  image = ex["jpg"]
-  for k in ("png", "webp", "image"):
-    image = tf.where(tf.strings.length(image) > 0, image, ex[k])
-  return {"image": image, "text": ex["txt"], "key": ex["key"]}
+  image = ex[_IMAGE_KEYS[-1]]
+  for k in reversed(_IMAGE_KEYS[:-1]):
+    image = tf.cond(tf.strings.length(ex[k]) > 0, lambda k=k: ex[k], lambda image=image: image)
+  return {"image": image, "text": ex["txt"]}
 
 
 def read_tfrecord_file(path: tf.Tensor) -> tf.data.Dataset:
@@ -171,17 +177,15 @@ def _read_ranges(path: bytes, ranges: np.ndarray):
 
 def read_webdataset_file(path: tf.Tensor) -> tf.data.Dataset:
   """img2dataset `--output_format webdataset` tar shard -> records (KEY.jpg/png/webp + KEY.txt)."""
-  keys, ranges = tf.numpy_function(tar_index, [path], [tf.string, tf.int64], stateful=False)
-  keys = tf.reshape(keys, [-1])
-  ranges = tf.reshape(ranges, [-1, 4])
-  ds = tf.data.Dataset.from_tensor_slices((keys, ranges))
+  _, ranges = tf.numpy_function(tar_index, [path], [tf.string, tf.int64], stateful=False)
+  ds = tf.data.Dataset.from_tensor_slices(tf.reshape(ranges, [-1, 4]))
 
-  def read(key, r):
+  def read(r):
     image, text = tf.numpy_function(_read_ranges, [path, r], [tf.string, tf.string],
                                     stateful=False)
     image.set_shape([])
     text.set_shape([])
-    return {"image": image, "text": text, "key": key}
+    return {"image": image, "text": text}
 
   return ds.map(read)
 
@@ -234,7 +238,7 @@ class Img2DatasetSource(seqio.DataSource):
                        block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if shuffle:
       ds = ds.shuffle(record_shuffle_buffer_size(), seed=seed, reshuffle_each_iteration=False)
-    return ds.map(lambda ex: {"image": ex["image"], "text": ex["text"]})
+    return ds
 
 
 def list_image_folder(root: str, class_names_file: Optional[str] = None

@@ -1,7 +1,10 @@
 """Checkpoints: orbax `CheckpointManager` directories `MODEL_DIR/checkpoint_<step>`, as t5x writes.
 
-Each step directory holds three orbax items: `params`, `opt_state` (absent in params-only
-checkpoints written by `save_params`) and `meta` (JSON: step, data seed and input position).
+Each step directory holds orbax items: `params`, `opt_state` (absent in params-only checkpoints
+written by `save_params`), `meta` (JSON: step, data seed) and, when the run saves its data
+position (`SaveCheckpointConfig.save_dataset`), `input_position`: each process's tf.data iterator
+state and skip counters (`flip_t5x.data.sources.save_input_position`), so a resumed run continues
+the input stream where it stopped without re-reading it.
 Writes are asynchronous and atomic (orbax writes a temporary directory and renames it when
 complete, so a crash mid-write leaves the previous checkpoint as the latest).
 
@@ -9,6 +12,7 @@ Public helpers for the other binaries: `load_params`, `checkpoint_step`, `save_p
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -21,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from flip_t5x.data import sources
 from flip_t5x.runtime import train_state as train_state_lib
 
 PyTree = Any
@@ -28,6 +33,7 @@ PyTree = Any
 PARAMS = "params"
 OPT_STATE = "opt_state"
 META = "meta"
+INPUT_POSITION = "input_position"
 STEP_PREFIX = "checkpoint"
 _STEP_DIR_RE = re.compile(rf"^{STEP_PREFIX}_(\d+)$")
 
@@ -45,6 +51,40 @@ def absolute(path: str) -> epath.Path:
   return epath.Path(path if "://" in path else os.path.abspath(path))
 
 
+# ------------------------------------------------------------------------------------------------
+# The input position as an orbax item (as grain's PyGrainCheckpointHandler does for grain).
+class InputPositionHandler(ocp.CheckpointHandler):
+  """Saves/restores this process's tf.data iterator (one file set per process in the item dir).
+
+  Synchronous: the iterator state is captured inside `CheckpointManager.save`, before the train
+  loop pulls the next batch; orbax's atomic rename covers it with the rest of the step.
+  """
+
+  def save(self, directory: epath.Path, args: "InputPositionSave") -> None:
+    sources.save_input_position(args.iterator, os.fspath(directory), jax.process_index(),
+                                jax.process_count())
+
+  def restore(self, directory: epath.Path, args: "InputPositionRestore") -> Any:
+    if not sources.restore_input_position(args.iterator, os.fspath(directory),
+                                          jax.process_index(), jax.process_count()):
+      raise FileNotFoundError(
+          f"{directory} has no input position for process {jax.process_index()} of "
+          f"{jax.process_count()} (was the run saved with another number of processes?)")
+    return args.iterator
+
+
+@ocp.args.register_with_handler(InputPositionHandler, for_save=True)
+@dataclasses.dataclass
+class InputPositionSave(ocp.args.CheckpointArgs):
+  iterator: Any
+
+
+@ocp.args.register_with_handler(InputPositionHandler, for_restore=True)
+@dataclasses.dataclass
+class InputPositionRestore(ocp.args.CheckpointArgs):
+  iterator: Any
+
+
 def make_manager(directory: str, *, max_to_keep: Optional[int] = None,
                  enable_async: bool = True, read_only: bool = False) -> ocp.CheckpointManager:
   """An orbax manager over `directory/checkpoint_<step>` (t5x's naming, no zero padding)."""
@@ -52,7 +92,7 @@ def make_manager(directory: str, *, max_to_keep: Optional[int] = None,
       max_to_keep=max_to_keep, step_prefix=STEP_PREFIX, enable_async_checkpointing=enable_async,
       create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only)
   handlers = {PARAMS: ocp.StandardCheckpointHandler(), OPT_STATE: ocp.StandardCheckpointHandler(),
-              META: ocp.JsonCheckpointHandler()}
+              META: ocp.JsonCheckpointHandler(), INPUT_POSITION: InputPositionHandler()}
   return ocp.CheckpointManager(absolute(directory), item_handlers=handlers, options=options)
 
 
@@ -237,13 +277,23 @@ class TrainCheckpointer:
   def all_steps(self) -> List[int]:
     return list(self._manager.all_steps())
 
-  def save(self, state: train_state_lib.TrainState, meta: Mapping[str, Any]) -> None:
-    """Starts an asynchronous save (the device arrays are copied before this returns)."""
+  def save(self, state: train_state_lib.TrainState, meta: Mapping[str, Any],
+           input_iterator: Any = None) -> None:
+    """Starts an asynchronous save (the device arrays are copied before this returns).
+
+    `input_iterator`: the train tf.data iterator positioned after the batches of `state.step`;
+    its state is written before this returns.
+    """
     step = int(meta["step"])
-    self._manager.save(step, args=ocp.args.Composite(**{
-        PARAMS: ocp.args.StandardSave(state.params),
-        OPT_STATE: ocp.args.StandardSave(state.opt_state),
-        META: ocp.args.JsonSave(dict(meta))}), force=True)
+    items = {PARAMS: ocp.args.StandardSave(state.params),
+             OPT_STATE: ocp.args.StandardSave(state.opt_state),
+             META: ocp.args.JsonSave(dict(meta))}
+    if input_iterator is not None:
+      items[INPUT_POSITION] = InputPositionSave(input_iterator)
+    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+  def has_input_position(self, step: int) -> bool:
+    return (self._manager.directory / f"{STEP_PREFIX}_{step}" / INPUT_POSITION).is_dir()
 
   def restore(self, step: int) -> Tuple[train_state_lib.TrainState, Dict[str, Any]]:
     target = self.layout.abstract_with_shardings()
@@ -259,6 +309,14 @@ class TrainCheckpointer:
     step_arr = jax.device_put(jnp.asarray(meta["step"], jnp.int32), self.layout.shardings.step)
     return (train_state_lib.TrainState(step=step_arr, params=restored[PARAMS],
                                        opt_state=restored[OPT_STATE]), meta)
+
+  def restore_input_position(self, step: int, input_iterator: Any) -> bool:
+    """Repositions the (unused) train iterator as saved at `step`; False if nothing was saved."""
+    if not (self._manager.directory / f"{STEP_PREFIX}_{step}" / INPUT_POSITION).is_dir():
+      return False
+    self._manager.restore(step, args=ocp.args.Composite(**{
+        INPUT_POSITION: InputPositionRestore(input_iterator)}))
+    return True
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

@@ -182,23 +182,48 @@ class DeviceIterator:
 
   Device transfers are asynchronous, so putting batch n+1 on device before step n's result is
   needed overlaps input transfer with compute.
+
+  Checkpoints need the tf.data iterator exactly after the batches consumed, but prefetching runs
+  ahead. `hold_at(step)` names the steps whose position will be saved: the iterator stops pulling
+  once it has pulled the batches up to such a step, until `synced_iterator()` hands the
+  positioned tf.data iterator out (a one-batch prefetch bubble per checkpoint). `start_step`
+  numbers the batches: the first one pulled is for step `start_step`.
   """
 
   def __init__(self, ds: tf.data.Dataset, sharding: jax.sharding.Sharding,
-               global_batch_size: int, prefetch: int = 1):
+               global_batch_size: int, prefetch: int = 1, *,
+               hold_at: Optional[Callable[[int], bool]] = None, start_step: int = 0):
     self._it = ds.as_numpy_iterator()
     self._sharding = sharding
     self._global_batch_size = global_batch_size
     self._prefetch = max(0, prefetch)
     self._queue = collections.deque()
+    self._hold_at = hold_at or (lambda step: False)
+    self._pulled = start_step   # step after the last batch pulled from tf.data
+    self._released = start_step
 
   def _fill(self) -> None:
     while len(self._queue) <= self._prefetch:
+      if self._pulled != self._released and self._hold_at(self._pulled):
+        return
       try:
         local = next(self._it)
       except StopIteration:
         return
+      self._pulled += 1
       self._queue.append(global_batch(local, self._sharding, self._global_batch_size))
+
+  def synced_iterator(self) -> Any:
+    """The tf.data iterator, positioned after exactly the batches consumed so far.
+
+    Raises:
+      RuntimeError: if batches were pulled beyond that (the step was not a `hold_at` step).
+    """
+    if self._queue:
+      raise RuntimeError(f"input position is {len(self._queue)} batch(es) ahead of the consumer; "
+                         "only steps named by hold_at can be saved")
+    self._released = self._pulled
+    return self._it
 
   def __iter__(self) -> Iterator[Mapping[str, jax.Array]]:
     return self
@@ -206,6 +231,9 @@ class DeviceIterator:
   def __next__(self) -> Mapping[str, jax.Array]:
     self._fill()
     if not self._queue:
+      if self._pulled != self._released and self._hold_at(self._pulled):
+        raise RuntimeError(f"input held after step {self._pulled} for a checkpoint, but its "
+                           "position was never taken (synced_iterator)")
       raise StopIteration
     batch = self._queue.popleft()
     self._fill()
