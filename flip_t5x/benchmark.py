@@ -115,27 +115,6 @@ def synthetic_batch(module: network.FlipTwoTower, batch_size: int, seed: int = 0
                                 dtype=np.int32)}
 
 
-class MatmulPeak:
-  """A large square matmul in the activation dtype: the device's achievable matmul FLOP/s."""
-
-  def __init__(self, dtype: Any, size: int):
-    if not size:
-      size = 2048 if jax.devices()[0].platform == "cpu" else 8192
-    self.size = size
-    self.reps = 3 if jax.devices()[0].platform == "cpu" else 50
-    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
-    self.a = jax.random.normal(k1, (size, size), jnp.float32).astype(dtype)
-    self.b = jax.random.normal(k2, (size, size), jnp.float32).astype(dtype)
-    self.fn = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=a.dtype))
-    jax.block_until_ready(self.fn(self.a, self.b))
-
-  def measure(self) -> float:
-    t0 = time.perf_counter()
-    outs = [self.fn(self.a, self.b) for _ in range(self.reps)]
-    jax.block_until_ready(outs)
-    return 2.0 * self.size**3 * self.reps / (time.perf_counter() - t0)
-
-
 class TrainCase:
   """One mask ratio: its model, state and the runtime's jitted, donating train step."""
 
@@ -349,7 +328,7 @@ def benchmark(module: network.FlipTwoTower, optimizer_def: Any, ratios: Sequence
   for c in cases:
     for _ in range(warmup_steps):
       c.run(1)
-  peak = MatmulPeak(jnp.dtype(module.dtype), matmul_size)
+  peak = flops.MatmulPeak(jnp.dtype(module.dtype), matmul_size)
   peaks: List[float] = []
   evaluator = None
   if run_eval:

@@ -1,11 +1,16 @@
-"""Analytic FLOP counts of FLIP's towers (matmuls only, 2 FLOPs per multiply-add).
+"""Analytic FLOP counts of FLIP's towers (matmuls only, 2 FLOPs per multiply-add), and the
+device's measured matmul peak they are compared with.
 
 Model FLOPs, the convention for utilisation figures: a training step is 3x the forward pass
 (forward + backward), whatever recomputation remat adds.
 """
 from __future__ import annotations
 
-from typing import Dict
+import time
+from typing import Any, Dict, Optional
+
+import jax
+import jax.numpy as jnp
 
 from flip_t5x import network
 
@@ -43,3 +48,24 @@ def flops_per_example(m: network.FlipTwoTower, mask_ratio: float,
       "train": 3.0 * forward,
       "eval": eval_forward,
   }
+
+
+class MatmulPeak:
+  """A large square matmul in the activation dtype: the device's achievable matmul FLOP/s."""
+
+  def __init__(self, dtype: Any = jnp.float32, size: Optional[int] = None):
+    if not size:
+      size = 2048 if jax.devices()[0].platform == "cpu" else 8192
+    self.size = size
+    self.reps = 3 if jax.devices()[0].platform == "cpu" else 50
+    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+    self.a = jax.random.normal(k1, (size, size), jnp.float32).astype(dtype)
+    self.b = jax.random.normal(k2, (size, size), jnp.float32).astype(dtype)
+    self.fn = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=a.dtype))
+    jax.block_until_ready(self.fn(self.a, self.b))
+
+  def measure(self) -> float:
+    t0 = time.perf_counter()
+    outs = [self.fn(self.a, self.b) for _ in range(self.reps)]
+    jax.block_until_ready(outs)
+    return 2.0 * self.size**3 * self.reps / (time.perf_counter() - t0)

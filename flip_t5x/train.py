@@ -241,7 +241,10 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
   stats_period = stats_period or eval_period or 100
   throughput = trainer_lib.Throughput(
       model, batch_size, total_steps,
-      trainer_lib.peak_flops_per_device(jax.devices()[0], monitor.peak_flops_per_device),
+      trainer_lib.peak_flops_per_device(
+          jax.devices()[0], monitor.peak_flops_per_device,
+          measure_dtype=(getattr(model.module, "dtype", "float32")
+                         if monitor.measure_peak_flops else None)),
       jax.device_count())
   hooks = [periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                            every_steps=stats_period, every_secs=None)]

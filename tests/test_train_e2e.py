@@ -36,9 +36,11 @@ def test_outputs_and_keep(uninterrupted):
   last = rows[-1]
   for key in ("loss", "learning_rate", "temperature", "accuracy/image_to_text",
               "accuracy/text_to_image", "timing/steps_per_second", "timing/images_per_second",
-              "timing/eta_hours", "input/skipped/decode_error"):
+              "timing/eta_hours", "timing/mfu", "input/skipped/decode_error"):
     assert key in last, key
   assert np.isfinite(last["loss"])
+  # FLOP utilisation against the matmul peak measured at start-up (CPU has no vendor figure).
+  assert 0 < last["timing/mfu"] < 1.5
 
 
 def test_resume_matches_uninterrupted(uninterrupted, tmp_path):

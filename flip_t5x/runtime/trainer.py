@@ -57,13 +57,15 @@ class MonitoringConfig:
 
   profile_steps: how many steps to trace with the jax profiler into MODEL_DIR (0 = none), from
     `profile_first_step` on. peak_flops_per_device: for the FLOP-utilisation estimate (None =
-    looked up from the device kind; not reported when unknown, e.g. CPU). prefetch_batches:
-    batches put on device ahead of the running step.
+    looked up from the device kind; for kinds without a vendor figure, e.g. CPU, a matmul in the
+    activation dtype is timed at start-up unless `measure_peak_flops` is False).
+    prefetch_batches: batches put on device ahead of the running step.
   """
 
   profile_steps: int = 0
   profile_first_step: int = 10
   peak_flops_per_device: Optional[float] = None
+  measure_peak_flops: bool = True
   prefetch_batches: int = 1
 
 
@@ -75,14 +77,24 @@ def monitoring_config() -> MonitoringConfig:
     return MonitoringConfig()
 
 
-def peak_flops_per_device(device: Any, override: Optional[float] = None) -> Optional[float]:
+def peak_flops_per_device(device: Any, override: Optional[float] = None,
+                          measure_dtype: Any = None) -> Optional[float]:
+  """The configured peak, else the vendor figure for the device kind, else (if `measure_dtype`)
+  a matmul measured now in that dtype (CPUs, unlisted accelerators), else None."""
   if override:
     return float(override)
   kind = getattr(device, "device_kind", "")
   for name, value in PEAK_FLOPS_BY_DEVICE_KIND:
     if name.lower() in kind.lower():
       return value
-  return None
+  if measure_dtype is None:
+    return None
+  peak = flops.MatmulPeak(measure_dtype)
+  measured = max(peak.measure() for _ in range(2))
+  logging.info("no known peak for %r: measured matmul peak %.1f GFLOP/s (%s, %d^2) for the "
+               "FLOP-utilisation estimate", kind, measured / 1e9, jnp.dtype(measure_dtype).name,
+               peak.size)
+  return measured
 
 
 class JsonlWriter(metric_writers.MetricWriter):
