@@ -273,3 +273,21 @@ def test_image_header_sizes():
     code = preprocessors.image_format(data)
     assert code != preprocessors.FMT_UNKNOWN
     assert preprocessors.image_header_size(data, code).numpy().tolist() == [37, 53]
+
+
+def test_crop_window_left_edge_steps_keep_area_and_aspect():
+  exact = preprocessors.train_augmentation(crop_x_step=1)
+  stepped = preprocessors.train_augmentation(crop_x_step=16)
+  hw = tf.constant([480, 640], tf.int64)
+  lefts = []
+  for s in range(20):
+    seed = tf.constant([s, 7], tf.int64)
+    top, left, h, w = preprocessors.crop_window(hw, seed, exact).numpy().tolist()
+    top2, left2, h2, w2 = preprocessors.crop_window(hw, seed, stepped).numpy().tolist()
+    assert (top2, h2, w2) == (top, h, w)  # same sampled box: area and aspect ratio unchanged
+    assert left2 % 16 == 0 and left - 15 <= left2 <= left and left2 + w2 <= 640
+    assert 0.5 * 480 * 640 * 0.98 <= h * w <= 480 * 640 and 3 / 4 * 0.97 <= w / h <= 4 / 3 * 1.03
+    lefts.append(left)
+  assert any(x % 16 for x in lefts)  # the exact windows were not aligned by chance
+  with pytest.raises(ValueError, match="crop_x_step"):
+    preprocessors.train_augmentation(crop_x_step=0)

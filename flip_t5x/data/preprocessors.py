@@ -54,10 +54,19 @@ def max_image_pixels(limit: int = 89_478_485) -> int:
 
 @gin.configurable(module="flip_t5x.data.preprocessors")
 def train_augmentation(area_range=(0.5, 1.0), aspect_ratio_range=(3 / 4, 4 / 3),
-                       flip: bool = True, resize_method: str = "bilinear") -> dict:
-  """FLIP's random-resized-crop + flip settings."""
+                       flip: bool = True, resize_method: str = "bilinear",
+                       crop_x_step: int = 16) -> dict:
+  """FLIP's random-resized-crop + flip settings.
+
+  crop_x_step: the crop's left edge is moved left to a multiple of this many pixels (area and
+  aspect ratio unchanged). 16 is a JPEG MCU width: libjpeg then decodes the crop straight into
+  the output instead of realigning every row, ~10% faster decoding (scripts/bench_input.py).
+  1 keeps the sampled position exactly.
+  """
+  if int(crop_x_step) < 1:
+    raise ValueError(f"train_augmentation.crop_x_step must be >= 1, got {crop_x_step}")
   return dict(area_range=tuple(area_range), aspect_ratio_range=tuple(aspect_ratio_range),
-              flip=flip, resize_method=resize_method)
+              flip=flip, resize_method=resize_method, crop_x_step=int(crop_x_step))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -210,24 +219,30 @@ def normalize_image(image: tf.Tensor) -> tf.Tensor:
   return (image / 255.0 - tf.constant(MEAN_RGB)) / tf.constant(STDDEV_RGB)
 
 
+def crop_window(hw: tf.Tensor, seed: tf.Tensor, aug: Mapping) -> tf.Tensor:
+  """Random-resized-crop window [top, left, height, width] (int32) for an image of size `hw`."""
+  shape = tf.cast(tf.concat([hw, [3]], 0), tf.int32)
+  begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      shape, bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
+      min_object_covered=0.0, aspect_ratio_range=aug["aspect_ratio_range"],
+      area_range=aug["area_range"], max_attempts=10, use_image_if_no_bounding_boxes=True)
+  left = begin[1] // aug["crop_x_step"] * aug["crop_x_step"]
+  return tf.stack([begin[0], left, crop_size[0], crop_size[1]])
+
+
 def train_image(data: tf.Tensor, fmt: tf.Tensor, hw: tf.Tensor, size: int,
                 seed: tf.Tensor) -> tf.Tensor:
   """Random-resized-crop (decoding only the crop for JPEG) + flip -> float32 [size, size, 3]."""
   aug = train_augmentation()
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  shape = tf.cast(tf.concat([hw, [3]], 0), tf.int32)
-  begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      shape, bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=crop_seed,
-      min_object_covered=0.0, aspect_ratio_range=aug["aspect_ratio_range"],
-      area_range=aug["area_range"], max_attempts=10, use_image_if_no_bounding_boxes=True)
-  window = tf.stack([begin[0], begin[1], crop_size[0], crop_size[1]])
+  window = crop_window(hw, crop_seed, aug)
 
   def jpeg():
     return tf.image.decode_and_crop_jpeg(data, window, channels=3)
 
   def other():
     image = _decode_any(data)
-    return tf.slice(image, [begin[0], begin[1], 0], [crop_size[0], crop_size[1], 3])
+    return tf.slice(image, [window[0], window[1], 0], [window[2], window[3], 3])
 
   image = tf.cond(tf.equal(fmt, FMT_JPEG), jpeg, other)
   image = tf.image.resize(image, [size, size], method=aug["resize_method"], antialias=False)
