@@ -312,7 +312,7 @@ class TrainCheckpointer:
 
   def restore_input_position(self, step: int, input_iterator: Any) -> bool:
     """Repositions the (unused) train iterator as saved at `step`; False if nothing was saved."""
-    if not (self._manager.directory / f"{STEP_PREFIX}_{step}" / INPUT_POSITION).is_dir():
+    if not self.has_input_position(step):
       return False
     self._manager.restore(step, args=ocp.args.Composite(**{
         INPUT_POSITION: InputPositionRestore(input_iterator)}))

@@ -202,9 +202,13 @@ class DeviceIterator:
     self._pulled = start_step   # step after the last batch pulled from tf.data
     self._released = start_step
 
+  def _held(self) -> bool:
+    """Pulled up to a save step whose position has not been taken yet."""
+    return self._pulled != self._released and self._hold_at(self._pulled)
+
   def _fill(self) -> None:
     while len(self._queue) <= self._prefetch:
-      if self._pulled != self._released and self._hold_at(self._pulled):
+      if self._held():
         return
       try:
         local = next(self._it)
@@ -231,7 +235,7 @@ class DeviceIterator:
   def __next__(self) -> Mapping[str, jax.Array]:
     self._fill()
     if not self._queue:
-      if self._pulled != self._released and self._hold_at(self._pulled):
+      if self._held():
         raise RuntimeError(f"input held after step {self._pulled} for a checkpoint, but its "
                            "position was never taken (synced_iterator)")
       raise StopIteration
