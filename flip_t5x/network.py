@@ -37,6 +37,77 @@ def _dtype(name: Any) -> jnp.dtype:
   return jnp.dtype(name)
 
 
+# --- Backward-pass layout. The two functions below change no value, only the HLO of the gradient:
+# measured on XLA:CPU with flip_t5x.benchmark (docs/DESIGN.md, "Backward-pass layout").
+
+
+def _contract_trailing(x: Array, kernel: Array, in_axes: int) -> Array:
+  contract = tuple(range(x.ndim - in_axes, x.ndim))
+  return jax.lax.dot_general(x, kernel, ((contract, tuple(range(in_axes))), ((), ())))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def dense_dot(x: Array, kernel: Array, in_axes: int) -> Array:
+  """x's trailing `in_axes` axes contracted with the kernel's leading ones.
+
+  Its VJP writes the kernel gradient in the kernel's own axis order and picks which operand the
+  matmul reads transposed: CPU matmul kernels want the contracted axis minor in the left operand,
+  so XLA copies that operand transposed, and that copy should be the smaller of x and the
+  cotangent (autodiff's choice transposed the 4x-wider MLP activation, ~10% of a CPU step).
+  """
+  return _contract_trailing(x, kernel, in_axes)
+
+
+def _dense_dot_fwd(x, kernel, in_axes):
+  return _contract_trailing(x, kernel, in_axes), (x, kernel)
+
+
+def _dense_dot_bwd(in_axes, res, g):
+  x, kernel = res
+  n_out = kernel.ndim - in_axes
+  batch = tuple(range(x.ndim - in_axes))
+  # dx: g's output axes against the kernel's output axes -> [batch..., in...], x's own order.
+  dx = jax.lax.dot_general(g, kernel, ((tuple(range(g.ndim - n_out, g.ndim)),
+                                        tuple(range(in_axes, kernel.ndim))), ((), ())))
+  if np.prod(x.shape[-in_axes:]) <= np.prod(g.shape[-n_out:]):
+    dk = jax.lax.dot_general(x, g, ((batch, batch), ((), ())))  # [in..., out...]
+  else:
+    dk_t = jax.lax.dot_general(g, x, ((batch, batch), ((), ())))  # [out..., in...]
+    dk = jnp.transpose(dk_t, tuple(range(n_out, kernel.ndim)) + tuple(range(n_out)))
+  return dx, dk
+
+
+dense_dot.defvjp(_dense_dot_fwd, _dense_dot_bwd)
+
+
+@jax.custom_vjp
+def materialize_grad(x: Array) -> Array:
+  """Identity whose cotangent is computed once, into its own buffer.
+
+  The residual stream's cotangent is a sum of every later block's contribution. XLA:CPU fuses
+  that elementwise sum into each consumer instead of storing it, so block l re-adds the terms of
+  all blocks after it: quadratic in depth (83-operand fusions at depth 4, ~1/4 of a masked CPU
+  step). `optimization_barrier` does not stop it (XLA:CPU drops barriers before fusion); a
+  conditional is a fusion boundary, so the cotangent passes through one whose branches both
+  return it unchanged (they differ in form only, so XLA cannot merge them away).
+  """
+  return x
+
+
+def _materialize_grad_fwd(x):
+  return x, None
+
+
+def _materialize_grad_bwd(_, g):
+  keep = jnp.isfinite(g.reshape(-1)[0])
+  same = lambda t: t
+  same_nan_passthrough = lambda t: jnp.where(jnp.isnan(t), jnp.nan, t)
+  return (jax.lax.cond(keep, same, same_nan_passthrough, g),)
+
+
+materialize_grad.defvjp(_materialize_grad_fwd, _materialize_grad_bwd)
+
+
 class DenseGeneral(nn.Module):
   """A dense layer over (possibly several) trailing/leading axes with named parameter axes."""
 
@@ -62,8 +133,7 @@ class DenseGeneral(nn.Module):
     kernel = param_with_axes("kernel", init, kernel_shape, jnp.float32, axes=self.kernel_axes)
     kernel = kernel.astype(self.dtype)
     x = x.astype(self.dtype)
-    contract = tuple(range(x.ndim - self.in_axes, x.ndim))
-    y = jax.lax.dot_general(x, kernel, ((contract, tuple(range(self.in_axes))), ((), ())))
+    y = dense_dot(x, kernel, self.in_axes)
     if self.use_bias:
       bias = param_with_axes("bias", nn.initializers.zeros, tuple(self.features), jnp.float32,
                              axes=self.kernel_axes[-len(self.features):])
@@ -166,13 +236,15 @@ class Encoder(nn.Module):
   mlp_dim: int
   dtype: Any = jnp.float32
   remat_policy: str = "none"
+  materialize_residual_grads: bool = False
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     block = _remat_block(self.remat_policy)
+    barrier = materialize_grad if self.materialize_residual_grads else (lambda t: t)
     for i in range(self.depth):
-      x = block(self.num_heads, self.mlp_dim, dtype=self.dtype, name=f"block_{i}")(x)
-    return LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
+      x = block(self.num_heads, self.mlp_dim, dtype=self.dtype, name=f"block_{i}")(barrier(x))
+    return LayerNorm(dtype=self.dtype, name="encoder_norm")(barrier(x))
 
 
 def sincos_pos_embed_2d(grid_h: int, grid_w: int, width: int) -> np.ndarray:
@@ -271,6 +343,7 @@ class ImageTower(nn.Module):
   dtype: Any = jnp.float32
   remat_policy: str = "none"
   masking_method: str = "gather"
+  materialize_residual_grads: bool = False
 
   @nn.compact
   def __call__(self, images: Array, mask_ratio: float = 0.0, rng: Optional[Array] = None) -> Array:
@@ -282,7 +355,8 @@ class ImageTower(nn.Module):
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (b, 1, self.width)), x], axis=1)
     x = with_sharding_constraint(x, ("batch", "length", "embed"))
     x = Encoder(self.depth, self.num_heads, self.width * self.mlp_ratio, dtype=dtype,
-                remat_policy=self.remat_policy, name="encoder")(x)
+                remat_policy=self.remat_policy,
+                materialize_residual_grads=self.materialize_residual_grads, name="encoder")(x)
     pooled = jnp.mean(x.astype(jnp.float32), axis=1)
     z = DenseGeneral(features=(self.embed_dim,), kernel_axes=("embed", "proj"), use_bias=False,
                      dtype=jnp.float32, name="projection")(pooled)
@@ -301,6 +375,7 @@ class TextTower(nn.Module):
   embed_dim: int = 512
   dtype: Any = jnp.float32
   remat_policy: str = "none"
+  materialize_residual_grads: bool = False
 
   @nn.compact
   def __call__(self, tokens: Array) -> Array:
@@ -316,7 +391,8 @@ class TextTower(nn.Module):
     x = x + pos[None, :length].astype(dtype)
     x = with_sharding_constraint(x, ("batch", "length", "embed"))
     x = Encoder(self.depth, self.num_heads, self.width * self.mlp_ratio, dtype=dtype,
-                remat_policy=self.remat_policy, name="encoder")(x)
+                remat_policy=self.remat_policy,
+                materialize_residual_grads=self.materialize_residual_grads, name="encoder")(x)
     pooled = x[:, 0].astype(jnp.float32)
     z = DenseGeneral(features=(self.embed_dim,), kernel_axes=("embed", "proj"), use_bias=False,
                      dtype=jnp.float32, name="projection")(pooled)
@@ -354,19 +430,25 @@ class FlipTwoTower(nn.Module):
   dtype: str = "float32"
   remat_policy: str = "none"
   masking_method: str = "gather"
+  # None: on where XLA runs on the CPU (see `materialize_grad`); GPU/TPU fusion needs no help.
+  materialize_residual_grads: Optional[bool] = None
 
   def setup(self):
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
+    materialize = self.materialize_residual_grads
+    if materialize is None:
+      materialize = jax.default_backend() == "cpu"
     self.image_tower = ImageTower(
         image_size=self.image_size, patch_size=self.patch_size, width=self.image_width,
         depth=self.image_depth, num_heads=self.image_heads, mlp_ratio=self.mlp_ratio,
         embed_dim=self.embed_dim, dtype=self.dtype, remat_policy=self.remat_policy,
-        masking_method=self.masking_method)
+        masking_method=self.masking_method, materialize_residual_grads=materialize)
     self.text_tower = TextTower(
         vocab_size=self.vocab_size, max_length=self.text_length, width=self.text_width,
         depth=self.text_depth, num_heads=self.text_heads, mlp_ratio=self.mlp_ratio,
-        embed_dim=self.embed_dim, dtype=self.dtype, remat_policy=self.remat_policy)
+        embed_dim=self.embed_dim, dtype=self.dtype, remat_policy=self.remat_policy,
+        materialize_residual_grads=materialize)
     self.logit_scale = param_with_axes(
         "logit_scale", nn.initializers.constant(LOGIT_SCALE_INIT), (), jnp.float32, axes=())
 

@@ -207,6 +207,8 @@ def test_tiny_model_loss_decreases_on_a_fixed_batch(tiny_params):
     ({"remat_policy": "minimal"}, 1e-5),
     ({"remat_policy": "full"}, 1e-5),
     ({"masking_method": "onehot"}, 1e-5),
+    ({"materialize_residual_grads": False}, 1e-5),
+    ({"materialize_residual_grads": True}, 1e-5),
 ])
 def test_variants_match_float32_no_remat(tiny_params, overrides, tol):
   batch, rng = tiny_batch(), jax.random.PRNGKey(5)
@@ -220,6 +222,61 @@ def test_variants_match_float32_no_remat(tiny_params, overrides, tol):
   if "dtype" not in overrides:
     for a, b in zip(jax.tree_util.tree_leaves(g_ref), jax.tree_util.tree_leaves(g_var)):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------ backward-pass layout
+@pytest.mark.parametrize("x_shape,k_shape,in_axes", [
+    ((2, 5, 6), (6, 24), 1),      # in < out: kernel gradient read from x transposed
+    ((2, 5, 24), (24, 6), 1),     # in > out: from the cotangent transposed, result transposed
+    ((2, 5, 6), (6, 3, 4), 1),    # features over two axes (query/key/value)
+    ((2, 5, 3, 4), (3, 4, 6), 2),  # two contracted axes (attention output)
+])
+def test_dense_dot_vjp_matches_autodiff(x_shape, k_shape, in_axes):
+  kx, kk, kg = jax.random.split(jax.random.PRNGKey(0), 3)
+  x, kernel = jax.random.normal(kx, x_shape), jax.random.normal(kk, k_shape)
+
+  def plain(x, kernel):
+    contract = tuple(range(x.ndim - in_axes, x.ndim))
+    return jax.lax.dot_general(x, kernel, ((contract, tuple(range(in_axes))), ((), ())))
+
+  y, vjp = jax.vjp(lambda a, b: network.dense_dot(a, b, in_axes), x, kernel)
+  y_ref, vjp_ref = jax.vjp(plain, x, kernel)
+  np.testing.assert_allclose(y, y_ref, rtol=1e-6)
+  g = jax.random.normal(kg, y.shape)
+  for got, want in zip(vjp(g), vjp_ref(g)):
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_materialize_grad_is_the_identity_in_both_directions():
+  x = jnp.array([[1.0, -2.0], [3.0, 4.0]])
+  np.testing.assert_array_equal(network.materialize_grad(x), x)
+  for g in (jnp.array([[0.5, 1.0], [-1.0, 2.0]]), jnp.array([[jnp.nan, 1.0], [jnp.inf, 2.0]])):
+    _, vjp = jax.vjp(network.materialize_grad, x)
+    np.testing.assert_array_equal(vjp(g)[0], g)  # NaN/inf cotangents pass through unchanged
+
+
+@pytest.mark.parametrize("materialize", [True, False])
+def test_materialize_residual_grads_puts_conditionals_in_the_compiled_backward(materialize):
+  # The point of the option is the compiled program: one conditional per block boundary in the
+  # backward pass on XLA:CPU (a fusion boundary), none without it.
+  module = tiny_module(materialize_residual_grads=materialize)
+  model = models.FlipModel(module, mask_ratio=0.5)
+  batch, rng = tiny_batch(), jax.random.PRNGKey(1)
+  params = model.get_initial_variables(rng, {"images": (4, 32, 32, 3), "texts": (4, 8)})["params"]
+  grad = jax.jit(jax.grad(lambda p: model.loss_fn(p, batch, rng)[0]))
+  hlo = grad.lower(params).compile().as_text()
+  expected = (TINY["image_depth"] + 1) + (TINY["text_depth"] + 1) if materialize else 0
+  assert hlo.count(" conditional(") == expected
+
+
+def test_materialize_residual_grads_defaults_to_the_backend():
+  assert tiny_module().materialize_residual_grads is None
+  params = tiny_module().init(jax.random.PRNGKey(0), **tiny_batch())
+  bound = tiny_module().bind(params)
+  expected = jax.default_backend() == "cpu"
+  assert bound.image_tower.materialize_residual_grads is expected
+  assert bound.text_tower.materialize_residual_grads is expected
 
 
 def test_bad_options_are_clear_errors(tiny_params):
