@@ -99,7 +99,7 @@ def _materialize_grad_fwd(x):
 
 
 def _materialize_grad_bwd(_, g):
-  keep = jnp.isfinite(g.reshape(-1)[0])
+  keep = jnp.isfinite(g[(0,) * g.ndim])  # one element: no resharding of a batch-sharded g
   same = lambda t: t
   same_nan_passthrough = lambda t: jnp.where(jnp.isnan(t), jnp.nan, t)
   return (jax.lax.cond(keep, same, same_nan_passthrough, g),)
