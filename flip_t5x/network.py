@@ -108,6 +108,39 @@ def _materialize_grad_bwd(_, g):
 materialize_grad.defvjp(_materialize_grad_fwd, _materialize_grad_bwd)
 
 
+@jax.custom_vjp
+def attention_core(q: Array, k: Array, v: Array) -> Array:
+  """softmax(q k^T / sqrt(d)) v over [batch, length, heads, head_dim]; softmax in float32.
+
+  The same maths as `jax.nn.dot_product_attention`'s XLA path, with a VJP that computes dk and dv
+  transposed (from the [length, head_dim]-sized operands read transposed, not the
+  [length, length] probabilities), which XLA:CPU otherwise copies transposed per head.
+  """
+  return _attention_fwd(q, k, v)[0]
+
+
+def _attention_fwd(q, k, v):
+  qs = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+  logits = jnp.einsum("btnh,bsnh->bnts", qs, k)
+  p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
+  return jnp.einsum("bnts,bsnh->btnh", p, v), (qs, k, v, p)
+
+
+def _attention_bwd(res, do):
+  qs, k, v, p = res
+  dp = jnp.einsum("btnh,bsnh->bnts", do, v).astype(jnp.float32)
+  p32 = p.astype(jnp.float32)
+  ds = (p32 * (dp - jnp.sum(dp * p32, axis=-1, keepdims=True))).astype(qs.dtype)
+  dq = jnp.einsum("bnts,bsnh->btnh", ds, k) * jnp.asarray(qs.shape[-1] ** -0.5, qs.dtype)
+  to_bsnh = (0, 3, 1, 2)
+  dk = jnp.transpose(jnp.einsum("btnh,bnts->bnhs", qs, ds), to_bsnh)
+  dv = jnp.transpose(jnp.einsum("btnh,bnts->bnhs", do, p), to_bsnh)
+  return dq, dk, dv
+
+
+attention_core.defvjp(_attention_fwd, _attention_bwd)
+
+
 class DenseGeneral(nn.Module):
   """A dense layer over (possibly several) trailing/leading axes with named parameter axes."""
 
@@ -164,6 +197,7 @@ class MultiHeadAttention(nn.Module):
 
   num_heads: int
   dtype: Any = jnp.float32
+  cpu_backward: bool = False  # `attention_core` instead of jax.nn.dot_product_attention
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -176,8 +210,10 @@ class MultiHeadAttention(nn.Module):
     k = proj(name="key")(x)
     v = proj(name="value")(x)
     q = with_sharding_constraint(q, ("batch", "length", "heads", "kv"))
-    # XLA's fused attention on CPU/TPU; cuDNN's flash path is picked on GPU by `implementation`.
-    out = jax.nn.dot_product_attention(q, k, v)
+    if self.cpu_backward:
+      out = attention_core(q, k, v)
+    else:  # XLA's attention on TPU; cuDNN's flash path is picked on GPU by `implementation`.
+      out = jax.nn.dot_product_attention(q, k, v)
     out = with_sharding_constraint(out, ("batch", "length", "heads", "kv"))
     return DenseGeneral(features=(width,), kernel_axes=("heads", "kv", "embed"), in_axes=2,
                         dtype=self.dtype, name="out")(out)
@@ -207,11 +243,13 @@ class EncoderBlock(nn.Module):
   num_heads: int
   mlp_dim: int
   dtype: Any = jnp.float32
+  cpu_backward: bool = False
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     y = LayerNorm(dtype=self.dtype, name="pre_attention_layer_norm")(x)
-    x = x + MultiHeadAttention(self.num_heads, dtype=self.dtype, name="attention")(y)
+    x = x + MultiHeadAttention(self.num_heads, dtype=self.dtype, cpu_backward=self.cpu_backward,
+                               name="attention")(y)
     y = LayerNorm(dtype=self.dtype, name="pre_mlp_layer_norm")(x)
     x = x + MlpBlock(self.mlp_dim, dtype=self.dtype, name="mlp")(y)
     return with_sharding_constraint(x, ("batch", "length", "embed"))
@@ -236,14 +274,15 @@ class Encoder(nn.Module):
   mlp_dim: int
   dtype: Any = jnp.float32
   remat_policy: str = "none"
-  materialize_residual_grads: bool = False
+  cpu_backward: bool = False
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     block = _remat_block(self.remat_policy)
-    barrier = materialize_grad if self.materialize_residual_grads else (lambda t: t)
+    barrier = materialize_grad if self.cpu_backward else (lambda t: t)
     for i in range(self.depth):
-      x = block(self.num_heads, self.mlp_dim, dtype=self.dtype, name=f"block_{i}")(barrier(x))
+      x = block(self.num_heads, self.mlp_dim, dtype=self.dtype, cpu_backward=self.cpu_backward,
+                name=f"block_{i}")(barrier(x))
     return LayerNorm(dtype=self.dtype, name="encoder_norm")(barrier(x))
 
 
@@ -343,7 +382,7 @@ class ImageTower(nn.Module):
   dtype: Any = jnp.float32
   remat_policy: str = "none"
   masking_method: str = "gather"
-  materialize_residual_grads: bool = False
+  cpu_backward: bool = False
 
   @nn.compact
   def __call__(self, images: Array, mask_ratio: float = 0.0, rng: Optional[Array] = None) -> Array:
@@ -356,7 +395,7 @@ class ImageTower(nn.Module):
     x = with_sharding_constraint(x, ("batch", "length", "embed"))
     x = Encoder(self.depth, self.num_heads, self.width * self.mlp_ratio, dtype=dtype,
                 remat_policy=self.remat_policy,
-                materialize_residual_grads=self.materialize_residual_grads, name="encoder")(x)
+                cpu_backward=self.cpu_backward, name="encoder")(x)
     pooled = jnp.mean(x.astype(jnp.float32), axis=1)
     z = DenseGeneral(features=(self.embed_dim,), kernel_axes=("embed", "proj"), use_bias=False,
                      dtype=jnp.float32, name="projection")(pooled)
@@ -375,7 +414,7 @@ class TextTower(nn.Module):
   embed_dim: int = 512
   dtype: Any = jnp.float32
   remat_policy: str = "none"
-  materialize_residual_grads: bool = False
+  cpu_backward: bool = False
 
   @nn.compact
   def __call__(self, tokens: Array) -> Array:
@@ -392,7 +431,7 @@ class TextTower(nn.Module):
     x = with_sharding_constraint(x, ("batch", "length", "embed"))
     x = Encoder(self.depth, self.num_heads, self.width * self.mlp_ratio, dtype=dtype,
                 remat_policy=self.remat_policy,
-                materialize_residual_grads=self.materialize_residual_grads, name="encoder")(x)
+                cpu_backward=self.cpu_backward, name="encoder")(x)
     pooled = x[:, 0].astype(jnp.float32)
     z = DenseGeneral(features=(self.embed_dim,), kernel_axes=("embed", "proj"), use_bias=False,
                      dtype=jnp.float32, name="projection")(pooled)
@@ -430,25 +469,26 @@ class FlipTwoTower(nn.Module):
   dtype: str = "float32"
   remat_policy: str = "none"
   masking_method: str = "gather"
-  # None: on where XLA runs on the CPU (see `materialize_grad`); GPU/TPU fusion needs no help.
-  materialize_residual_grads: Optional[bool] = None
+  # Backward-pass formulations for XLA:CPU (`materialize_grad` on the residual stream between
+  # blocks, `attention_core`); None: on where jax.default_backend() is the CPU.
+  cpu_backward: Optional[bool] = None
 
   def setup(self):
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
-    materialize = self.materialize_residual_grads
-    if materialize is None:
-      materialize = jax.default_backend() == "cpu"
+    cpu_backward = self.cpu_backward
+    if cpu_backward is None:
+      cpu_backward = jax.default_backend() == "cpu"
     self.image_tower = ImageTower(
         image_size=self.image_size, patch_size=self.patch_size, width=self.image_width,
         depth=self.image_depth, num_heads=self.image_heads, mlp_ratio=self.mlp_ratio,
         embed_dim=self.embed_dim, dtype=self.dtype, remat_policy=self.remat_policy,
-        masking_method=self.masking_method, materialize_residual_grads=materialize)
+        masking_method=self.masking_method, cpu_backward=cpu_backward)
     self.text_tower = TextTower(
         vocab_size=self.vocab_size, max_length=self.text_length, width=self.text_width,
         depth=self.text_depth, num_heads=self.text_heads, mlp_ratio=self.mlp_ratio,
         embed_dim=self.embed_dim, dtype=self.dtype, remat_policy=self.remat_policy,
-        materialize_residual_grads=materialize)
+        cpu_backward=cpu_backward)
     self.logit_scale = param_with_axes(
         "logit_scale", nn.initializers.constant(LOGIT_SCALE_INIT), (), jnp.float32, axes=())
 

@@ -207,8 +207,8 @@ def test_tiny_model_loss_decreases_on_a_fixed_batch(tiny_params):
     ({"remat_policy": "minimal"}, 1e-5),
     ({"remat_policy": "full"}, 1e-5),
     ({"masking_method": "onehot"}, 1e-5),
-    ({"materialize_residual_grads": False}, 1e-5),
-    ({"materialize_residual_grads": True}, 1e-5),
+    ({"cpu_backward": False}, 1e-5),
+    ({"cpu_backward": True}, 1e-5),
 ])
 def test_variants_match_float32_no_remat(tiny_params, overrides, tol):
   batch, rng = tiny_batch(), jax.random.PRNGKey(5)
@@ -248,6 +248,20 @@ def test_dense_dot_vjp_matches_autodiff(x_shape, k_shape, in_axes):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
+def test_attention_core_matches_jax_dot_product_attention(dtype, tol):
+  shape = (2, 7, 3, 8)  # batch, length, heads, head_dim
+  q, k, v, g = (jax.random.normal(key, shape).astype(dtype)
+                for key in jax.random.split(jax.random.PRNGKey(3), 4))
+  out, vjp = jax.vjp(network.attention_core, q, k, v)
+  ref, vjp_ref = jax.vjp(jax.nn.dot_product_attention, q, k, v)
+  assert out.dtype == ref.dtype == dtype
+  np.testing.assert_allclose(np.float32(out), np.float32(ref), rtol=tol, atol=tol)
+  for got, want in zip(vjp(g), vjp_ref(g)):
+    assert got.shape == want.shape and got.dtype == want.dtype
+    np.testing.assert_allclose(np.float32(got), np.float32(want), rtol=tol, atol=tol)
+
+
 def test_materialize_grad_is_the_identity_in_both_directions():
   x = jnp.array([[1.0, -2.0], [3.0, 4.0]])
   np.testing.assert_array_equal(network.materialize_grad(x), x)
@@ -257,10 +271,10 @@ def test_materialize_grad_is_the_identity_in_both_directions():
 
 
 @pytest.mark.parametrize("materialize", [True, False])
-def test_materialize_residual_grads_puts_conditionals_in_the_compiled_backward(materialize):
+def test_cpu_backward_puts_conditionals_in_the_compiled_backward(materialize):
   # The point of the option is the compiled program: one conditional per block boundary in the
   # backward pass on XLA:CPU (a fusion boundary), none without it.
-  module = tiny_module(materialize_residual_grads=materialize)
+  module = tiny_module(cpu_backward=materialize)
   model = models.FlipModel(module, mask_ratio=0.5)
   batch, rng = tiny_batch(), jax.random.PRNGKey(1)
   params = model.get_initial_variables(rng, {"images": (4, 32, 32, 3), "texts": (4, 8)})["params"]
@@ -270,13 +284,13 @@ def test_materialize_residual_grads_puts_conditionals_in_the_compiled_backward(m
   assert hlo.count(" conditional(") == expected
 
 
-def test_materialize_residual_grads_defaults_to_the_backend():
-  assert tiny_module().materialize_residual_grads is None
+def test_cpu_backward_defaults_to_the_backend():
+  assert tiny_module().cpu_backward is None
   params = tiny_module().init(jax.random.PRNGKey(0), **tiny_batch())
   bound = tiny_module().bind(params)
   expected = jax.default_backend() == "cpu"
-  assert bound.image_tower.materialize_residual_grads is expected
-  assert bound.text_tower.materialize_residual_grads is expected
+  assert bound.image_tower.cpu_backward is expected
+  assert bound.text_tower.cpu_backward is expected
 
 
 def test_bad_options_are_clear_errors(tiny_params):

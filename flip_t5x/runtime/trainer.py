@@ -90,7 +90,7 @@ def peak_flops_per_device(device: Any, override: Optional[float] = None,
   if measure_dtype is None:
     return None
   peak = flops.MatmulPeak(measure_dtype)
-  measured = max(peak.measure() for _ in range(2))
+  measured = peak.measure()
   logging.info("no known peak for %r: measured matmul peak %.1f GFLOP/s (%s, %d^2) for the "
                "FLOP-utilisation estimate", kind, measured / 1e9, jnp.dtype(measure_dtype).name,
                peak.size)
