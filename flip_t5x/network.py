@@ -37,8 +37,8 @@ def _dtype(name: Any) -> jnp.dtype:
   return jnp.dtype(name)
 
 
-# --- Backward-pass layout. The two functions below change no value, only the HLO of the gradient:
-# measured on XLA:CPU with flip_t5x.benchmark (docs/DESIGN.md, "Backward-pass layout").
+# --- Backward-pass layout. The three functions below change no value, only the HLO of the
+# gradient: measured on XLA:CPU with flip_t5x.benchmark (docs/DESIGN.md, "Backward-pass layout").
 
 
 def _contract_trailing(x: Array, kernel: Array, in_axes: int) -> Array:
@@ -394,8 +394,7 @@ class ImageTower(nn.Module):
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (b, 1, self.width)), x], axis=1)
     x = with_sharding_constraint(x, ("batch", "length", "embed"))
     x = Encoder(self.depth, self.num_heads, self.width * self.mlp_ratio, dtype=dtype,
-                remat_policy=self.remat_policy,
-                cpu_backward=self.cpu_backward, name="encoder")(x)
+                remat_policy=self.remat_policy, cpu_backward=self.cpu_backward, name="encoder")(x)
     pooled = jnp.mean(x.astype(jnp.float32), axis=1)
     z = DenseGeneral(features=(self.embed_dim,), kernel_axes=("embed", "proj"), use_bias=False,
                      dtype=jnp.float32, name="projection")(pooled)
@@ -430,8 +429,7 @@ class TextTower(nn.Module):
     x = x + pos[None, :length].astype(dtype)
     x = with_sharding_constraint(x, ("batch", "length", "embed"))
     x = Encoder(self.depth, self.num_heads, self.width * self.mlp_ratio, dtype=dtype,
-                remat_policy=self.remat_policy,
-                cpu_backward=self.cpu_backward, name="encoder")(x)
+                remat_policy=self.remat_policy, cpu_backward=self.cpu_backward, name="encoder")(x)
     pooled = x[:, 0].astype(jnp.float32)
     z = DenseGeneral(features=(self.embed_dim,), kernel_axes=("embed", "proj"), use_bias=False,
                      dtype=jnp.float32, name="projection")(pooled)
