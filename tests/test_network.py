@@ -270,17 +270,17 @@ def test_materialize_grad_is_the_identity_in_both_directions():
     np.testing.assert_array_equal(vjp(g)[0], g)  # NaN/inf cotangents pass through unchanged
 
 
-@pytest.mark.parametrize("materialize", [True, False])
-def test_cpu_backward_puts_conditionals_in_the_compiled_backward(materialize):
+@pytest.mark.parametrize("cpu_backward", [True, False])
+def test_cpu_backward_puts_conditionals_in_the_compiled_backward(cpu_backward):
   # The point of the option is the compiled program: one conditional per block boundary in the
   # backward pass on XLA:CPU (a fusion boundary), none without it.
-  module = tiny_module(cpu_backward=materialize)
+  module = tiny_module(cpu_backward=cpu_backward)
   model = models.FlipModel(module, mask_ratio=0.5)
   batch, rng = tiny_batch(), jax.random.PRNGKey(1)
   params = model.get_initial_variables(rng, {"images": (4, 32, 32, 3), "texts": (4, 8)})["params"]
   grad = jax.jit(jax.grad(lambda p: model.loss_fn(p, batch, rng)[0]))
   hlo = grad.lower(params).compile().as_text()
-  expected = (TINY["image_depth"] + 1) + (TINY["text_depth"] + 1) if materialize else 0
+  expected = (TINY["image_depth"] + 1) + (TINY["text_depth"] + 1) if cpu_backward else 0
   assert hlo.count(" conditional(") == expected
 
 
