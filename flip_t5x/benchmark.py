@@ -47,6 +47,7 @@ from flip_t5x.runtime import optimizers
 from flip_t5x.runtime import partitioning
 from flip_t5x.runtime import train_state as train_state_lib
 from flip_t5x.runtime import trainer as trainer_lib
+from flip_t5x.runtime import xla_options
 
 FLAGS = flags.FLAGS
 
@@ -157,7 +158,8 @@ class EvalCase:
     self.case = case  # read its params at run time: each train step donates the old ones
     with case.trainer._contexts():  # pylint: disable=protected-access
       self.fn = jax.jit(lambda p, x: model.encode_images(p, x),
-                        in_shardings=(case.layout.shardings.params, partitioner.data_sharding))
+                        in_shardings=(case.layout.shardings.params, partitioner.data_sharding),
+                        compiler_options=xla_options.compiler_options())
     self.contexts = case.trainer._contexts  # pylint: disable=protected-access
     self.run(1)
     self.times: List[float] = []

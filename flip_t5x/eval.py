@@ -40,6 +40,7 @@ from flip_t5x import evaluation
 from flip_t5x import models
 from flip_t5x.data import zeroshot as zeroshot_lib
 from flip_t5x.runtime import gin_utils
+from flip_t5x.runtime import xla_options
 # Registers the zero-shot tasks and their gin configurables at import, before gin is locked.
 from tasks import zeroshot_seqio
 
@@ -100,8 +101,11 @@ def _data_sharding(mesh: Optional[jax.sharding.Mesh], data_axis: Any,
 @functools.lru_cache(maxsize=8)
 def _encoders(model: models.FlipModel) -> Tuple[Callable, Callable]:
   """Jitted, unmasked image and text towers (cached, so periodic evals compile once)."""
-  encode_images = jax.jit(lambda params, images: model.encode_images(params, images))
-  encode_texts = jax.jit(lambda params, texts: model.encode_texts(params, texts))
+  options = xla_options.compiler_options()
+  encode_images = jax.jit(lambda params, images: model.encode_images(params, images),
+                          compiler_options=options)
+  encode_texts = jax.jit(lambda params, texts: model.encode_texts(params, texts),
+                         compiler_options=options)
   return encode_images, encode_texts
 
 

@@ -32,6 +32,7 @@ from flip_t5x.data import vocabulary as vocabulary_lib
 from flip_t5x.data import zeroshot
 from flip_t5x.runtime import checkpoints
 from flip_t5x.runtime import gin_utils
+from flip_t5x.runtime import xla_options
 
 PyTree = Any
 # A path (str/PathLike), encoded bytes, a PIL image, or pixels [H, W], [H, W, 1|3|4] in [0, 255].
@@ -114,8 +115,9 @@ class FlipPredictor:
     self.image_size = int(self.module.image_size)
     self.text_length = int(self.module.text_length)
     self.embed_dim = int(self.module.embed_dim)
-    self._image_fn = jax.jit(lambda p, x: model.encode_images(p, x))
-    self._text_fn = jax.jit(lambda p, t: model.encode_texts(p, t))
+    options = xla_options.compiler_options()
+    self._image_fn = jax.jit(lambda p, x: model.encode_images(p, x), compiler_options=options)
+    self._text_fn = jax.jit(lambda p, t: model.encode_texts(p, t), compiler_options=options)
     self.logit_scale = float(self.module.apply({"params": self.params},
                                                method=network.FlipTwoTower.scale))
     size = self.image_size

@@ -25,6 +25,7 @@ import numpy as np
 import optax
 
 from flip_t5x import compat
+from flip_t5x.runtime import xla_options
 
 PyTree = Any
 LogicalAxisRules = Sequence[Tuple[str, Optional[str]]]
@@ -299,7 +300,8 @@ class _LocalPjitPartitioner(_FlipPartitionerMethods):
         is_leaf=lambda x: x is None or isinstance(x, PartitionSpec))
     return jax.jit(fn, in_shardings=to_sharding(in_axis_resources),
                    out_shardings=to_sharding(out_axis_resources),
-                   static_argnums=static_argnums, donate_argnums=donate_argnums)
+                   static_argnums=static_argnums, donate_argnums=donate_argnums,
+                   compiler_options=xla_options.compiler_options(self._backend))
 
 
 class DataLayout:
