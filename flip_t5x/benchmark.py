@@ -370,6 +370,7 @@ def benchmark(module: network.FlipTwoTower, optimizer_def: Any, ratios: Sequence
       "batch_size": batch_size, "rounds": rounds, "steps_per_round": steps_per_round,
       "dtype": str(jnp.dtype(module.dtype)), "remat_policy": module.remat_policy,
       "masking_method": module.masking_method,
+      "compiler_options": xla_options.compiler_options(),
       "matmul_peak_flops_per_device": peak_per_device,
       "matmul_peak_flops_max": float(max(peaks)), "matmul_size": peak.size,
       "per_mask_ratio": {}}

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from flip_t5x import benchmark
+from flip_t5x.runtime import xla_options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,6 +32,8 @@ def test_benchmark_cli_prints_sane_json_last():
   assert out["platform"] == "cpu" and out["num_devices"] >= 1
   assert out["batch_size"] == 8 and out["params"] > 0
   assert out["matmul_peak_flops_per_device"] > 0
+  # The XLA options every jitted function compiled with (Eigen matmuls on the CPU by default).
+  assert out["compiler_options"] == xla_options.compiler_options("cpu")
   per = out["per_mask_ratio"]
   assert set(per) == {"0.0", "0.5"}
   for r in per.values():
