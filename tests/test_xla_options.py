@@ -11,13 +11,6 @@ from flip_t5x.runtime import xla_options
 YNN_FUSION = '"kind":"__ynn_fusion"'
 
 
-@pytest.fixture
-def clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
-
-
 def _bind(library: str) -> None:
   gin.parse_config("from __gin__ import dynamic_registration\n"
                    "from flip_t5x.runtime import xla_options\n"
@@ -30,7 +23,7 @@ def _compiled_matmul(options):
   return jax.jit(lambda x, y: x @ y, compiler_options=options).lower(a, b).compile().as_text()
 
 
-def test_default_runs_cpu_matmuls_in_eigen(clean_gin):
+def test_default_runs_cpu_matmuls_in_eigen(clean_gin_and_counters):
   options = xla_options.compiler_options("cpu")
   if not options:
     pytest.skip("this jaxlib's XLA has no YNNPACK fusion option")
@@ -40,23 +33,23 @@ def test_default_runs_cpu_matmuls_in_eigen(clean_gin):
   assert YNN_FUSION in _compiled_matmul({})
 
 
-def test_xla_default_binding_leaves_xla_alone(clean_gin):
+def test_xla_default_binding_leaves_xla_alone(clean_gin_and_counters):
   _bind("xla_default")
   assert xla_options.xla_options().cpu_dot_library == "xla_default"
   assert xla_options.compiler_options("cpu") == {}
 
 
-def test_other_platforms_get_no_options(clean_gin):
+def test_other_platforms_get_no_options(clean_gin_and_counters):
   assert xla_options.compiler_options("gpu") == {}
   assert xla_options.compiler_options("tpu") == {}
 
 
-def test_unknown_library_is_a_clear_error(clean_gin):
+def test_unknown_library_is_a_clear_error(clean_gin_and_counters):
   with pytest.raises(ValueError, match="cpu_dot_library must be one of"):
     xla_options.XlaOptions(cpu_dot_library="mkl")
 
 
-def test_partitioned_steps_compile_with_the_options(clean_gin):
+def test_partitioned_steps_compile_with_the_options(clean_gin_and_counters):
   if not xla_options.compiler_options("cpu"):
     pytest.skip("this jaxlib's XLA has no YNNPACK fusion option")
   part = partitioning.PjitPartitioner(num_partitions=1)
