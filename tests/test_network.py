@@ -1,4 +1,6 @@
 """FLIP network: masking, towers, logit_scale, precision and remat variants."""
+import re
+
 import flax
 from flax import traverse_util
 from flax.linen import partitioning as nn_partitioning
@@ -11,6 +13,7 @@ import pytest
 from flip_t5x import losses
 from flip_t5x import models
 from flip_t5x import network
+from flip_t5x.runtime import xla_options
 
 TINY = dict(image_size=32, patch_size=8, image_width=64, image_depth=2, image_heads=4,
             text_width=32, text_depth=2, text_heads=4, vocab_size=100, text_length=8,
@@ -226,8 +229,8 @@ def test_variants_match_float32_no_remat(tiny_params, overrides, tol):
 
 # ------------------------------------------------------------------ backward-pass layout
 @pytest.mark.parametrize("x_shape,k_shape,in_axes", [
-    ((2, 5, 6), (6, 24), 1),      # in < out: kernel gradient read from x transposed
-    ((2, 5, 24), (24, 6), 1),     # in > out: from the cotangent transposed, result transposed
+    ((2, 5, 6), (6, 24), 1),      # in < out
+    ((2, 5, 24), (24, 6), 1),     # in > out
     ((2, 5, 6), (6, 3, 4), 1),    # features over two axes (query/key/value)
     ((2, 5, 3, 4), (3, 4, 6), 2),  # two contracted axes (attention output)
 ])
@@ -246,6 +249,21 @@ def test_dense_dot_vjp_matches_autodiff(x_shape, k_shape, in_axes):
   for got, want in zip(vjp(g), vjp_ref(g)):
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_dense_dot_kernel_gradient_reads_its_operands_in_place():
+  """The kernel gradient contracts the tokens axis of 2-D operands: no transposed copy of x."""
+  def loss(kernel, x):
+    x = (x - x.mean(-1, keepdims=True)) * 2.0  # an elementwise producer, as LayerNorm is
+    return jnp.sum(jnp.tanh(network.dense_dot(x, kernel, 1)))
+
+  x, kernel = jnp.ones((4, 50, 64)), jnp.ones((64, 256))
+  hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(kernel, x).compile(
+      compiler_options=xla_options.compiler_options()).as_text()
+  kernel_grads = [l for l in hlo.splitlines() if re.search(r"= f32\[64,256\]\S* dot\(", l)]
+  assert len(kernel_grads) == 1 and "lhs_contracting_dims={0}, rhs_contracting_dims={0}" in kernel_grads[0]
+  assert not re.search(r"= f32\[64,200\]", hlo)  # x as [in, tokens]
+  assert not re.search(r"= \S+ transpose\(", hlo)
 
 
 @pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
