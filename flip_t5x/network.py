@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional, Tuple
 import flax.linen as nn
 from flax.linen import partitioning as nn_partitioning
 import jax
+from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 import numpy as np
 
@@ -30,6 +31,7 @@ xavier_uniform = nn.initializers.xavier_uniform()
 qkv_init = nn.initializers.variance_scaling(0.5, "fan_avg", "uniform")
 
 REMAT_POLICIES = ("none", "minimal", "full")
+DENSE_OUTPUT = "dense_output"  # what remat_policy='minimal' keeps (a jax.ad_checkpoint name)
 MASKING_METHODS = ("gather", "onehot")
 
 
@@ -207,7 +209,7 @@ class DenseGeneral(nn.Module):
       bias = param_with_axes("bias", nn.initializers.zeros, tuple(self.features), jnp.float32,
                              axes=self.kernel_axes[-len(self.features):])
       y = y + bias.astype(self.dtype)
-    return y
+    return checkpoint_name(y, DENSE_OUTPUT)
 
 
 class LayerNorm(nn.Module):
@@ -248,7 +250,7 @@ class MultiHeadAttention(nn.Module):
     q = with_sharding_constraint(q, ("batch", "length", "heads", "kv"))
     if self.cpu_backward:
       out = attention_core(q, k, v)
-    else:  # XLA's attention on TPU; cuDNN's flash path is picked on GPU by `implementation`.
+    else:  # jax's attention; its XLA implementation unless cuDNN is asked for explicitly.
       out = jax.nn.dot_product_attention(q, k, v)
     out = with_sharding_constraint(out, ("batch", "length", "heads", "kv"))
     return DenseGeneral(features=(width,), kernel_axes=("heads", "kv", "embed"), in_axes=2,
@@ -292,14 +294,23 @@ class EncoderBlock(nn.Module):
 
 
 def _remat_block(policy: str):
-  """EncoderBlock wrapped for the chosen activation-checkpointing policy."""
+  """EncoderBlock wrapped for the chosen activation-checkpointing policy.
+
+  'minimal' keeps the dense layers' outputs (`DENSE_OUTPUT`) and recomputes the rest, attention
+  scores included; 'full' keeps only each block's input. (jax's `checkpoint_dots` would keep the
+  attention's batched matmuls and none of the dense layers: `dense_dot` is a custom_vjp, which
+  dot policies do not see.) The blocks are unrolled, not scanned, so the recomputation is guarded
+  against CSE (`prevent_cse`, jax's default): without it XLA merges the recomputation back into
+  the forward pass and the policy saves nothing. XLA:CPU drops those guards before CSE, so
+  remat changes no memory there; it does on GPU and TPU.
+  """
   if policy not in REMAT_POLICIES:
     raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {policy!r}")
   if policy == "none":
     return EncoderBlock
-  jax_policy = (jax.checkpoint_policies.checkpoint_dots if policy == "minimal"
+  jax_policy = (jax.checkpoint_policies.save_only_these_names(DENSE_OUTPUT) if policy == "minimal"
                 else jax.checkpoint_policies.nothing_saveable)
-  return nn_partitioning.remat(EncoderBlock, policy=jax_policy, prevent_cse=False)
+  return nn_partitioning.remat(EncoderBlock, policy=jax_policy)
 
 
 class Encoder(nn.Module):

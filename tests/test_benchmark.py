@@ -4,9 +4,12 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from flip_t5x import benchmark
+from flip_t5x import models
+from flip_t5x import network
 from flip_t5x.runtime import xla_options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,3 +52,21 @@ def test_benchmark_cli_prints_sane_json_last():
   assert out["speedup_fraction_of_theory_0.5"] == pytest.approx(
       out["speedup_0.5"] / out["theoretical_speedup_0.5"])
   assert out["eval_images_per_second"] > 0
+
+
+def test_saved_activations_shrink_with_remat_and_batch():
+  """--memory_only's backend-independent figure: what each remat policy keeps for the backward."""
+  kept = {}
+  for policy in ("none", "full"):
+    for batch_size in (4, 8):
+      module = network.FlipTwoTower(
+          image_size=32, patch_size=8, image_width=64, image_depth=2, image_heads=4,
+          text_width=32, text_depth=2, text_heads=4, vocab_size=100, text_length=8,
+          embed_dim=16, remat_policy=policy)
+      model = models.FlipModel(module, mask_ratio=0.5)
+      batch = {k: jax.ShapeDtypeStruct((batch_size,) + v.shape[1:], v.dtype)
+               for k, v in benchmark.synthetic_batch(module, 1).items()}
+      kept[policy, batch_size] = benchmark.saved_activation_bytes(model, batch)
+  for policy in ("none", "full"):  # parameters are kept once; activations grow with the batch
+    assert kept[policy, 8] > kept[policy, 4]
+  assert kept["none", 8] - kept["none", 4] > 2 * (kept["full", 8] - kept["full", 4]), kept

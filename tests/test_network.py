@@ -226,6 +226,45 @@ def test_variants_match_float32_no_remat(tiny_params, overrides, tol):
     for a, b in zip(jax.tree_util.tree_leaves(g_ref), jax.tree_util.tree_leaves(g_var)):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
+# ------------------------------------------------------------------ activation checkpointing
+def _residuals(remat_policy, cpu_backward):
+  """What the backward pass keeps from the forward (the leaves of jax.vjp's closure), abstractly."""
+  model = models.FlipModel(tiny_module(remat_policy=remat_policy, cpu_backward=cpu_backward),
+                           mask_ratio=0.5)
+  batch = tiny_batch(16)
+  params = jax.eval_shape(lambda: model.module.init(
+      jax.random.PRNGKey(0), batch["images"][:1], batch["texts"][:1])["params"])
+  loss = lambda p: model.loss_fn(p, batch, jax.random.PRNGKey(1))[0]
+  return jax.tree_util.tree_leaves(jax.eval_shape(lambda p: jax.vjp(loss, p)[1], params))
+
+
+def _is_attention_matrix(shape):
+  """[..., length, length] (or [..., length, 1, length], jax's grouped-query layout)."""
+  shape = tuple(d for d in shape if d != 1)
+  return len(shape) >= 4 and shape[-1] == shape[-2]
+
+
+@pytest.mark.parametrize("cpu_backward", [True, False])
+def test_remat_policies_keep_less_and_minimal_keeps_no_attention_matrix(cpu_backward):
+  kept = {}
+  for policy in network.REMAT_POLICIES:
+    leaves = _residuals(policy, cpu_backward)
+    kept[policy] = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in leaves)
+    attention = [x.shape for x in leaves if _is_attention_matrix(x.shape)]
+    assert bool(attention) == (policy == "none"), (policy, attention)
+  assert kept["none"] > kept["minimal"] > kept["full"], kept
+
+
+def test_remat_recomputation_is_guarded_against_cse(tiny_params):
+  """XLA would merge an unguarded recomputation back into the forward pass (remat then saves
+  nothing); jax guards it with optimization barriers, one per rematerialised block."""
+  batch, rng = tiny_batch(), jax.random.PRNGKey(0)
+  for policy, blocks in (("none", 0), ("minimal", 4), ("full", 4)):
+    model = models.FlipModel(tiny_module(remat_policy=policy), mask_ratio=0.5)
+    grad = jax.jit(jax.grad(lambda p: model.loss_fn(p, batch, rng)[0]))
+    hlo = grad.lower(tiny_params).as_text()
+    assert hlo.count("stablehlo.optimization_barrier") == blocks, policy
+
 
 # ------------------------------------------------------------------ backward-pass layout
 @pytest.mark.parametrize("x_shape,k_shape,in_axes", [
