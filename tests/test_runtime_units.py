@@ -1,9 +1,13 @@
 """Fast in-process checks: LR schedule, decay mask, sharding rules, checkpoint helpers."""
 from __future__ import annotations
 
+import functools
+
 import gin
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -11,6 +15,7 @@ from flip_t5x.runtime import checkpoints
 from flip_t5x.runtime import optimizers
 from flip_t5x.runtime import partitioning
 from flip_t5x.runtime import train_state
+from flip_t5x.runtime import trainer
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +111,25 @@ def test_device_iterator_holds_at_save_steps_and_hands_out_the_exact_position(tm
   # Holding (at step 6) without taking the position is a clear error, not a silent end of data.
   with pytest.raises(RuntimeError, match="never taken"):
     next(it)
+
+
+def test_global_norm_keeps_the_squares_of_adamw_gradients_in_its_reductions():
+  rng = np.random.default_rng(0)
+  params = {"w": jnp.asarray(rng.standard_normal((64, 48)), jnp.float32),
+            "b": jnp.asarray(rng.standard_normal((48,)), jnp.float32)}
+  grads = jax.tree_util.tree_map(lambda x: -0.5 * x, params)
+  np.testing.assert_allclose(trainer.global_norm(grads), optax.tree.norm(grads), rtol=1e-6)
+
+  tx = optax.adamw(1e-3, b2=0.95, weight_decay=0.2)
+
+  def step(norm, params, opt_state, grads):
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, norm(grads)
+
+  def compiled_hlo(norm):
+    return jax.jit(functools.partial(step, norm)).lower(
+        params, tx.init(params), grads).compile().as_text()
+
+  # optax's norm shares AdamW's g * g, which XLA:CPU then stores as an unfused multiply.
+  assert "wrapped_multiply" in compiled_hlo(optax.tree.norm)
+  assert "wrapped_multiply" not in compiled_hlo(trainer.global_norm)

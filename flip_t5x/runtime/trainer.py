@@ -195,8 +195,8 @@ class Trainer:
     params = optax.apply_updates(state.params, updates)
     scalars = {k: m.compute() for k, m in metrics.items()}
     scalars["loss"] = loss
-    scalars["grad_norm"] = optax.global_norm(grads)
-    scalars["param_norm"] = optax.global_norm(params)
+    scalars["grad_norm"] = global_norm(grads)
+    scalars["param_norm"] = global_norm(params)
     if self.learning_rate_fn is not None:
       scalars["learning_rate"] = jnp.asarray(self.learning_rate_fn(state.step), jnp.float32)
     new_state = train_state_lib.TrainState(step=state.step + 1, params=params,
@@ -221,6 +221,17 @@ class Trainer:
   def lower_train_step(self, state, batch):
     with self._contexts():
       return self._step_fn.lower(state, batch)
+
+
+def global_norm(tree: PyTree) -> jax.Array:
+  """The L2 norm over all leaves (as `optax.tree.norm`), squaring through |x| * |x|.
+
+  optax's x * x is the same HLO as AdamW's g ** 2: XLA merges the two, and XLA:CPU then stores g**2
+  of every parameter in a buffer of its own for the norm's reduction and the moment update to read
+  (one more write and read per gradient). An AdamW step over ViT-B/16-sized parameters with both
+  norms, 2 CPU cores: 110 -> 93 ms.
+  """
+  return jnp.sqrt(sum(jnp.sum(jnp.abs(x) * jnp.abs(x)) for x in jax.tree_util.tree_leaves(tree)))
 
 
 class _MeshAndRules:
