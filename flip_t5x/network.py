@@ -138,6 +138,45 @@ def _gelu_tanh_bwd(x, g):
 gelu_tanh.defvjp(_gelu_tanh_fwd, _gelu_tanh_bwd)
 
 
+def _layer_norm_stats(x: Array, epsilon: float) -> Tuple[Array, Array, Array]:
+  """x in float32, its mean and 1/std over the last axis."""
+  x32 = x.astype(jnp.float32)
+  mean = jnp.mean(x32, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+  return x32, mean, jax.lax.rsqrt(var + epsilon)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm(x: Array, scale: Array, bias: Array, epsilon: float) -> Array:
+  """(x - mean) / std * scale + bias over the last axis, in float32.
+
+  The VJP is the closed form, dx = (g' - mean(g') - x^ mean(g' x^)) / std with g' = g * scale,
+  from x and the per-token statistics: autodiff of the formula keeps x - mean as well and
+  spreads the backward over more passes (XLA:CPU, benchmark step: 10 -> 6 fusions per LayerNorm).
+  """
+  return _layer_norm_fwd(x, scale, bias, epsilon)[0]
+
+
+def _layer_norm_fwd(x, scale, bias, epsilon):
+  x32, mean, rstd = _layer_norm_stats(x, epsilon)
+  return (x32 - mean) * rstd * scale + bias, (x, mean, rstd, scale)
+
+
+def _layer_norm_bwd(epsilon, res, g):
+  del epsilon
+  x, mean, rstd, scale = res
+  g32 = g.astype(jnp.float32)
+  x_hat = (x.astype(jnp.float32) - mean) * rstd
+  gs = g32 * scale
+  dx = rstd * (gs - jnp.mean(gs, axis=-1, keepdims=True)
+               - x_hat * jnp.mean(gs * x_hat, axis=-1, keepdims=True))
+  tokens = tuple(range(g.ndim - 1))
+  return dx.astype(x.dtype), jnp.sum(g32 * x_hat, axis=tokens), jnp.sum(g32, axis=tokens)
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
 @jax.custom_vjp
 def attention_core(q: Array, k: Array, v: Array) -> Array:
   """softmax(q k^T / sqrt(d)) v over [batch, length, heads, head_dim]; softmax in float32.
@@ -221,13 +260,9 @@ class LayerNorm(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     features = x.shape[-1]
-    x32 = x.astype(jnp.float32)
-    mean = jnp.mean(x32, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-    y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
     scale = param_with_axes("scale", nn.initializers.ones, (features,), jnp.float32, axes=("embed",))
     bias = param_with_axes("bias", nn.initializers.zeros, (features,), jnp.float32, axes=("embed",))
-    return (y * scale + bias).astype(self.dtype)
+    return layer_norm(x, scale, bias, self.epsilon).astype(self.dtype)
 
 
 class MultiHeadAttention(nn.Module):

@@ -327,6 +327,39 @@ def test_gelu_tanh_keeps_only_its_input_for_the_backward_pass():
   assert len(big(ours)) == 1 and len(big(ref)) >= 2
 
 
+def _layer_norm_formula(x, scale, bias, epsilon=1e-6):
+  x32 = x.astype(jnp.float32)
+  mean = jnp.mean(x32, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+  return (x32 - mean) * jax.lax.rsqrt(var + epsilon) * scale + bias
+
+
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 2e-5), (jnp.bfloat16, 2e-2)])
+def test_layer_norm_matches_autodiff_of_its_formula(dtype, tol):
+  kx, ks, kb, kg = jax.random.split(jax.random.PRNGKey(4), 4)
+  x = (3.0 + 2.0 * jax.random.normal(kx, (2, 5, 16))).astype(dtype)  # a mean far from 0
+  scale = 1.0 + 0.5 * jax.random.normal(ks, (16,))
+  bias = jax.random.normal(kb, (16,))
+  g = jax.random.normal(kg, (2, 5, 16))
+  y, vjp = jax.vjp(lambda *a: network.layer_norm(*a, 1e-6), x, scale, bias)
+  # The reference: autodiff of the formula in float32 on the same (rounded) inputs.
+  ref, vjp_ref = jax.vjp(_layer_norm_formula, x.astype(jnp.float32), scale, bias)
+  np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+  grads = vjp(g)
+  assert [t.dtype for t in grads] == [dtype, jnp.float32, jnp.float32]
+  for got, want in zip(grads, vjp_ref(g)):
+    np.testing.assert_allclose(np.float32(got), want, rtol=tol, atol=tol)
+
+
+def test_layer_norm_keeps_its_input_and_two_statistics_per_token():
+  """x, mean and 1/std ([tokens, 1]) and scale, where autodiff of the formula also keeps x - mean."""
+  x, scale, bias = jnp.ones((4, 8, 16)), jnp.ones((16,)), jnp.zeros((16,))
+  ours = jax.vjp(lambda *a: network.layer_norm(*a, 1e-6), x, scale, bias)[1]
+  ref = jax.vjp(_layer_norm_formula, x, scale, bias)[1]
+  big = lambda fn: [l for l in jax.tree_util.tree_leaves(fn) if getattr(l, "shape", ()) == x.shape]
+  assert len(big(ours)) == 1 and len(big(ref)) >= 2
+
+
 @pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
 def test_attention_core_matches_jax_dot_product_attention(dtype, tol):
   shape = (2, 7, 3, 8)  # batch, length, heads, head_dim
