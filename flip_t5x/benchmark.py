@@ -283,12 +283,16 @@ def environment() -> Dict[str, Any]:
           "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
+def abstract_params(module: network.FlipTwoTower) -> Any:
+  """The parameter tree's shapes and dtypes, without initialising it."""
+  return jax.eval_shape(lambda: module.init(
+      jax.random.PRNGKey(0), jnp.zeros((1, module.image_size, module.image_size, 3)),
+      jnp.zeros((1, module.text_length), jnp.int32))["params"])
+
+
 def model_summary(module: network.FlipTwoTower) -> Dict[str, Any]:
   cfg = network.config_dict(module)
-  shapes = jax.eval_shape(lambda r: module.init(
-      r, jnp.zeros((1, module.image_size, module.image_size, 3)),
-      jnp.zeros((1, module.text_length), jnp.int32)), jax.random.PRNGKey(0))
-  params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes["params"]))
+  params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(abstract_params(module)))
   return {"model": {k: v for k, v in cfg.items() if not callable(v)}, "params": params}
 
 
@@ -298,14 +302,10 @@ def saved_activation_bytes(model: models.FlipModel, batch: Mapping[str, Any]) ->
   Backend-independent, so it shows what `remat_policy` saves where XLA's compiled figure cannot:
   XLA:CPU drops remat's CSE guards, so its memory analysis is the same for every policy.
   """
-  module = model.module
-  params = jax.eval_shape(lambda: module.init(
-      jax.random.PRNGKey(0), jnp.zeros((1, module.image_size, module.image_size, 3)),
-      jnp.zeros((1, module.text_length), jnp.int32))["params"])
   def backward(p, b):
     return jax.vjp(lambda p: model.loss_fn(p, b, jax.random.PRNGKey(0))[0], p)[1]
 
-  kept = jax.tree_util.tree_leaves(jax.eval_shape(backward, params, batch))
+  kept = jax.tree_util.tree_leaves(jax.eval_shape(backward, abstract_params(model.module), batch))
   return sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize for x in kept)
 
 
