@@ -67,7 +67,7 @@ if [ "$platform" != "cpu" ]; then
   run vit_l16_bf16 --gin_file="$L16" --gin.ACTIVATION_DTYPE="'bfloat16'" --batch_size=128 \
     --steps_per_round=5 --warmup_steps=2 --rounds="$((rounds + 2))"
   # What fits: ViT-L/16 at mask 0.5, global batch 4,096, with FLIP's memory options ('minimal'
-  # keeps ~195 GiB of activations at this batch, 'full' ~29 GiB: saved_activation_gib).
+  # keeps ~191 GiB of activations at this batch, 'full' ~24 GiB: saved_activation_gib).
   run vit_l16_bf16_b4096_memory --gin_file="$L16" --gin.ACTIVATION_DTYPE="'bfloat16'" \
     --gin.REMAT_POLICY="'full'" --batch_size=4096 --mask_ratios=0.5 --memory_only
 fi
