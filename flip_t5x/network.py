@@ -138,14 +138,6 @@ def _gelu_tanh_bwd(x, g):
 gelu_tanh.defvjp(_gelu_tanh_fwd, _gelu_tanh_bwd)
 
 
-def _layer_norm_stats(x: Array, epsilon: float) -> Tuple[Array, Array, Array]:
-  """x in float32, its mean and 1/std over the last axis."""
-  x32 = x.astype(jnp.float32)
-  mean = jnp.mean(x32, axis=-1, keepdims=True)
-  var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-  return x32, mean, jax.lax.rsqrt(var + epsilon)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def layer_norm(x: Array, scale: Array, bias: Array, epsilon: float) -> Array:
   """(x - mean) / std * scale + bias over the last axis, in float32.
@@ -158,7 +150,9 @@ def layer_norm(x: Array, scale: Array, bias: Array, epsilon: float) -> Array:
 
 
 def _layer_norm_fwd(x, scale, bias, epsilon):
-  x32, mean, rstd = _layer_norm_stats(x, epsilon)
+  x32 = x.astype(jnp.float32)
+  mean = jnp.mean(x32, axis=-1, keepdims=True)
+  rstd = jax.lax.rsqrt(jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True) + epsilon)
   return (x32 - mean) * rstd * scale + bias, (x, mean, rstd, scale)
 
 

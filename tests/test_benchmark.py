@@ -4,12 +4,12 @@ import os
 import subprocess
 import sys
 
+import gin
 import jax
 import pytest
 
 from flip_t5x import benchmark
-from flip_t5x import models
-from flip_t5x import network
+from flip_t5x.runtime import gin_utils
 from flip_t5x.runtime import xla_options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,18 +54,17 @@ def test_benchmark_cli_prints_sane_json_last():
   assert out["eval_images_per_second"] > 0
 
 
-def test_saved_activations_shrink_with_remat_and_batch():
+def test_saved_activations_shrink_with_remat_and_batch(clean_gin_and_counters):
   """--memory_only's backend-independent figure: what each remat policy keeps for the backward."""
   kept = {}
   for policy in ("none", "full"):
+    gin.clear_config()
+    model = gin_utils.parse_gin_flags_for_model(
+        [], [os.path.join(ROOT, "gin_configs/models/flip_tiny.gin")],
+        [f"REMAT_POLICY = '{policy}'"])
     for batch_size in (4, 8):
-      module = network.FlipTwoTower(
-          image_size=32, patch_size=8, image_width=64, image_depth=2, image_heads=4,
-          text_width=32, text_depth=2, text_heads=4, vocab_size=100, text_length=8,
-          embed_dim=16, remat_policy=policy)
-      model = models.FlipModel(module, mask_ratio=0.5)
       batch = {k: jax.ShapeDtypeStruct((batch_size,) + v.shape[1:], v.dtype)
-               for k, v in benchmark.synthetic_batch(module, 1).items()}
+               for k, v in benchmark.synthetic_batch(model.module, 1).items()}
       kept[policy, batch_size] = benchmark.saved_activation_bytes(model, batch)
   for policy in ("none", "full"):  # parameters are kept once; activations grow with the batch
     assert kept[policy, 8] > kept[policy, 4]
