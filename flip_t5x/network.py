@@ -33,6 +33,9 @@ qkv_init = nn.initializers.variance_scaling(0.5, "fan_avg", "uniform")
 REMAT_POLICIES = ("none", "minimal", "full")
 DENSE_OUTPUT = "dense_output"  # what remat_policy='minimal' keeps (a jax.ad_checkpoint name)
 MASKING_METHODS = ("gather", "onehot")
+# `jax.nn.dot_product_attention`'s `implementation`: None and 'xla' are XLA's attention on every
+# backend; 'cudnn' is cuDNN's fused (flash) attention, on NVIDIA GPUs only.
+ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn")
 
 
 def _dtype(name: Any) -> jnp.dtype:
@@ -265,6 +268,7 @@ class MultiHeadAttention(nn.Module):
   num_heads: int
   dtype: Any = jnp.float32
   cpu_backward: bool = False  # `attention_core` instead of jax.nn.dot_product_attention
+  attention_implementation: Optional[str] = None  # jax.nn.dot_product_attention's
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -279,8 +283,8 @@ class MultiHeadAttention(nn.Module):
     q = with_sharding_constraint(q, ("batch", "length", "heads", "kv"))
     if self.cpu_backward:
       out = attention_core(q, k, v)
-    else:  # jax's attention; its XLA implementation unless cuDNN is asked for explicitly.
-      out = jax.nn.dot_product_attention(q, k, v)
+    else:
+      out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_implementation)
     out = with_sharding_constraint(out, ("batch", "length", "heads", "kv"))
     return DenseGeneral(features=(width,), kernel_axes=("heads", "kv", "embed"), in_axes=2,
                         dtype=self.dtype, name="out")(out)
@@ -311,11 +315,13 @@ class EncoderBlock(nn.Module):
   mlp_dim: int
   dtype: Any = jnp.float32
   cpu_backward: bool = False
+  attention_implementation: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     y = LayerNorm(dtype=self.dtype, name="pre_attention_layer_norm")(x)
     x = x + MultiHeadAttention(self.num_heads, dtype=self.dtype, cpu_backward=self.cpu_backward,
+                               attention_implementation=self.attention_implementation,
                                name="attention")(y)
     y = LayerNorm(dtype=self.dtype, name="pre_mlp_layer_norm")(x)
     x = x + MlpBlock(self.mlp_dim, dtype=self.dtype, name="mlp")(y)
@@ -351,6 +357,7 @@ class Encoder(nn.Module):
   dtype: Any = jnp.float32
   remat_policy: str = "none"
   cpu_backward: bool = False
+  attention_implementation: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -358,6 +365,7 @@ class Encoder(nn.Module):
     barrier = materialize_grad if self.cpu_backward else (lambda t: t)
     for i in range(self.depth):
       x = block(self.num_heads, self.mlp_dim, dtype=self.dtype, cpu_backward=self.cpu_backward,
+                attention_implementation=self.attention_implementation,
                 name=f"block_{i}")(barrier(x))
     return LayerNorm(dtype=self.dtype, name="encoder_norm")(barrier(x))
 
@@ -459,6 +467,7 @@ class ImageTower(nn.Module):
   remat_policy: str = "none"
   masking_method: str = "gather"
   cpu_backward: bool = False
+  attention_implementation: Optional[str] = None
 
   @nn.compact
   def __call__(self, images: Array, mask_ratio: float = 0.0, rng: Optional[Array] = None) -> Array:
@@ -470,7 +479,8 @@ class ImageTower(nn.Module):
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (b, 1, self.width)), x], axis=1)
     x = with_sharding_constraint(x, ("batch", "length", "embed"))
     x = Encoder(self.depth, self.num_heads, self.width * self.mlp_ratio, dtype=dtype,
-                remat_policy=self.remat_policy, cpu_backward=self.cpu_backward, name="encoder")(x)
+                remat_policy=self.remat_policy, cpu_backward=self.cpu_backward,
+                attention_implementation=self.attention_implementation, name="encoder")(x)
     pooled = jnp.mean(x.astype(jnp.float32), axis=1)
     z = DenseGeneral(features=(self.embed_dim,), kernel_axes=("embed", "proj"), use_bias=False,
                      dtype=jnp.float32, name="projection")(pooled)
@@ -490,6 +500,7 @@ class TextTower(nn.Module):
   dtype: Any = jnp.float32
   remat_policy: str = "none"
   cpu_backward: bool = False
+  attention_implementation: Optional[str] = None
 
   @nn.compact
   def __call__(self, tokens: Array) -> Array:
@@ -505,7 +516,8 @@ class TextTower(nn.Module):
     x = x + pos[None, :length].astype(dtype)
     x = with_sharding_constraint(x, ("batch", "length", "embed"))
     x = Encoder(self.depth, self.num_heads, self.width * self.mlp_ratio, dtype=dtype,
-                remat_policy=self.remat_policy, cpu_backward=self.cpu_backward, name="encoder")(x)
+                remat_policy=self.remat_policy, cpu_backward=self.cpu_backward,
+                attention_implementation=self.attention_implementation, name="encoder")(x)
     pooled = x[:, 0].astype(jnp.float32)
     z = DenseGeneral(features=(self.embed_dim,), kernel_axes=("embed", "proj"), use_bias=False,
                      dtype=jnp.float32, name="projection")(pooled)
@@ -546,23 +558,34 @@ class FlipTwoTower(nn.Module):
   # Backward-pass formulations for XLA:CPU (`materialize_grad` on the residual stream between
   # blocks, `attention_core`); None: on where jax.default_backend() is the CPU.
   cpu_backward: Optional[bool] = None
+  # `jax.nn.dot_product_attention(implementation=...)` where cpu_backward is off: None / 'xla'
+  # (XLA's attention) or 'cudnn' (cuDNN flash attention; NVIDIA GPUs, bfloat16/float16).
+  attention_implementation: Optional[str] = None
 
   def setup(self):
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
+    if self.attention_implementation not in ATTENTION_IMPLEMENTATIONS:
+      raise ValueError(f"attention_implementation must be one of {ATTENTION_IMPLEMENTATIONS}, "
+                       f"got {self.attention_implementation!r}")
     cpu_backward = self.cpu_backward
     if cpu_backward is None:
       cpu_backward = jax.default_backend() == "cpu"
+    if cpu_backward and self.attention_implementation == "cudnn":
+      raise ValueError(
+          "attention_implementation='cudnn' runs on NVIDIA GPUs only, but cpu_backward is on "
+          f"(backend {jax.default_backend()!r}); leave attention_implementation unset on the CPU")
     self.image_tower = ImageTower(
         image_size=self.image_size, patch_size=self.patch_size, width=self.image_width,
         depth=self.image_depth, num_heads=self.image_heads, mlp_ratio=self.mlp_ratio,
         embed_dim=self.embed_dim, dtype=self.dtype, remat_policy=self.remat_policy,
-        masking_method=self.masking_method, cpu_backward=cpu_backward)
+        masking_method=self.masking_method, cpu_backward=cpu_backward,
+        attention_implementation=self.attention_implementation)
     self.text_tower = TextTower(
         vocab_size=self.vocab_size, max_length=self.text_length, width=self.text_width,
         depth=self.text_depth, num_heads=self.text_heads, mlp_ratio=self.mlp_ratio,
         embed_dim=self.embed_dim, dtype=self.dtype, remat_policy=self.remat_policy,
-        cpu_backward=cpu_backward)
+        cpu_backward=cpu_backward, attention_implementation=self.attention_implementation)
     self.logit_scale = param_with_axes(
         "logit_scale", nn.initializers.constant(LOGIT_SCALE_INIT), (), jnp.float32, axes=())
 

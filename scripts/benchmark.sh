@@ -4,7 +4,8 @@
 #   scripts/benchmark.sh [--vs-openclip] [--quick] [--out DIR] [extra benchmark flags...]
 #
 # CPU: a ViT-B/16-proportioned model at depth 4 (both towers), batch 32, float32; under 2 minutes
-# on 2 cores. Accelerator (GPU/TPU): the real B/16 and L/16 in bfloat16 as well.
+# on 2 cores. Accelerator (GPU/TPU): the real B/16 and L/16 in bfloat16 as well (on a GPU, L/16
+# also with cuDNN's fused attention).
 # --vs-openclip: also time OpenCLIP's PyTorch step with patch_dropout on the same shapes, in a
 #   separate Python (OPENCLIP_PYTHON, default .venv-openclip/bin/python) with torch and
 #   open_clip_torch; skipped with a note when that Python lacks them.
@@ -66,6 +67,11 @@ if [ "$platform" != "cpu" ]; then
     --steps_per_round=5 --warmup_steps=2 --rounds="$((rounds + 2))"
   run vit_l16_bf16 --gin_file="$L16" --gin.ACTIVATION_DTYPE="'bfloat16'" --batch_size=128 \
     --steps_per_round=5 --warmup_steps=2 --rounds="$((rounds + 2))"
+  if [ "$platform" = "gpu" ]; then  # cuDNN's fused attention against XLA's, same shapes
+    run vit_l16_bf16_cudnn --gin_file="$L16" --gin.ACTIVATION_DTYPE="'bfloat16'" \
+      --gin.network.FlipTwoTower.attention_implementation="'cudnn'" --batch_size=128 \
+      --steps_per_round=5 --warmup_steps=2 --rounds="$((rounds + 2))"
+  fi
   # What fits: ViT-L/16 at mask 0.5, global batch 4,096, with FLIP's memory options ('minimal'
   # keeps ~191 GiB of activations at this batch, 'full' ~24 GiB: saved_activation_gib).
   run vit_l16_bf16_b4096_memory --gin_file="$L16" --gin.ACTIVATION_DTYPE="'bfloat16'" \

@@ -212,6 +212,7 @@ def test_tiny_model_loss_decreases_on_a_fixed_batch(tiny_params):
     ({"masking_method": "onehot"}, 1e-5),
     ({"cpu_backward": False}, 1e-5),
     ({"cpu_backward": True}, 1e-5),
+    ({"cpu_backward": False, "attention_implementation": "xla"}, 1e-5),
 ])
 def test_variants_match_float32_no_remat(tiny_params, overrides, tol):
   batch, rng = tiny_batch(), jax.random.PRNGKey(5)
@@ -412,3 +413,16 @@ def test_bad_options_are_clear_errors(tiny_params):
     tiny_module().init(jax.random.PRNGKey(0), jnp.zeros((1, 30, 30, 3)), jnp.zeros((1, 8), jnp.int32))
   with pytest.raises(ValueError, match="max_length"):
     tiny_module().init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros((1, 9), jnp.int32))
+  with pytest.raises(ValueError, match="attention_implementation must be one of"):
+    tiny_module(attention_implementation="flash").init(jax.random.PRNGKey(0), **tiny_batch())
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU's refusal of cuDNN attention")
+def test_cudnn_attention_on_the_cpu_is_a_clear_error():
+  # With cpu_backward left to the backend the network refuses before tracing; forced off, the
+  # request reaches jax, which says cuDNN is missing, rather than silently running XLA's attention.
+  with pytest.raises(ValueError, match="NVIDIA GPUs only"):
+    tiny_module(attention_implementation="cudnn").init(jax.random.PRNGKey(0), **tiny_batch())
+  with pytest.raises(RuntimeError, match="cuDNN"):
+    tiny_module(attention_implementation="cudnn", cpu_backward=False, dtype="bfloat16").init(
+        jax.random.PRNGKey(0), **tiny_batch())
