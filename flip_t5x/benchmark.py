@@ -22,7 +22,9 @@ medians, and of the fastest rounds).
 
 `--memory_only` compiles the step from abstract shapes and reports XLA's memory analysis without
 running it (what fits, e.g. ViT-L/16 at a global batch of 4,096), and the bytes the backward pass
-keeps under the gin-bound `remat_policy`.
+keeps under the gin-bound `remat_policy`. With `--target_config` it compiles for a GPU described by
+an XLA GpuTargetConfig instead of the attached devices (XLA:GPU's own buffer assignment, remat
+honoured), so what fits on an 80 GB card can be read off a CPU machine.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
+from absl import app
 from absl import flags
 from absl import logging
 import jax
@@ -69,6 +72,10 @@ def define_flags() -> None:
                       "OpenCLIP's train step with patch_dropout on the same shapes.")
   flags.DEFINE_boolean("memory_only", False, "Only compile the train step from abstract shapes "
                        "and report XLA's memory analysis.")
+  flags.DEFINE_string("target_config", "", "With --memory_only: an XLA GpuTargetConfig text proto "
+                      "(scripts/gpu_targets/h100_80gb.pbtxt) to compile for, with no GPU attached. "
+                      "Needs jax's CUDA plugin (pip install 'jax[cuda13]').")
+  flags.DEFINE_integer("target_devices", 1, "With --target_config: the GPUs of the described host.")
   flags.DEFINE_string("output_json", "", "Also write the JSON result to this file.")
 
 
@@ -310,15 +317,60 @@ def saved_activation_bytes(model: models.FlipModel, batch: Mapping[str, Any]) ->
   return sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize for x in kept)
 
 
+def described_gpus(target_config: str, num_devices: int = 1) -> List[Any]:
+  """The devices of one host of `num_devices` GPUs described by an XLA GpuTargetConfig.
+
+  Nothing need be attached: XLA:GPU compiles for the description (jax's deviceless AOT path), so
+  its memory analysis is that of the card, remat included, which XLA:CPU's is not.
+  """
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  with open(target_config, encoding="utf-8") as f:
+    text = f.read()
+  try:
+    topology = topologies.get_topology_desc("flip_t5x", "cuda", target_config=text,
+                                            topology=f"1x1x{num_devices}")
+  except NotImplementedError as e:
+    raise RuntimeError(
+        "--target_config compiles with jax's CUDA plugin, which this Python lacks; install it "
+        f"(no GPU needed), e.g. in a separate venv: pip install 'jax[cuda13]=={jax.__version__}'"
+    ) from e
+  return list(topology.devices)
+
+
+def for_devices(module: network.FlipTwoTower, devices: Optional[Sequence[Any]]
+                ) -> network.FlipTwoTower:
+  """The module with `cpu_backward` left to the backend resolved for `devices` (None: attached).
+
+  The network resolves it from this host's backend, which is not the target's when compiling for
+  described GPUs.
+  """
+  if devices is None or module.cpu_backward is not None:
+    return module
+  return module.clone(cpu_backward=devices[0].platform == "cpu")
+
+
+# XLA:GPU without a device cannot autotune, and its Triton GEMM tiling then fails on some small
+# shapes ("Couldn't find output tile sizes"); cuBLAS GEMMs take their place for the analysis.
+_DEVICELESS_GPU_OPTIONS = {"xla_gpu_enable_triton_gemm": False}
+
+
 def memory_only(module: network.FlipTwoTower, optimizer_def: Any, ratios: Sequence[float],
-                batch_size: int) -> Dict[str, Any]:
+                batch_size: int, devices: Optional[Sequence[Any]] = None) -> Dict[str, Any]:
   """XLA's memory analysis of the train step per ratio, compiled from abstract shapes.
 
   With it, `saved_activation_gib`: what the backward keeps (parameters it reads included).
+  `devices` (e.g. `described_gpus`): compile for those instead of the attached devices.
   """
-  partitioner = partitioning.PjitPartitioner()
-  out: Dict[str, Any] = {"batch_size": batch_size, "memory_only": True}
-  if jax.default_backend() == "cpu" and module.remat_policy != "none":
+  partitioner = (partitioning.PjitPartitioner() if devices is None
+                 else partitioning.LocalPjitPartitioner(devices=devices))
+  target_platform = partitioner.mesh.devices.flat[0].platform
+  module = for_devices(module, devices)
+  compile_options = (_DEVICELESS_GPU_OPTIONS if devices is not None and target_platform == "gpu"
+                     else None)
+  out: Dict[str, Any] = {"batch_size": batch_size, "memory_only": True,
+                         "compiled_for": partitioner.mesh.devices.flat[0].device_kind,
+                         "compiled_for_devices": partitioner.mesh.devices.size}
+  if target_platform == "cpu" and module.remat_policy != "none":
     out["note"] = ("XLA:CPU ignores remat (it drops the CSE guards): the compiled figures are "
                    "those of remat_policy='none'; saved_activation_gib shows the policy's effect")
   for r in ratios:
@@ -333,7 +385,8 @@ def memory_only(module: network.FlipTwoTower, optimizer_def: Any, ratios: Sequen
                                      sharding=partitioner.data_sharding)
              for k, v in shapes.items()}
     t0 = time.perf_counter()
-    compiled = trainer.lower_train_step(layout.abstract_with_shardings(), batch).compile()
+    compiled = trainer.lower_train_step(layout.abstract_with_shardings(), batch).compile(
+        compile_options)
     out[str(r)] = {**memory_stats(compiled), "compile_s": time.perf_counter() - t0,
                    "saved_activation_gib": saved_activation_bytes(model, batch) / 2**30}
     print(f"mask {r}: {out[str(r)]}", flush=True)
@@ -446,15 +499,23 @@ def benchmark(module: network.FlipTwoTower, optimizer_def: Any, ratios: Sequence
 
 def main(argv: Sequence[str]) -> None:
   del argv
+  if FLAGS.target_config:
+    # No GPU driver here, so the CUDA plugin's library version check cannot run (the compile
+    # needs none); set before jax first loads its plugins.
+    os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
+    if not FLAGS.memory_only:
+      raise app.UsageError("--target_config needs --memory_only (it compiles, it cannot run)")
   model = gin_utils.parse_gin_flags_for_model(FLAGS.gin_search_paths, FLAGS.gin_file,
                                               FLAGS.gin_bindings)
-  module = model.module
+  devices = (described_gpus(FLAGS.target_config, FLAGS.target_devices)
+             if FLAGS.target_config else None)
+  module = for_devices(model.module, devices)
   ratios = [float(r) for r in FLAGS.mask_ratios]
   out: Dict[str, Any] = {"benchmark": "flip_t5x.train_step", "gin_files": list(FLAGS.gin_file),
                          "gin_bindings": list(FLAGS.gin_bindings), **environment(),
                          **model_summary(module)}
   if FLAGS.memory_only:
-    out.update(memory_only(module, model.optimizer_def, ratios, FLAGS.batch_size))
+    out.update(memory_only(module, model.optimizer_def, ratios, FLAGS.batch_size, devices))
   else:
     out.update(benchmark(module, model.optimizer_def, ratios, FLAGS.batch_size, FLAGS.rounds,
                          FLAGS.steps_per_round, FLAGS.warmup_steps, FLAGS.eval,

@@ -215,6 +215,25 @@ def _attention_bwd(res, do):
 attention_core.defvjp(_attention_fwd, _attention_bwd)
 
 
+def even_length_attention(q: Array, k: Array, v: Array, implementation: Optional[str]) -> Array:
+  """`jax.nn.dot_product_attention` with an odd length padded by one token nothing attends to.
+
+  jax 0.10's cuDNN attention refuses odd lengths when differentiated ("Unsupported sequence
+  length"), and FLIP's image lengths are odd at mask 0 and 0.5 (the class token plus 196 or 98
+  patches). The padded key is masked out through the sequence lengths and the padded query
+  dropped, so the values are those of the unpadded attention.
+  """
+  length = q.shape[1]
+  if length % 2 == 0:
+    return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+  pad = ((0, 0), (0, 1), (0, 0), (0, 0))
+  q, k, v = (jnp.pad(t, pad) for t in (q, k, v))
+  lengths = jnp.full((q.shape[0],), length, jnp.int32)
+  out = jax.nn.dot_product_attention(q, k, v, query_seq_lengths=lengths,
+                                     key_value_seq_lengths=lengths, implementation=implementation)
+  return out[:, :length]
+
+
 class DenseGeneral(nn.Module):
   """A dense layer over (possibly several) trailing/leading axes with named parameter axes."""
 
@@ -283,6 +302,8 @@ class MultiHeadAttention(nn.Module):
     q = with_sharding_constraint(q, ("batch", "length", "heads", "kv"))
     if self.cpu_backward:
       out = attention_core(q, k, v)
+    elif self.attention_implementation == "cudnn":
+      out = even_length_attention(q, k, v, implementation="cudnn")
     else:
       out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_implementation)
     out = with_sharding_constraint(out, ("batch", "length", "heads", "kv"))

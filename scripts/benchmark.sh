@@ -9,6 +9,8 @@
 # --vs-openclip: also time OpenCLIP's PyTorch step with patch_dropout on the same shapes, in a
 #   separate Python (OPENCLIP_PYTHON, default .venv-openclip/bin/python) with torch and
 #   open_clip_torch; skipped with a note when that Python lacks them.
+# --gpu-memory: also compile ViT-L/16 at batch 4,096 for an H100 80GB that is not attached
+#   (--memory_only --target_config), in .venv-cuda (CUDA_PYTHON), which has jax's CUDA plugin.
 # --quick: one round (a smoke run).
 # Results go to DIR (default benchmark_results/) as <name>.json and are echoed.
 #
@@ -17,12 +19,14 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 
 vs_openclip=0
+gpu_memory=0
 rounds=3
 out_dir=benchmark_results
 extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --vs-openclip) vs_openclip=1 ;;
+    --gpu-memory) gpu_memory=1 ;;
     --quick) rounds=1 ;;
     --out) out_dir="$2"; shift ;;
     *) extra+=("$1") ;;
@@ -76,4 +80,20 @@ if [ "$platform" != "cpu" ]; then
   # keeps ~191 GiB of activations at this batch, 'full' ~24 GiB: saved_activation_gib).
   run vit_l16_bf16_b4096_memory --gin_file="$L16" --gin.ACTIVATION_DTYPE="'bfloat16'" \
     --gin.REMAT_POLICY="'full'" --batch_size=4096 --mask_ratios=0.5 --memory_only
+fi
+
+if [ "$gpu_memory" = 1 ]; then
+  cuda_python="${CUDA_PYTHON:-.venv-cuda/bin/python}"
+  if [ -x "$cuda_python" ] && "$cuda_python" -c "import jax_plugins.xla_cuda13" >/dev/null 2>&1; then
+    for policy in full minimal; do
+      echo "[benchmark] vit_l16_bf16_b4096_h100_$policy" >&2
+      "$cuda_python" -m flip_t5x.benchmark --gin_file="$L16" --gin.ACTIVATION_DTYPE="'bfloat16'" \
+        --gin.REMAT_POLICY="'$policy'" --batch_size=4096 --mask_ratios=0.5 --memory_only \
+        --target_config=scripts/gpu_targets/h100_80gb.pbtxt \
+        --output_json="$out_dir/vit_l16_bf16_b4096_h100_$policy.json" | tail -n 1
+    done
+  else
+    echo "[benchmark] --gpu-memory: $cuda_python lacks jax's CUDA plugin; skipping. Set it up with" >&2
+    echo "[benchmark]   python3 -m venv .venv-cuda && .venv-cuda/bin/pip install -e . 'jax[cuda13]==0.10.2'" >&2
+  fi
 fi

@@ -1,4 +1,5 @@
 """Smoke test of `python -m flip_t5x.benchmark` on the tiny model: the JSON contract users read."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -69,3 +70,40 @@ def test_saved_activations_shrink_with_remat_and_batch(clean_gin_and_counters):
   for policy in ("none", "full"):  # parameters are kept once; activations grow with the batch
     assert kept[policy, 8] > kept[policy, 4]
   assert kept["none", 8] - kept["none", 4] > 2 * (kept["full", 8] - kept["full", 4]), kept
+
+
+H100 = os.path.join(ROOT, "scripts/gpu_targets/h100_80gb.pbtxt")
+
+
+def _has_cuda_plugin() -> bool:
+  try:
+    return any(importlib.util.find_spec(f"jax_plugins.xla_cuda{v}") for v in (12, 13))
+  except ModuleNotFoundError:  # no jax plugin package at all
+    return False
+
+
+HAS_CUDA_PLUGIN = _has_cuda_plugin()
+
+
+@pytest.mark.skipif(HAS_CUDA_PLUGIN, reason="jax's CUDA plugin is installed here")
+def test_target_config_without_the_cuda_plugin_says_what_to_install():
+  with pytest.raises(RuntimeError, match=r"pip install 'jax\[cuda13\]"):
+    benchmark.described_gpus(H100)
+
+
+@pytest.mark.skipif(not HAS_CUDA_PLUGIN,
+                    reason="needs jax's CUDA plugin: pip install 'jax[cuda13]'")
+def test_memory_only_for_a_described_gpu_honours_remat():
+  """XLA:GPU's memory analysis of the step for an H100 with none attached: remat shrinks it."""
+  peak = {}
+  for policy in ("none", "full"):
+    cmd = [sys.executable, "-m", "flip_t5x.benchmark",
+           "--gin_file=gin_configs/models/flip_tiny.gin", f"--gin.REMAT_POLICY='{policy}'",
+           "--memory_only", "--batch_size=64", "--mask_ratios=0.5", f"--target_config={H100}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["compiled_for"] == "NVIDIA H100 80GB HBM3" and out["compiled_for_devices"] == 1
+    assert "note" not in out  # the CPU-only caveat does not apply to a GPU compile
+    peak[policy] = out["0.5"]["peak_memory_gib"]
+  assert 0 < peak["full"] < peak["none"], peak

@@ -25,10 +25,8 @@ tx = optimizers.adamw(optimizers.warmup_cosine_schedule(0.05, 16, total_steps=10
 out = {}
 for name, parts, pstates in (("1x1", None, False), ("8x1", 1, False), ("4x2", 2, True),
                              ("2x4", 4, True)):
-  if parts is None:  # reference: one device
-    mesh_devices = jax.devices()[:1]
-    part = partitioning.PjitPartitioner(num_partitions=1)
-    part._mesh = jax.sharding.Mesh(np.asarray(mesh_devices).reshape(1, 1), ("data", "model"))
+  if parts is None:  # reference: one of the eight devices (the partitioner's `devices`)
+    part = partitioning.LocalPjitPartitioner(devices=jax.devices()[:1])
   else:
     part = partitioning.PjitPartitioner(num_partitions=parts, partition_states=pstates)
   layout = train_state.StateLayout(model, tx, part, shapes)

@@ -106,9 +106,8 @@ def _mesh_shape(num_devices: int, num_partitions: Optional[int],
   return num_devices // num_partitions, num_partitions
 
 
-def _create_mesh_devices(data: int, model: int, backend: Optional[str]) -> np.ndarray:
+def _create_mesh_devices(data: int, model: int, devices: Sequence[Any]) -> np.ndarray:
   """Devices as a [data, model] array: model-parallel groups stay within a process/slice."""
-  devices = jax.devices(backend)
   if jax.process_count() > 1 and devices[0].platform != "cpu":
     from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
     per_process = data // jax.process_count()
@@ -221,14 +220,16 @@ class _FlipPartitionerMethods:
     return jax.tree_util.tree_map_with_path(leaf_spec, opt_state)
 
 
-class _LocalPjitPartitioner(_FlipPartitionerMethods):
+class LocalPjitPartitioner(_FlipPartitionerMethods):
   """Partitions FLIP's state and steps over a (`data`, `model`) device mesh.
 
   Args (t5x's names): num_partitions — size of the `model` axis; model_parallel_submesh — a
   hardware submesh whose product is the `model` axis size; params_on_devices — kept for t5x
   compatibility (parameters always live on devices here); backend — jax backend to take devices
   from; logical_axis_rules — (logical name, mesh axis) pairs. FLIP's own: partition_states —
-  shard optimizer state over `data` as well (FLIP's L and H recipes).
+  shard optimizer state over `data` as well (FLIP's L and H recipes); devices — the devices of the
+  mesh instead of `jax.devices(backend)`, e.g. a described topology's, to compile for hardware
+  that is not attached (`flip_t5x.benchmark --memory_only --target_config`).
   """
 
   def __init__(self, num_partitions: Optional[int] = None,
@@ -238,7 +239,7 @@ class _LocalPjitPartitioner(_FlipPartitionerMethods):
                dcn_mesh_shape: Optional[HardwareMesh] = None,
                logical_axis_rules: Optional[LogicalAxisRules] = None,
                use_cpu_pjit: Optional[bool] = False,
-               partition_states: bool = False):
+               partition_states: bool = False, devices: Optional[Sequence[Any]] = None):
     if not params_on_devices:
       raise ValueError("params_on_devices=False is not supported by flip_t5x's partitioner")
     if ici_mesh_shape is not None or dcn_mesh_shape is not None:
@@ -247,6 +248,7 @@ class _LocalPjitPartitioner(_FlipPartitionerMethods):
     self._num_partitions = num_partitions
     self._model_parallel_submesh = model_parallel_submesh
     self._backend = backend
+    self._devices = list(devices) if devices is not None else None
     self._logical_axis_rules = tuple(
         logical_axis_rules if logical_axis_rules is not None else standard_logical_axis_rules())
     self.partition_states = bool(partition_states)
@@ -256,9 +258,9 @@ class _LocalPjitPartitioner(_FlipPartitionerMethods):
   @property
   def mesh(self) -> Mesh:
     if self._mesh is None:
-      n = len(jax.devices(self._backend))
-      data, model = _mesh_shape(n, self._num_partitions, self._model_parallel_submesh)
-      self._mesh = Mesh(_create_mesh_devices(data, model, self._backend), (DATA_AXIS, MODEL_AXIS))
+      devices = self._devices if self._devices is not None else jax.devices(self._backend)
+      data, model = _mesh_shape(len(devices), self._num_partitions, self._model_parallel_submesh)
+      self._mesh = Mesh(_create_mesh_devices(data, model, devices), (DATA_AXIS, MODEL_AXIS))
       logging.info("device mesh: %d (data) x %d (model) over %d process(es)", data, model,
                    jax.process_count())
     return self._mesh
@@ -298,10 +300,11 @@ class _LocalPjitPartitioner(_FlipPartitionerMethods):
     to_sharding = lambda tree: jax.tree_util.tree_map(  # noqa: E731
         lambda s: self.sharding(s), tree,
         is_leaf=lambda x: x is None or isinstance(x, PartitionSpec))
+    options = xla_options.compiler_options(self.mesh.devices.flat[0].platform)
     return jax.jit(fn, in_shardings=to_sharding(in_axis_resources),
                    out_shardings=to_sharding(out_axis_resources),
                    static_argnums=static_argnums, donate_argnums=donate_argnums,
-                   compiler_options=xla_options.compiler_options(self._backend))
+                   compiler_options=options)
 
 
 class DataLayout:
@@ -355,4 +358,4 @@ if compat.T5X_AVAILABLE:
       return mesh_axes.restore_state(traverse_util.unflatten_dict(flat_axes, sep="/"))
 
 else:
-  PjitPartitioner = _LocalPjitPartitioner
+  PjitPartitioner = LocalPjitPartitioner
