@@ -363,14 +363,14 @@ def memory_only(module: network.FlipTwoTower, optimizer_def: Any, ratios: Sequen
   """
   partitioner = (partitioning.PjitPartitioner() if devices is None
                  else partitioning.LocalPjitPartitioner(devices=devices))
-  target_platform = partitioner.mesh.devices.flat[0].platform
+  target = partitioner.mesh.devices.flat[0]
   module = for_devices(module, devices)
-  compile_options = (_DEVICELESS_GPU_OPTIONS if devices is not None and target_platform == "gpu"
+  compile_options = (_DEVICELESS_GPU_OPTIONS if devices is not None and target.platform == "gpu"
                      else None)
   out: Dict[str, Any] = {"batch_size": batch_size, "memory_only": True,
-                         "compiled_for": partitioner.mesh.devices.flat[0].device_kind,
+                         "compiled_for": target.device_kind,
                          "compiled_for_devices": partitioner.mesh.devices.size}
-  if target_platform == "cpu" and module.remat_policy != "none":
+  if target.platform == "cpu" and module.remat_policy != "none":
     out["note"] = ("XLA:CPU ignores remat (it drops the CSE guards): the compiled figures are "
                    "those of remat_policy='none'; saved_activation_gib shows the policy's effect")
   for r in ratios:
