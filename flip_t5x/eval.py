@@ -39,6 +39,7 @@ import tensorflow as tf
 from flip_t5x import evaluation
 from flip_t5x import models
 from flip_t5x.data import zeroshot as zeroshot_lib
+from flip_t5x.runtime import checkpoints
 from flip_t5x.runtime import gin_utils
 from flip_t5x.runtime import xla_options
 # Registers the zero-shot tasks and their gin configurables at import, before gin is locked.
@@ -351,7 +352,6 @@ def resolve_checkpoint(restore_checkpoint_cfg: Any = None,
 
   A model directory (t5x's mode 'latest') resolves to its newest complete checkpoint.
   """
-  from flip_t5x.runtime import checkpoints  # pylint: disable=g-import-not-at-top
   if checkpoint_path is None and restore_checkpoint_cfg is not None:
     checkpoint_path = restore_checkpoint_cfg.path
     mode = getattr(restore_checkpoint_cfg, "mode", "specific")
@@ -408,7 +408,6 @@ def evaluate(*, model: models.FlipModel, dataset_cfg: Any, output_dir: str,
   Returns:
     the metrics written.
   """
-  from flip_t5x.runtime import checkpoints  # pylint: disable=g-import-not-at-top
   del unused_t5x_kwargs
   options = _gin_eval_options()
   mode = options["mode"] if mode is None else mode

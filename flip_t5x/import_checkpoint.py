@@ -42,6 +42,7 @@ import tensorstore as ts
 
 from flip_t5x import models
 from flip_t5x import network
+from flip_t5x.runtime import checkpoints
 from flip_t5x.runtime import gin_utils
 
 PyTree = Any
@@ -453,7 +454,6 @@ def import_checkpoint(source: str, model: models.FlipModel, output: Optional[str
   if step is None:
     step = ckpt.step if ckpt.step is not None else 0
   if output is not None:
-    from flip_t5x.runtime import checkpoints  # pylint: disable=g-import-not-at-top
     path = checkpoints.save_params(params, output, step)
     logging.info("wrote flip_t5x checkpoint %s", path)
   return params, step

@@ -26,6 +26,8 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from flip_t5x import predictor as predictor_lib
+from flip_t5x.data import zeroshot
 from flip_t5x.runtime import gin_utils
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
@@ -72,7 +74,6 @@ def list_images(specs: Sequence[str]) -> List[str]:
 
 
 def _templates(value: Optional[str]) -> Optional[List[str]]:
-  from flip_t5x.data import zeroshot  # pylint: disable=g-import-not-at-top
   if value is None:
     return None
   if "{}" in value:
@@ -109,7 +110,6 @@ def format_labels(paths: Sequence[str], ok: Sequence[int], probs: np.ndarray,
                   errors: Sequence[Tuple[int, str]], labels: Sequence[str], k: int,
                   fmt: str) -> List[str]:
   """Output lines for labels mode, in input order."""
-  from flip_t5x import predictor as predictor_lib  # pylint: disable=g-import-not-at-top
   rows = {}
   for i, best in zip(ok, predictor_lib.top_k(probs, k) if len(ok) else []):
     rows[i] = [(labels[j], p) for j, p in best]
@@ -178,8 +178,6 @@ def main(argv: Sequence[str]) -> None:
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # stderr is for per-file errors; -v 0 shows the gin
 
-  from flip_t5x import predictor as predictor_lib  # pylint: disable=g-import-not-at-top
-  from flip_t5x.data import zeroshot  # pylint: disable=g-import-not-at-top
   try:
     predictor = predictor_lib.FlipPredictor.from_checkpoint(
         FLAGS.checkpoint, FLAGS.gin_file, gin_bindings=FLAGS.gin_bindings,

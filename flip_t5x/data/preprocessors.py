@@ -32,6 +32,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from flip_t5x.data import vocabulary as vocabulary_lib
+
 MEAN_RGB = (0.485, 0.456, 0.406)
 STDDEV_RGB = (0.229, 0.224, 0.225)
 DEFAULT_IMAGE_SIZE = 224
@@ -307,7 +309,6 @@ def image_text_preprocessor(
   if output_features and "targets" in output_features:
     vocab = output_features["targets"].vocabulary
   else:
-    from flip_t5x.data import vocabulary as vocabulary_lib  # pylint: disable=g-import-not-at-top
     vocab = vocabulary_lib.WordPieceVocabulary()
   limit = max_image_pixels()
   counts = counters(counter)

@@ -31,6 +31,9 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from flip_t5x.data import preprocessors
+from flip_t5x.data import zeroshot
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp")
 TFRECORD_EXTENSIONS = (".tfrecord", ".tfrecords", ".tfrec")
 TAR_EXTENSIONS = (".tar",)
@@ -244,7 +247,6 @@ class Img2DatasetSource(seqio.DataSource):
 def list_image_folder(root: str, class_names_file: Optional[str] = None
                       ) -> Tuple[List[str], List[int], List[str]]:
   """(files, labels, class_names) for a `root/CLASS/*.jpg` tree; see `zeroshot.folder_classes`."""
-  from flip_t5x.data import zeroshot  # pylint: disable=g-import-not-at-top
   folders, class_names = zeroshot.folder_classes(root, class_names_file)
   files, labels = [], []
   for label, folder in enumerate(folders):
@@ -367,7 +369,6 @@ def _tf_iterator(iterator):
 
 
 def _checkpoint(iterator, counter_names: Sequence[str]) -> tf.train.Checkpoint:
-  from flip_t5x.data import preprocessors  # pylint: disable=g-import-not-at-top
   kwargs = {"iterator": _tf_iterator(iterator)}
   for name in counter_names:
     for k, v in preprocessors.counters(name).trackables().items():
