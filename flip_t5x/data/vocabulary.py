@@ -8,19 +8,29 @@ The file is resolved lazily (at first use, not at construction) so tasks can be 
 import time before gin is parsed. Where it comes from, in order:
   1. the `vocab_file` argument;
   2. gin: `flip_t5x.data.vocabulary.wordpiece_vocab_file.path = "/path/vocab.txt"`;
-  3. gin macro `VOCAB_FILE = "/path/vocab.txt"`.
+  3. gin macro `VOCAB_FILE = "/path/vocab.txt"`;
+  4. the vocabulary FLIP trained on, shipped in the package (`BERT_UNCASED_VOCAB_FILE`: BERT's
+     uncased WordPiece, 30,522 lines, the official repo's `vocab/vocab_bert_base.txt`).
 """
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
 from typing import Iterable, List, Optional, Sequence
 
+from absl import logging
 import gin
 import seqio
 import tensorflow as tf
 import tensorflow_text as tf_text
 
 _UNSET = object()
+
+ASSETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
+# FLIP's text vocabulary (input_pipeline_laion.py: md5 64800d5d8528ce344256daf115d4965e).
+BERT_UNCASED_VOCAB_FILE = os.path.join(ASSETS_DIR, "bert_uncased_wordpiece_vocab.txt")
+BERT_UNCASED_VOCAB_MD5 = "64800d5d8528ce344256daf115d4965e"
 
 
 def gin_macro(name: str, default=_UNSET):
@@ -35,15 +45,46 @@ def gin_macro(name: str, default=_UNSET):
 
 @gin.configurable(module="flip_t5x.data.vocabulary")
 def wordpiece_vocab_file(path: Optional[str] = None) -> str:
-  """The WordPiece vocabulary file: this binding, else the gin macro VOCAB_FILE."""
+  """This binding, else the gin macro VOCAB_FILE, else the shipped BERT uncased vocabulary.
+
+  The default is the file FLIP's released models were trained on, so recipes need no binding.
+  """
   if path is None:
     path = gin_macro("VOCAB_FILE", None)
+  if path is None:
+    return BERT_UNCASED_VOCAB_FILE
   if not path:
     raise ValueError(
-        "No WordPiece vocabulary file configured: set the gin macro VOCAB_FILE = \"/path/vocab.txt\" "
-        "(or flip_t5x.data.vocabulary.wordpiece_vocab_file.path). Build one with "
-        "`python -m flip_t5x.build_vocab` or use the BERT uncased vocabulary.")
+        "VOCAB_FILE is empty: leave it unset for FLIP's BERT uncased vocabulary, or set "
+        "VOCAB_FILE = \"/path/vocab.txt\" (e.g. built with `python -m flip_t5x.build_vocab`).")
   return path
+
+
+def file_md5(path: str) -> str:
+  """Hex md5 of a file's bytes (any tf.io.gfile file system)."""
+  with tf.io.gfile.GFile(path, "rb") as f:
+    return hashlib.md5(f.read()).hexdigest()
+
+
+def is_official_vocabulary(path: str) -> bool:
+  """Whether `path` holds FLIP's vocabulary byte for byte (compared by md5, so any copy counts)."""
+  return file_md5(path) == BERT_UNCASED_VOCAB_MD5
+
+
+def warn_unless_official_vocabulary(path: str, what: str) -> bool:
+  """Logs a warning when `what` uses another vocabulary than FLIP's; returns whether it is FLIP's.
+
+  The released FLIP models were trained on BERT's uncased vocabulary: with other ids their text
+  tower reads the wrong embeddings, and nothing fails.
+  """
+  if is_official_vocabulary(path):
+    return True
+  logging.warning(
+      "%s: the vocabulary %s is not FLIP's (BERT uncased WordPiece, md5 %s, shipped as %s); the "
+      "official models were trained on that file, so their text embeddings will be wrong with "
+      "these ids. Leave VOCAB_FILE unset to use it.", what, path, BERT_UNCASED_VOCAB_MD5,
+      BERT_UNCASED_VOCAB_FILE)
+  return False
 
 
 @functools.lru_cache(maxsize=8)
