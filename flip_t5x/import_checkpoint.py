@@ -42,6 +42,7 @@ import tensorstore as ts
 
 from flip_t5x import models
 from flip_t5x import network
+from flip_t5x.data import vocabulary as vocabulary_lib
 from flip_t5x.runtime import checkpoints
 from flip_t5x.runtime import gin_utils
 
@@ -481,6 +482,9 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError("--output is required (or pass --dry_run)")
   model = gin_utils.parse_gin_flags_for_model(FLAGS.gin_search_paths, FLAGS.gin_file,
                                               FLAGS.gin_bindings)
+  # The official models were trained on FLIP's vocabulary: any other (VOCAB_FILE) is a warning.
+  vocabulary_lib.warn_unless_official_vocabulary(vocabulary_lib.wordpiece_vocab_file(),
+                                                 "import_checkpoint")
   if FLAGS.dry_run:
     for e in mapping_table(model):
       print(f"{e.official} {e.official_shape} -> {e.ours} {e.our_shape}")
