@@ -1,16 +1,16 @@
 """Import of official FLIP (t5x-format) checkpoints: on-disk format, mapping, numerics, errors.
 
-The test writes a tiny checkpoint exactly as t5x's checkpointer wrote the FLIP release: a
-`checkpoint_<step>/checkpoint` msgpack file with `{"version": 3, "optimizer": {"target": ...,
-"state": ...}}`, small arrays inline and the rest as TensorStore zarr specs pointing at
-`target.<dotted name>` directories beside it. Names and layouts are spelled out here from
-models_flip.py / t5x.layers (not taken from the importer), and a plain numpy forward pass of the
-official model on those arrays is the reference for the imported model's embeddings.
+The test writes a tiny checkpoint as upstream t5x's legacy `Checkpointer` wrote the FLIP release
+(see `write_t5x_checkpoint`): a `checkpoint_<step>/checkpoint` msgpack file with
+`{"version": 3, "optimizer": {"target": ..., "state": ...}}` whose arrays are normalised
+TensorStore specs naming zarr directories `target.<dotted name>/` beside it. Names and layouts are
+spelled out here from models_flip.py / t5x.layers (not taken from the importer), and a plain numpy
+forward pass of the official model on those arrays is the reference for the imported model's
+embeddings. The command line runs in a fresh process, as a user runs it.
 """
 import os
 import shutil
 
-from absl import flags
 from flax import serialization
 import gin
 import jax
@@ -21,6 +21,8 @@ import tensorstore as ts
 
 from flip_t5x import import_checkpoint as ic
 from flip_t5x import network
+from flip_t5x.runtime import checkpoints
+import test_train_helpers as h
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_GIN = "gin_configs/models/flip_tiny.gin"
@@ -83,48 +85,56 @@ def official_tree(rng, image_size, patch, img_width, img_depth, img_heads, txt_w
   }
 
 
-INLINE = {"logit_scale"}  # written into the msgpack file itself, like t5x's unpartitioned arrays
+def _chunks(shape):
+  """t5x splits large arrays into chunks: halve the first axis where it can be halved."""
+  return [shape[0] // 2 if i == 0 and shape[0] % 2 == 0 and shape[0] > 1 else d
+          for i, d in enumerate(shape)]
 
 
-def write_t5x_checkpoint(root, target, step=1234):
-  """Writes `target` (+ a token optimizer state) the way t5x's Checkpointer.save did."""
+def write_t5x_checkpoint(root, target, step=1234, dtype="float32", inline=()):
+  """Writes `target` and an AdamW state the way t5x's legacy Checkpointer wrote the release.
+
+  As upstream `Checkpointer.save` on a gs:// directory (how the release was written): every array
+  with partitioning axes (all parameters, `logit_scale` included, and the optimizer moments) goes
+  to its own zarr directory `<dotted name>/`, in several chunks where the array is large enough;
+  the msgpack file keeps the normalised TensorStore spec (`ts.Spec(...).to_json()`: the relative
+  path inside a gcs `kvstore` with a dummy bucket), and scalars without axes (step, count) inline.
+  `dtype` is the save dtype (t5x's `SaveCheckpointConfig.dtype`); `inline` names target arrays
+  kept in the msgpack file instead, as t5x does for arrays without partitioning axes.
+  """
   ckpt_dir = os.path.join(root, f"checkpoint_{step}")
   os.makedirs(ckpt_dir)
 
-  def write(tree, prefix):
+  def externalise(tree, prefix):
     out = {}
     for k, v in tree.items():
       name = f"{prefix}/{k}"
       if isinstance(v, dict):
-        out[k] = write(v, name)
-      elif name.split("/", 1)[1] in INLINE:
-        out[k] = v
-      else:
-        rel = name.replace("/", ".")
-        metadata = {"compressor": {"id": "gzip"}, "shape": list(v.shape), "chunks": list(v.shape)}
-        if name.startswith("target/txt_encoder"):
-          # t5x's spec for a gs:// checkpoint dir (how the release was written): a dummy bucket
-          # and the relative path at the top level.
-          spec = {"driver": "zarr", "dtype": "float32",
-                  "kvstore": {"driver": "gcs", "bucket": "t5x-dummy-bucket"}, "path": rel,
-                  "metadata": metadata}
-        else:
-          spec = {"driver": "zarr", "dtype": "float32", "kvstore": {"driver": "file", "path": rel},
-                  "metadata": metadata}
-        store = ts.open({"driver": "zarr", "dtype": "float32", "metadata": metadata,
-                         "kvstore": {"driver": "file", "path": os.path.join(ckpt_dir, rel)}},
-                        create=True, open=True).result()
-        store.write(v).result()
-        out[k] = spec
+        out[k] = externalise(v, name)
+        continue
+      if name.split("/", 1)[1] in inline:
+        out[k] = v.astype(np.dtype(dtype) if dtype == "float32" else v.dtype)
+        continue
+      rel = name.replace("/", ".")
+      metadata = {"compressor": {"id": "gzip"}, "shape": list(v.shape),
+                  "chunks": _chunks(list(v.shape))}
+      spec = ts.Spec({"driver": "zarr", "dtype": dtype, "path": rel, "metadata": metadata,
+                      "kvstore": {"driver": "gcs", "bucket": "t5x-dummy-bucket"}}).to_json()
+      store = ts.open({"driver": "zarr", "dtype": dtype, "metadata": metadata,
+                       "kvstore": {"driver": "file", "path": os.path.join(ckpt_dir, rel)}},
+                      create=True, open=True).result()
+      store.write(v.astype(store.dtype.numpy_dtype)).result()
+      out[k] = spec
     return out
 
-  m = np.zeros_like(target["img_mlp1"]["kernel"])
-  state = {"step": np.array(step, np.int32),
-           "param_states": {"logit_scale": {"m": np.zeros((1,), np.float32)},
-                            "img_mlp1": {"kernel": {"m": m}}}}
-  written = {"target": write(target, "target"),
-             "state": {"step": state["step"],
-                       "param_states": write(state["param_states"], "state/param_states")}}
+  def zeros(tree):
+    return {k: zeros(v) if isinstance(v, dict) else np.zeros_like(v) for k, v in tree.items()}
+
+  moments = {"mu": zeros(target), "nu": zeros(target)}
+  written = {"target": externalise(target, "target"),
+             "state": {"step": np.array(step, np.int32),
+                       "param_states": {"0": {"count": np.array(step, np.int32),
+                                              **externalise(moments, "state/param_states/0")}}}}
   with open(os.path.join(ckpt_dir, "checkpoint"), "wb") as f:
     f.write(serialization.msgpack_serialize({"version": 3, "optimizer": written}))
   return ckpt_dir
@@ -227,18 +237,46 @@ def official(tmp_path_factory):
   return root, target
 
 
-def test_reader_reads_inline_and_tensorstore_arrays(official):
+def test_reader_reads_the_release_layout(official):
   root, target = official
   ckpt = ic.read_t5x_checkpoint(root)  # parent dir of checkpoint_1234/: latest step is used
   assert ckpt.step == 1234 and ckpt.version == 3
   assert ckpt.path.endswith("checkpoint_1234")
-  assert isinstance(ckpt.target["logit_scale"], np.ndarray)  # inline
-  assert not isinstance(ckpt.target["img_mlp1/kernel"], np.ndarray)  # tensorstore reference
+  # Every parameter is a tensorstore reference (as the release's writer stored them), read back
+  # whole from several zarr chunks.
+  assert not any(isinstance(leaf, np.ndarray) for leaf in ckpt.target.values())
+  assert len(os.listdir(os.path.join(ckpt.path, "target.img_mlp1.kernel"))) > 2  # .zarray + chunks
   np.testing.assert_array_equal(ckpt.read("img_mlp1/kernel"), target["img_mlp1"]["kernel"])
-  assert not any(n.startswith("state") for n in ckpt.target)
+  np.testing.assert_array_equal(ckpt.read("logit_scale"), target["logit_scale"])
+  assert not any(n.startswith("state") for n in ckpt.target)  # optimizer moments are not read
   # The `checkpoint` file itself and the step directory are accepted too.
   for src in (ckpt.path, os.path.join(ckpt.path, "checkpoint")):
     assert sorted(ic.read_t5x_checkpoint(src).target) == sorted(ckpt.target)
+
+
+def test_reader_reads_inline_arrays(tmp_path):
+  target = official_tree(np.random.default_rng(5), **TINY)
+  write_t5x_checkpoint(str(tmp_path), target, inline=("logit_scale", "img_mlp1/kernel"))
+  ckpt = ic.read_t5x_checkpoint(str(tmp_path))
+  assert isinstance(ckpt.target["logit_scale"], np.ndarray)
+  np.testing.assert_array_equal(ckpt.read("img_mlp1/kernel"), target["img_mlp1"]["kernel"])
+
+
+def test_bfloat16_checkpoint_imports(tmp_path, tiny_model):
+  """A checkpoint saved with t5x's `SaveCheckpointConfig.dtype = 'bfloat16'` imports: the fixed
+  position table is checked to the stored precision, and the weights are the stored values."""
+  target = official_tree(np.random.default_rng(6), **TINY)
+  write_t5x_checkpoint(str(tmp_path), target, dtype="bfloat16")
+  params, _ = ic.import_checkpoint(str(tmp_path), tiny_model, output=None)
+  kernel = params["image_tower"]["projection"]["kernel"]
+  assert kernel.dtype == np.float32
+  np.testing.assert_array_equal(
+      kernel, target["img_mlp1"]["kernel"].astype(jax.numpy.bfloat16).astype(np.float32))
+  # A position table off by more than bfloat16 rounding is still refused.
+  target["img_encoder"]["posembed_encoder"]["pos_embedding"] += 0.05
+  write_t5x_checkpoint(str(tmp_path / "off"), target, dtype="bfloat16")
+  with pytest.raises(ic.CheckpointMismatchError, match="sin-cos"):
+    ic.import_checkpoint(str(tmp_path / "off"), tiny_model, output=None)
 
 
 def test_every_array_lands_in_place(official, tiny_model):
@@ -296,7 +334,6 @@ def test_imported_model_matches_numpy_reference(official, tiny_model, tmp_path):
   root, t = official
   out = str(tmp_path / "imported")
   params, step = ic.import_checkpoint(root, tiny_model, output=out)
-  from flip_t5x.runtime import checkpoints
   restored = checkpoints.load_params(out, tiny_model)
   jax.tree_util.tree_map(np.testing.assert_array_equal, restored, params)
   rng = np.random.default_rng(1)
@@ -379,35 +416,23 @@ def test_mapping_table_covers_the_model(tiny_model):
   assert len({e.official for e in table}) == len(table)
 
 
-def test_command_line(official, tmp_path, capsys):
-  """`python -m flip_t5x.import_checkpoint` (run in-process: same flags, same main)."""
+def test_command_line(official, tmp_path, tiny_model):
+  """`python -m flip_t5x.import_checkpoint`, run in a fresh process as a user runs it."""
   root, _ = official
   out = str(tmp_path / "cli")
-  before = set(flags.FLAGS)
-  ic._define_flags()
-  try:
-    flags.FLAGS(["import_checkpoint", f"--source={root}", f"--gin_file={TINY_GIN}",
-                 f"--output={out}"])
-    ic.main([])
-  finally:  # leave the global flags as they were, for other binaries' tests
-    flags.FLAGS.unparse_flags()
-    for name in set(flags.FLAGS) - before:
-      delattr(flags.FLAGS, name)
-    gin.clear_config()
-  assert f"(step 1234) -> {out}/checkpoint_1234" in capsys.readouterr().out
-  from flip_t5x.runtime import checkpoints
-  params = checkpoints.load_params(out, load_gin_model(TINY_GIN))
+  proc = h.run_binary("import_checkpoint", [f"--source={root}", f"--gin_file={TINY_GIN}",
+                                            f"--output={out}"], check=True)
+  assert f"(step 1234) -> {out}/checkpoint_1234" in proc.stdout
+  params = checkpoints.load_params(out, tiny_model)
   assert float(params["logit_scale"]) == 2.5
-  ic._define_flags()
-  try:
-    flags.FLAGS(["import_checkpoint", f"--source={root}", f"--output={out}2",
-                 "--gin_file=gin_configs/models/flip_vit_b16.gin"])
-    with pytest.raises(SystemExit, match=r"img_encoder/embedding/kernel: checkpoint shape "
-                                         r"\(8, 8, 3, 64\) != shape \(16, 16, 3, 768\)"):
-      ic.main([])
-  finally:
-    flags.FLAGS.unparse_flags()
-    for name in set(flags.FLAGS) - before:
-      delattr(flags.FLAGS, name)
-    gin.clear_config()
+  proc = h.run_binary("import_checkpoint", [f"--source={root}", f"--output={out}2",
+                                            "--gin_file=gin_configs/models/flip_vit_b16.gin"])
+  assert proc.returncode == 1
+  assert ("img_encoder/embedding/kernel: checkpoint shape (8, 8, 3, 64) != shape "
+          "(16, 16, 3, 768)") in proc.stderr
+  assert "Traceback" not in proc.stderr
   assert not os.path.exists(f"{out}2")
+  # --dry_run prints the mapping and writes nothing.
+  proc = h.run_binary("import_checkpoint", [f"--source={root}", f"--gin_file={TINY_GIN}",
+                                            "--dry_run"], check=True)
+  assert "img_mlp1/kernel (64, 32) -> image_tower/projection/kernel (64, 32)" in proc.stdout

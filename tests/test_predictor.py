@@ -1,11 +1,7 @@
 """FlipPredictor (embeddings, zero-shot, similarity) and the `flip_t5x.predict` command."""
 import json
 import os
-import subprocess
-import sys
 
-from absl import app
-from absl import flags
 import gin
 import jax
 import numpy as np
@@ -14,11 +10,11 @@ import pytest
 import tensorflow as tf
 
 from flip_t5x import evaluation
-from flip_t5x import predict
 from flip_t5x import predictor as predictor_lib
 from flip_t5x.data import preprocessors
 from flip_t5x.data import vocabulary as vocabulary_lib
 from flip_t5x.runtime import checkpoints
+import test_train_helpers as h
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_GIN = "gin_configs/models/flip_tiny.gin"
@@ -159,28 +155,16 @@ def test_bad_inputs_are_named(setup):
                                 vocabulary_lib.WordPieceVocabulary(str(big)))
 
 
-def run_cli(capsys, argv):
-  """`python -m flip_t5x.predict ARGV` in-process: (exit status, stdout, stderr)."""
-  before = set(flags.FLAGS)
-  predict._define_flags()
-  code = 0
-  try:
-    flags.FLAGS(["predict"] + argv)
-    predict.main([])
-  except SystemExit as e:
-    code = e.code
-  finally:  # leave the global flags as they were, for other binaries' tests
-    flags.FLAGS.unparse_flags()
-    for name in set(flags.FLAGS) - before:
-      delattr(flags.FLAGS, name)
-  out = capsys.readouterr()
-  return code, out.out, out.err
+def run_cli(argv):
+  """`python -m flip_t5x.predict ARGV` in a fresh process: (exit status, stdout, stderr)."""
+  proc = h.run_binary("predict", argv, timeout=180)
+  return proc.returncode, proc.stdout, proc.stderr
 
 
-def test_cli_labels_jsonl_reports_bad_files(setup, capsys):
+def test_cli_labels_jsonl_reports_bad_files(setup):
   labels_file = setup["tmp"] / "labels.txt"
   labels_file.write_text("red car\ndog\n\nblue cat\n")
-  code, out, err = run_cli(capsys, [
+  code, out, err = run_cli([
       f"--checkpoint={setup['tmp'] / 'model'}", f"--gin_file={TINY_GIN}",
       f"--gin_bindings=VOCAB_FILE = '{setup['vocab_file']}'", f"--images={setup['images']}",
       f"--labels_file={labels_file}", "--top_k=2", "--format=jsonl", "--templates={}"])
@@ -197,9 +181,9 @@ def test_cli_labels_jsonl_reports_bad_files(setup, capsys):
   np.testing.assert_allclose([d["prob"] for d in rows[0]["labels"]], probs[best], atol=1e-5)
 
 
-def test_cli_query_table(setup, capsys):
+def test_cli_query_table(setup):
   glob_spec = os.path.join(setup["images"], "*.png")
-  code, out, err = run_cli(capsys, [
+  code, out, err = run_cli([
       f"--checkpoint={setup['tmp'] / 'model'}", f"--gin_file={TINY_GIN}",
       f"--vocab_file={setup['vocab_file']}", f"--images={glob_spec}",
       f"--images={setup['images']}/missing.png", "--query=a red car"])
@@ -214,23 +198,21 @@ def test_cli_query_table(setup, capsys):
   assert "missing.png" in lines[5] and "ERROR" in lines[5] and "missing.png" in err
 
 
-def test_cli_labels_table_subprocess(setup):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-  r = subprocess.run([
-      sys.executable, "-m", "flip_t5x.predict", f"--checkpoint={setup['ckpt']}",
-      f"--gin_file={TINY_GIN}", f"--gin.VOCAB_FILE='{setup['vocab_file']}'",
-      f"--images={setup['images']}", "--labels=cat,dog,car"], cwd=ROOT, env=env,
-      capture_output=True, text=True, timeout=120)
-  assert r.returncode == 0, r.stderr[-3000:]
-  lines = r.stdout.strip().splitlines()
+def test_cli_labels_table(setup):
+  code, out, err = run_cli([
+      f"--checkpoint={setup['ckpt']}", f"--gin_file={TINY_GIN}",
+      f"--gin.VOCAB_FILE='{setup['vocab_file']}'", f"--images={setup['images']}",
+      "--labels=cat,dog,car"])
+  assert code == 0, err[-3000:]
+  lines = out.strip().splitlines()
   assert lines[0].split() == ["image", "rank", "label", "prob"]
   assert len(lines) == 1 + 3 * 3 + 1  # 3 readable images x 3 labels (top_k clipped), 1 error
   assert any("broken.jpg" in line and "ERROR" in line for line in lines)
-  assert "broken.jpg" in r.stderr
+  assert "broken.jpg" in err
 
 
-def test_cli_exit_status_when_nothing_is_readable(setup, capsys):
-  code, out, err = run_cli(capsys, [
+def test_cli_exit_status_when_nothing_is_readable(setup):
+  code, out, err = run_cli([
       f"--checkpoint={setup['ckpt']}", f"--gin_file={TINY_GIN}",
       f"--vocab_file={setup['vocab_file']}", f"--images={setup['images']}/broken.jpg",
       "--query=cat", "--format=jsonl"])
@@ -238,6 +220,6 @@ def test_cli_exit_status_when_nothing_is_readable(setup, capsys):
   row = json.loads(out.strip())
   assert row["error"].startswith("cannot decode image: ") and "\n" not in row["error"]
   assert "none of the 1 images" in err
-  with pytest.raises(app.UsageError, match="exactly one of"):
-    run_cli(capsys, [f"--checkpoint={setup['ckpt']}", f"--gin_file={TINY_GIN}",
-                     f"--images={setup['images']}", "--query=cat", "--labels=a,b"])
+  code, _, err = run_cli([f"--checkpoint={setup['ckpt']}", f"--gin_file={TINY_GIN}",
+                          f"--images={setup['images']}", "--query=cat", "--labels=a,b"])
+  assert code == 1 and "pass exactly one of --labels, --labels_file, --query" in err

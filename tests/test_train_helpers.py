@@ -80,6 +80,20 @@ def env(num_devices: int = 1) -> Dict[str, str]:
   return e
 
 
+def run_binary(name: str, args: Sequence[str], timeout: float = 300, num_devices: int = 1,
+               check: bool = False) -> subprocess.CompletedProcess:
+  """`python -m flip_t5x.<name> ARGS` in a fresh process (as a user runs it), from the repo root.
+
+  A fresh process, never the test's own: what a binary imports lazily, registers with gin or
+  defines as flags must work on its own, whatever the test process imported before.
+  """
+  proc = subprocess.run([sys.executable, "-m", f"flip_t5x.{name}", *args], cwd=ROOT,
+                        env=env(num_devices), capture_output=True, text=True, timeout=timeout)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"flip_t5x.{name} failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
+  return proc
+
+
 def train_args(model_dir: str, steps: int, extra: Sequence[str] = ()) -> List[str]:
   return [sys.executable, "-m", "flip_t5x.train"] + BASE_ARGS + [
       f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={steps}"] + list(extra)
@@ -96,20 +110,9 @@ def run_train(model_dir: str, steps: int, extra: Sequence[str] = (), num_devices
 
 def read_params(model_dir: str, step: Optional[int] = None) -> Dict[str, np.ndarray]:
   """Flat {name: array} of a checkpoint's params, read without a model (host numpy)."""
-  from flax import traverse_util  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from flip_t5x.runtime import checkpoints  # pylint: disable=g-import-not-at-top
-  root, latest = checkpoints.resolve(model_dir)
-  step = latest if step is None else step
-  ckptr = ocp.StandardCheckpointer()
-  meta = ckptr.metadata(os.path.join(root, f"checkpoint_{step}", "params"))
-  tree = getattr(meta, "item_metadata", meta)
-  tree = getattr(tree, "tree", tree)
-  target = {k: np.zeros(v.shape, v.dtype) for k, v in
-            traverse_util.flatten_dict(dict(tree), sep="/").items()}
-  restored = ckptr.restore(os.path.join(root, f"checkpoint_{step}", "params"),
-                           traverse_util.unflatten_dict(target, sep="/"))
-  return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(restored, sep="/").items()}
+  path = model_dir if step is None else os.path.join(model_dir, f"checkpoint_{step}")
+  return checkpoints.read_arrays(path)
 
 
 def read_metrics(model_dir: str) -> List[dict]:
