@@ -1,4 +1,6 @@
-"""Shared fixtures."""
+"""Shared fixtures, and the rule that fails a run on a skip that is not about an accelerator."""
+import re
+
 import gin
 import pytest
 
@@ -12,3 +14,37 @@ def clean_gin_and_counters():
   preprocessors.reset_counts()
   yield
   gin.clear_config()
+
+
+# ------------------------------------------------------------------------------------------------
+# Skips. A skipped test is a test that did not run, so only two reasons may skip one: the machine
+# has or lacks an accelerator (or its toolchain), or the jax/jaxlib differs from the tested one.
+# Any other skip fails the run, with its reason listed (scripts/test.sh also shows reasons, -rs).
+ALLOWED_SKIP_REASON = re.compile(r"accelerator|other than the tested one", re.I)
+_disallowed_skips = []
+
+
+def _skip_reason(report) -> str:
+  longrepr = report.longrepr
+  return str(longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else longrepr)
+
+
+def pytest_runtest_logreport(report):
+  if report.skipped and not hasattr(report, "wasxfail"):
+    reason = _skip_reason(report)
+    if not ALLOWED_SKIP_REASON.search(reason):
+      _disallowed_skips.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+  if _disallowed_skips and exitstatus == pytest.ExitCode.OK:
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+  if _disallowed_skips:
+    terminalreporter.section("skips that fail the run")
+    terminalreporter.write_line("Only a missing/present accelerator or an untested jax/jaxlib may "
+                                "skip a test; these did not run:")
+    for line in _disallowed_skips:
+      terminalreporter.write_line(f"  {line}")

@@ -85,14 +85,14 @@ def _has_cuda_plugin() -> bool:
 HAS_CUDA_PLUGIN = _has_cuda_plugin()
 
 
-@pytest.mark.skipif(HAS_CUDA_PLUGIN, reason="jax's CUDA plugin is installed here")
+@pytest.mark.skipif(HAS_CUDA_PLUGIN, reason="on an accelerator machine (jax's CUDA plugin is installed here)")
 def test_target_config_without_the_cuda_plugin_says_what_to_install():
   with pytest.raises(RuntimeError, match=r"pip install 'jax\[cuda13\]"):
     benchmark.described_gpus(H100)
 
 
 @pytest.mark.skipif(not HAS_CUDA_PLUGIN,
-                    reason="needs jax's CUDA plugin: pip install 'jax[cuda13]'")
+                    reason="needs an accelerator toolchain: jax's CUDA plugin (pip install 'jax[cuda13]')")
 def test_memory_only_for_a_described_gpu_honours_remat():
   """XLA:GPU's memory analysis of the step for an H100 with none attached: remat shrinks it."""
   peak = {}

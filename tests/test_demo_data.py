@@ -1,6 +1,5 @@
 """Tests for flip_t5x.demo_data: Fashion-MNIST -> captioned shards + zero-shot folder tree."""
 import glob
-import importlib.util
 import json
 import os
 import random
@@ -17,22 +16,15 @@ import tensorflow as tf
 from flip_t5x import demo_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HAVE_FASHION_MNIST = os.path.isdir(demo_data.FASHION_MNIST_DIR)
-needs_data = pytest.mark.skipif(
-    not HAVE_FASHION_MNIST,
-    reason=f"{demo_data.FASHION_MNIST_DIR} missing; install it: {demo_data.APT_INSTALL}")
 SMALL = dict(num_train=200, num_eval_per_class=3, examples_per_shard=64, vocab_size=0)
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-  if not HAVE_FASHION_MNIST:
-    pytest.skip(f"{demo_data.FASHION_MNIST_DIR} missing; install it: {demo_data.APT_INSTALL}")
   output_dir = str(tmp_path_factory.mktemp("demo"))
   return demo_data.prepare(output_dir, **SMALL)
 
 
-@needs_data
 def test_training_shards(prepared):
   assert not prepared.cached
   files = sorted(glob.glob(prepared.train_pattern))
@@ -63,7 +55,6 @@ def test_training_shards(prepared):
     assert any(n in caption.lower() for n in nouns), caption
 
 
-@needs_data
 def test_zeroshot_tree(prepared):
   classes = sorted(d for d in os.listdir(prepared.zeroshot_dir)
                    if os.path.isdir(os.path.join(prepared.zeroshot_dir, d)))
@@ -82,7 +73,6 @@ def test_zeroshot_tree(prepared):
   assert len(templates) >= 5 and all(t.count("{}") == 1 for t in templates)
 
 
-@needs_data
 def test_second_run_is_cached_and_new_settings_rebuild(prepared):
   marker = os.path.join(prepared.output_dir, demo_data.MARKER)
   mtimes = {f: os.path.getmtime(f) for f in prepared.train_files + [marker]}
@@ -100,9 +90,6 @@ def test_second_run_is_cached_and_new_settings_rebuild(prepared):
   demo_data.prepare(prepared.output_dir, **SMALL)  # Back, for the other tests.
 
 
-@pytest.mark.skipif(importlib.util.find_spec("flip_t5x.build_vocab") is None,
-                    reason="flip_t5x.build_vocab not available")
-@needs_data
 def test_vocab(tmp_path):
   data = demo_data.prepare(str(tmp_path), **dict(SMALL, vocab_size=200))
   with open(data.vocab_file, encoding="utf-8") as f:
@@ -148,7 +135,6 @@ def _run_cli(*args):
                         capture_output=True, text=True, timeout=120, check=False)
 
 
-@needs_data
 def test_cli_prints_json_summary_and_folder_can_move(tmp_path):
   result = _run_cli(f"--output_dir={tmp_path / 'a'}", "--num_train=50",
                     "--num_eval_per_class=1", "--vocab_size=0")

@@ -8,6 +8,8 @@ import sys
 
 import numpy as np
 from PIL import Image
+import pyarrow as pa
+from pyarrow import parquet as pq
 import pytest
 import tensorflow as tf
 
@@ -129,8 +131,6 @@ def test_captions_csv_with_extra_columns(tmp_path):
 
 
 def test_captions_parquet(tmp_path):
-  pa = pytest.importorskip("pyarrow")
-  pq = pytest.importorskip("pyarrow.parquet")
   _save(str(tmp_path / "a.jpg"))
   _save(str(tmp_path / "b.jpg"))
   table = pa.table({"path": ["a.jpg", "b.jpg"], "caption": ["first", None],

@@ -417,7 +417,7 @@ def test_bad_options_are_clear_errors(tiny_params):
     tiny_module(attention_implementation="flash").init(jax.random.PRNGKey(0), **tiny_batch())
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="checks the CPU-only error; on a GPU cuDNN runs")
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="checks the error on a machine without an accelerator; on a GPU cuDNN runs")
 def test_cudnn_attention_on_the_cpu_is_a_clear_error():
   # With cpu_backward left to the backend the network refuses before tracing; forced off, the
   # request reaches jax, which says cuDNN is missing, rather than silently running XLA's attention.

@@ -26,7 +26,7 @@ def _compiled_matmul(options):
 def test_default_runs_cpu_matmuls_in_eigen(clean_gin_and_counters):
   options = xla_options.compiler_options("cpu")
   if not options:
-    pytest.skip("this jaxlib's XLA has no YNNPACK fusion option")
+    pytest.skip("on a jaxlib other than the tested one: its XLA has no YNNPACK fusion option")
   assert options == {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
   assert YNN_FUSION not in _compiled_matmul(options)
   # What the option changes: XLA's default hands the same matmul to YNNPACK.
@@ -51,7 +51,7 @@ def test_unknown_library_is_a_clear_error(clean_gin_and_counters):
 
 def test_partitioned_steps_compile_with_the_options(clean_gin_and_counters):
   if not xla_options.compiler_options("cpu"):
-    pytest.skip("this jaxlib's XLA has no YNNPACK fusion option")
+    pytest.skip("on a jaxlib other than the tested one: its XLA has no YNNPACK fusion option")
   part = partitioning.PjitPartitioner(num_partitions=1)
   fn = part.partition(lambda x, y: x @ y, in_axis_resources=(None, None),
                       out_axis_resources=None)
