@@ -41,7 +41,7 @@ TAR_EXTENSIONS = (".tar",)
 
 @gin.configurable(module="flip_t5x.data.sources")
 def record_shuffle_buffer_size(size: int = 4096) -> int:
-  """Records (compressed) in the per-host shuffle buffer after file interleaving."""
+  """Raw (compressed) records in the per-host shuffle buffer after file interleaving and repeat."""
   return int(size)
 
 
@@ -49,6 +49,16 @@ def record_shuffle_buffer_size(size: int = 4096) -> int:
 def interleave_cycle_length(length: int = 16) -> int:
   """Shard files read at once per host."""
   return int(length)
+
+
+@gin.configurable(module="flip_t5x.data.sources")
+def shuffle_files(enabled: bool = True) -> bool:
+  """Whether each pass reads the host's files in a new seeded order.
+
+  False reads them in sorted order every pass, as the official pipeline does (it relies on
+  img2dataset shards of LAION being in random order already).
+  """
+  return bool(enabled)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -201,12 +211,19 @@ READERS = {"tfrecord": read_tfrecord_file, "webdataset": read_webdataset_file}
 class Img2DatasetSource(seqio.DataSource):
   """img2dataset output (TFRecord or webdataset tar shards) matching a lazily read pattern.
 
-  Shards files per host (seqio passes `shard_info` when there are at least as many files as
-  hosts), shuffles file order and then records with the seed, and interleaves files
-  deterministically. It shuffles internally, so tasks using it set `shuffle_buffer_size=None`.
-  Every epoch uses the same order (`reshuffle_each_iteration=False`): tf.data cannot restore a
-  reshuffling seed across a `repeat`, and an exact resume matters more. Crops and flips still
-  differ per epoch (their seeds follow the position in the repeated stream).
+  Each host reads its own files (seqio passes `shard_info` when there are at least as many files
+  as hosts; file i goes to host i % hosts). Unshuffled, the source is one pass over the files in
+  sorted order (seqio repeats it for `num_epochs`). Shuffled, it is the endless training stream of
+  the official input pipeline (input_pipeline_laion.py: `repeat()`, then a record shuffle buffer):
+
+    files in a new seeded order each pass -> interleave `interleave_cycle_length()` files
+    -> repeat -> shuffle `record_shuffle_buffer_size()` raw records
+
+  so no two passes share an order and the buffer mixes the end of a pass with the start of the
+  next. The stream is a function of the seed, and the tf.data iterator checkpoint restores it
+  exactly, the pass count and the file shuffle's generator included (tests/test_data_epochs.py).
+  Tasks using this source set `shuffle_buffer_size=None`; `num_epochs` has no effect on the
+  endless shuffled stream.
   """
 
   def __init__(self, pattern_fn: Callable[[], str | Sequence[str]],
@@ -235,12 +252,15 @@ class Img2DatasetSource(seqio.DataSource):
         raise ValueError(f"{len(files)} files cannot be split over {shard_info.num_shards} hosts.")
       files = files[shard_info.index::shard_info.num_shards]
     ds = tf.data.Dataset.from_tensor_slices(np.array(files, dtype=str))
-    if shuffle:
-      ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=False)
+    if shuffle and shuffle_files():
+      # A new file order each time `repeat` starts a pass; the iterator checkpoint keeps the
+      # shuffle's generator state, so a restored stream continues with the same orders.
+      ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     ds = ds.interleave(reader, cycle_length=min(interleave_cycle_length(), len(files)),
                        block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if shuffle:
-      ds = ds.shuffle(record_shuffle_buffer_size(), seed=seed, reshuffle_each_iteration=False)
+      # tf.data's repeat ends the stream on an empty pass instead of looping on it.
+      ds = ds.repeat().shuffle(record_shuffle_buffer_size(), seed=seed)
     return ds
 
 
