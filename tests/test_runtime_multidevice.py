@@ -21,7 +21,8 @@ rng = np.random.default_rng(0)
 batch = {"images": rng.normal(size=(16, 32, 32, 3)).astype(np.float32),
          "texts": rng.integers(0, 1000, size=(16, 16)).astype(np.int32)}
 shapes = {"images": (16, 32, 32, 3), "texts": (16, 16)}
-tx = optimizers.adamw(optimizers.warmup_cosine_schedule(0.05, 16, total_steps=10, warmup_steps=1))
+tx = optimizers.unwrap(optimizers.adamw(
+    optimizers.warmup_cosine_schedule(0.05, 16, total_steps=10, warmup_steps=1)))
 out = {}
 for name, parts, pstates in (("1x1", None, False), ("8x1", 1, False), ("4x2", 2, True),
                              ("2x4", 4, True)):

@@ -28,25 +28,37 @@ def model():
 
 
 def test_schedule_linear_scaling_warmup_cosine():
-  s = optimizers.warmup_cosine_schedule(4e-6, 65536, total_epochs=10000, warmup_epochs=40)
-  warm = 40 * 1_281_167 / 65536
+  """Steps counted from ImageNet epochs as the official train.py does: 19 per epoch at 65,536."""
+  warm = optimizers.epochs_to_steps(40, 65536)
+  total = optimizers.epochs_to_steps(10000, 65536)
+  assert (warm, total) == (760, 190_000)
+  s = optimizers.warmup_cosine_schedule(4e-6, 65536, total_steps=total, warmup_steps=warm)
   assert float(s(0)) == 0.0
-  np.testing.assert_allclose(float(s(warm)), 1.024e-3, rtol=1e-5)
-  np.testing.assert_allclose(float(s(warm / 2)), 0.512e-3, rtol=1e-4)
-  assert float(s(10000 * 1_281_167 / 65536)) < 1e-12
+  np.testing.assert_allclose(float(s(warm)), 1.024e-3, rtol=1e-6)
+  np.testing.assert_allclose(float(s(warm / 2)), 0.512e-3, rtol=1e-6)
+  np.testing.assert_allclose(float(s((warm + total) / 2)), 0.512e-3, rtol=1e-4)
+  assert float(s(total)) < 1e-12
   with pytest.raises(TypeError, match="total_steps"):
     optimizers.warmup_cosine_schedule(1e-3, 8, total_steps="abc")
+  with pytest.raises(ValueError, match="longer than training"):
+    optimizers.warmup_cosine_schedule(1e-3, 8, total_steps=2, warmup_steps=3)
 
 
 def test_decay_mask(model):
+  """The official mask (utils/opt_util.py): biases, LayerNorm scales and position embeddings are
+  exempt; the CLS token and logit_scale decay. decay_min_ndim=2 keeps only matrices."""
   shapes = train_state.abstract_params_and_axes(model, train_state.model_input_shapes(model))[0]
   mask = optimizers.weight_decay_mask(shapes)
   assert mask["text_tower"]["token_embedding"] and mask["image_tower"]["projection"]["kernel"]
-  assert not mask["text_tower"]["pos_embedding"] and not mask["logit_scale"]
-  assert not mask["image_tower"]["cls"]
+  assert not mask["text_tower"]["pos_embedding"]
+  assert mask["logit_scale"] and mask["image_tower"]["cls"]
   blk = mask["image_tower"]["encoder"]["block_0"]
   assert blk["attention"]["query"]["kernel"] and not blk["attention"]["query"]["bias"]
-  assert not blk["pre_mlp_layer_norm"]["scale"]
+  assert not blk["pre_mlp_layer_norm"]["scale"] and not blk["pre_mlp_layer_norm"]["bias"]
+  matrices = optimizers.weight_decay_mask(shapes, decay_min_ndim=2)
+  assert not matrices["logit_scale"] and not matrices["image_tower"]["cls"]
+  assert matrices["text_tower"]["token_embedding"]
+  assert not matrices["image_tower"]["encoder"]["block_0"]["attention"]["query"]["bias"]
 
 
 def test_rules_and_state_partitioning():
@@ -59,7 +71,7 @@ def test_rules_and_state_partitioning():
 
 
 def test_amos_builds_and_updates(model):
-  tx = optimizers.amos(learning_rate=0.01)
+  tx = optimizers.unwrap(optimizers.amos(learning_rate=0.01))
   part = partitioning.PjitPartitioner()
   layout = train_state.StateLayout(model, tx, part, train_state.model_input_shapes(model, 2))
   state = layout.initialize(jax.random.PRNGKey(0))
@@ -70,7 +82,7 @@ def test_amos_builds_and_updates(model):
 
 def test_save_load_resize_and_errors(model, tmp_path):
   part = partitioning.PjitPartitioner()
-  layout = train_state.StateLayout(model, optimizers.adamw(1e-3), part,
+  layout = train_state.StateLayout(model, optimizers.unwrap(optimizers.adamw(1e-3)), part,
                                    train_state.model_input_shapes(model))
   params = layout.initialize(jax.random.PRNGKey(0)).params
   path = checkpoints.save_params(params, str(tmp_path), step=7)
