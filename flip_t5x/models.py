@@ -2,7 +2,9 @@
 
 The same object runs under upstream `t5x.train`/`t5x.eval` (it subclasses `t5x.models.BaseModel`
 when t5x is importable) and under `flip_t5x.train`/`flip_t5x.eval`. Masking is a training-time
-regulariser driven by `dropout_rng`, exactly as t5x passes randomness: no rng, no masking.
+regulariser driven by `dropout_rng`, exactly as t5x passes randomness: no rng, no masking. The
+same rng feeds the network's 'dropout' collection (dropout, drop-path; off in FLIP's recipes), so
+training with it is stochastic and everything called without it is deterministic.
 """
 from __future__ import annotations
 
@@ -55,9 +57,12 @@ class FlipModel(compat.BaseModel):
     return self.module.apply({"params": params}, texts, method=network.FlipTwoTower.encode_text)
 
   def _forward(self, params: PyTree, batch: Mapping[str, Array], dropout_rng: Optional[Array]):
-    mask_ratio = self.mask_ratio if dropout_rng is not None else 0.0
+    """Training (masking, dropout) with a dropout_rng; deterministic and unmasked without."""
+    training = dropout_rng is not None
     return self.module.apply({"params": params}, batch["images"], batch["texts"],
-                             mask_ratio=mask_ratio, rng=dropout_rng)
+                             mask_ratio=self.mask_ratio if training else 0.0, rng=dropout_rng,
+                             deterministic=not training,
+                             rngs={"dropout": dropout_rng} if training else None)
 
   # ----------------------------------------------------------- t5x contract
   def loss_fn(self, params: PyTree, batch: Mapping[str, Array], dropout_rng: Optional[Array]

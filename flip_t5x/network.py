@@ -4,6 +4,12 @@ A ViT image tower that drops a random subset of patches while training (FLIP's m
 transformer text tower, and the learnable `logit_scale`. Every parameter is created with
 `param_with_axes`, so the `params_axes` collection that t5x partitioners read exists, and the main
 activations carry logical-axis sharding constraints (`batch`, `length`, `embed`, `mlp`, `heads`).
+
+The official model's switches (models_flip.py, configs/default.py) are `FlipTwoTower` fields with
+the released models' values as defaults: dropout, attention dropout and drop-path per tower (0),
+image pooling ('mean') and text pooling ('first'), a learnable temperature, bias-free projections,
+no [CLS] token on the text. Dropout and drop-path draw from the 'dropout' rng collection and run
+only when `deterministic=False` (FlipModel.loss_fn with a dropout_rng).
 """
 from __future__ import annotations
 
@@ -33,6 +39,8 @@ qkv_init = nn.initializers.variance_scaling(0.5, "fan_avg", "uniform")
 REMAT_POLICIES = ("none", "minimal", "full")
 DENSE_OUTPUT = "dense_output"  # what remat_policy='minimal' keeps (a jax.ad_checkpoint name)
 MASKING_METHODS = ("gather", "onehot")
+IMAGE_POOLINGS = ("mean", "cls")  # official clr.img_avg_token True / False
+TEXT_POOLINGS = ("first", "mean")  # official clr.txt_avg_token False / True
 # `jax.nn.dot_product_attention`'s `implementation`: None and 'xla' are XLA's attention on every
 # backend; 'cudnn' is cuDNN's fused (flash) attention, on NVIDIA GPUs only.
 ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn")
@@ -234,6 +242,28 @@ def even_length_attention(q: Array, k: Array, v: Array, implementation: Optional
   return out[:, :length]
 
 
+def dropout_attention(q: Array, k: Array, v: Array, rate: float, rng: Array) -> Array:
+  """Attention whose probabilities are dropped per key, the same keys for every query.
+
+  FLIP's t5x attention dropout (its query axis broadcast, kept weights scaled by 1 / (1 - rate));
+  the official code raises NotImplementedError before using it. Plain autodiff: only ablations
+  train with it.
+  """
+  qs = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+  logits = jnp.einsum("btnd,bsnd->bnts", qs, k)
+  p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
+  b, n, _, s = p.shape
+  keep = jax.random.bernoulli(rng, 1.0 - rate, (b, n, 1, s))
+  p = jnp.where(keep, p / jnp.asarray(1.0 - rate, p.dtype), jnp.zeros_like(p))
+  return jnp.einsum("bnts,bsnd->btnd", p, v)
+
+
+def check_rate(name: str, rate: float) -> None:
+  """Dropout-style rates live in [0, 1): a clear error instead of NaNs or a silent no-op."""
+  if not 0.0 <= rate < 1.0:
+    raise ValueError(f"{name} must be in [0, 1), got {rate}")
+
+
 class DenseGeneral(nn.Module):
   """A dense layer over (possibly several) trailing/leading axes with named parameter axes."""
 
@@ -288,6 +318,8 @@ class MultiHeadAttention(nn.Module):
   dtype: Any = jnp.float32
   cpu_backward: bool = False  # `attention_core` instead of jax.nn.dot_product_attention
   attention_implementation: Optional[str] = None  # jax.nn.dot_product_attention's
+  dropout_rate: float = 0.0  # on the attention probabilities (`dropout_attention`)
+  deterministic: bool = True
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -300,7 +332,9 @@ class MultiHeadAttention(nn.Module):
     k = proj(name="key")(x)
     v = proj(name="value")(x)
     q = with_sharding_constraint(q, ("batch", "length", "heads", "kv"))
-    if self.cpu_backward:
+    if self.dropout_rate > 0.0 and not self.deterministic:
+      out = dropout_attention(q, k, v, self.dropout_rate, self.make_rng("dropout"))
+    elif self.cpu_backward:
       out = attention_core(q, k, v)
     elif self.attention_implementation == "cudnn":
       out = even_length_attention(q, k, v, implementation="cudnn")
@@ -312,10 +346,12 @@ class MultiHeadAttention(nn.Module):
 
 
 class MlpBlock(nn.Module):
-  """Transformer MLP: dense (4x width), GELU, dense."""
+  """Transformer MLP: dense (4x width), GELU, dropout, dense, dropout (FLIP's MlpBlock)."""
 
   mlp_dim: int
   dtype: Any = jnp.float32
+  dropout_rate: float = 0.0
+  deterministic: bool = True
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -324,28 +360,43 @@ class MlpBlock(nn.Module):
                      name="wi")(x)
     # tanh-approximate GELU, as FLIP's release (flax's default): imported weights match exactly.
     h = gelu_tanh(h)
+    h = nn.Dropout(self.dropout_rate)(h, self.deterministic)
     h = with_sharding_constraint(h, ("batch", "length", "mlp"))
-    return DenseGeneral(features=(width,), kernel_axes=("mlp", "embed"), dtype=self.dtype,
-                        name="wo")(h)
+    y = DenseGeneral(features=(width,), kernel_axes=("mlp", "embed"), dtype=self.dtype,
+                     name="wo")(h)
+    return nn.Dropout(self.dropout_rate)(y, self.deterministic)
 
 
 class EncoderBlock(nn.Module):
-  """Pre-LayerNorm transformer block (no dropout, no drop-path, as in FLIP)."""
+  """Pre-LayerNorm transformer block; dropout and drop-path as FLIP's Encoder1DBlock (off there).
+
+  Drop-path drops a whole residual branch per example (scaled by 1 / (1 - rate) where kept).
+  """
 
   num_heads: int
   mlp_dim: int
   dtype: Any = jnp.float32
   cpu_backward: bool = False
   attention_implementation: Optional[str] = None
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  droppath_rate: float = 0.0
+  deterministic: bool = True
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
+    drop_path = functools.partial(nn.Dropout, self.droppath_rate, broadcast_dims=(1, 2))
     y = LayerNorm(dtype=self.dtype, name="pre_attention_layer_norm")(x)
-    x = x + MultiHeadAttention(self.num_heads, dtype=self.dtype, cpu_backward=self.cpu_backward,
-                               attention_implementation=self.attention_implementation,
-                               name="attention")(y)
+    y = MultiHeadAttention(self.num_heads, dtype=self.dtype, cpu_backward=self.cpu_backward,
+                           attention_implementation=self.attention_implementation,
+                           dropout_rate=self.attention_dropout_rate,
+                           deterministic=self.deterministic, name="attention")(y)
+    y = nn.Dropout(self.dropout_rate)(y, self.deterministic)
+    x = x + drop_path(name="droppath_attention")(y, self.deterministic)
     y = LayerNorm(dtype=self.dtype, name="pre_mlp_layer_norm")(x)
-    x = x + MlpBlock(self.mlp_dim, dtype=self.dtype, name="mlp")(y)
+    y = MlpBlock(self.mlp_dim, dtype=self.dtype, dropout_rate=self.dropout_rate,
+                 deterministic=self.deterministic, name="mlp")(y)
+    x = x + drop_path(name="droppath_mlp")(y, self.deterministic)
     return with_sharding_constraint(x, ("batch", "length", "embed"))
 
 
@@ -370,7 +421,11 @@ def _remat_block(policy: str):
 
 
 class Encoder(nn.Module):
-  """A stack of pre-LN blocks followed by a final LayerNorm."""
+  """A stack of pre-LN blocks followed by a final LayerNorm.
+
+  Drop-path grows linearly with depth, 0 in the first block to `droppath_rate` in the last
+  (FLIP's Encoder).
+  """
 
   depth: int
   num_heads: int
@@ -379,6 +434,10 @@ class Encoder(nn.Module):
   remat_policy: str = "none"
   cpu_backward: bool = False
   attention_implementation: Optional[str] = None
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  droppath_rate: float = 0.0
+  deterministic: bool = True
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -387,7 +446,9 @@ class Encoder(nn.Module):
     for i in range(self.depth):
       x = block(self.num_heads, self.mlp_dim, dtype=self.dtype, cpu_backward=self.cpu_backward,
                 attention_implementation=self.attention_implementation,
-                name=f"block_{i}")(barrier(x))
+                dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
+                droppath_rate=self.droppath_rate * i / max(self.depth - 1, 1),
+                deterministic=self.deterministic, name=f"block_{i}")(barrier(x))
     return LayerNorm(dtype=self.dtype, name="encoder_norm")(barrier(x))
 
 
@@ -489,9 +550,15 @@ class ImageTower(nn.Module):
   masking_method: str = "gather"
   cpu_backward: bool = False
   attention_implementation: Optional[str] = None
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  droppath_rate: float = 0.0
+  pooling: str = "mean"  # IMAGE_POOLINGS: all tokens' mean (the CLS token's included) or the CLS token
+  projection_bias: bool = False
 
   @nn.compact
-  def __call__(self, images: Array, mask_ratio: float = 0.0, rng: Optional[Array] = None) -> Array:
+  def __call__(self, images: Array, mask_ratio: float = 0.0, rng: Optional[Array] = None,
+               deterministic: bool = True) -> Array:
     dtype = _dtype(self.dtype)
     b = images.shape[0]
     x, _ = PatchEmbed(self.patch_size, self.width, dtype=dtype, masking_method=self.masking_method,
@@ -501,15 +568,24 @@ class ImageTower(nn.Module):
     x = with_sharding_constraint(x, ("batch", "length", "embed"))
     x = Encoder(self.depth, self.num_heads, self.width * self.mlp_ratio, dtype=dtype,
                 remat_policy=self.remat_policy, cpu_backward=self.cpu_backward,
-                attention_implementation=self.attention_implementation, name="encoder")(x)
-    pooled = jnp.mean(x.astype(jnp.float32), axis=1)
-    z = DenseGeneral(features=(self.embed_dim,), kernel_axes=("embed", "proj"), use_bias=False,
-                     dtype=jnp.float32, name="projection")(pooled)
+                attention_implementation=self.attention_implementation,
+                dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
+                droppath_rate=self.droppath_rate, deterministic=deterministic, name="encoder")(x)
+    if self.pooling == "mean":
+      pooled = jnp.mean(x.astype(jnp.float32), axis=1)
+    else:
+      pooled = x[:, 0].astype(jnp.float32)
+    z = DenseGeneral(features=(self.embed_dim,), kernel_axes=("embed", "proj"),
+                     use_bias=self.projection_bias, dtype=jnp.float32, name="projection")(pooled)
     return l2_normalize(z)
 
 
 class TextTower(nn.Module):
-  """Transformer text encoder; position-0 pooling, returns L2-normalised [batch, embed_dim]."""
+  """Transformer text encoder; position-0 pooling, returns L2-normalised [batch, embed_dim].
+
+  With `cls_token_id` set, that id goes first and the last token is dropped, as FLIP's pipeline
+  with aug.txt.cls_token (the caption truncated to max_len - 1 behind [CLS]).
+  """
 
   vocab_size: int = 30523
   max_length: int = 32
@@ -522,13 +598,22 @@ class TextTower(nn.Module):
   remat_policy: str = "none"
   cpu_backward: bool = False
   attention_implementation: Optional[str] = None
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  droppath_rate: float = 0.0
+  pooling: str = "first"  # TEXT_POOLINGS: position 0, or the mean of every position (padding too)
+  projection_bias: bool = False
+  cls_token_id: Optional[int] = None
 
   @nn.compact
-  def __call__(self, tokens: Array) -> Array:
+  def __call__(self, tokens: Array, deterministic: bool = True) -> Array:
     dtype = _dtype(self.dtype)
-    _, length = tokens.shape
+    batch, length = tokens.shape
     if length > self.max_length:
       raise ValueError(f"text length {length} exceeds the text tower's max_length {self.max_length}")
+    if self.cls_token_id is not None:
+      cls = jnp.full((batch, 1), self.cls_token_id, tokens.dtype)
+      tokens = jnp.concatenate([cls, tokens[:, :length - 1]], axis=1)
     embedding = param_with_axes("token_embedding", normal_002, (self.vocab_size, self.width),
                                 jnp.float32, axes=("vocab", "embed"))
     x = jnp.take(embedding, tokens, axis=0).astype(dtype)
@@ -538,10 +623,15 @@ class TextTower(nn.Module):
     x = with_sharding_constraint(x, ("batch", "length", "embed"))
     x = Encoder(self.depth, self.num_heads, self.width * self.mlp_ratio, dtype=dtype,
                 remat_policy=self.remat_policy, cpu_backward=self.cpu_backward,
-                attention_implementation=self.attention_implementation, name="encoder")(x)
-    pooled = x[:, 0].astype(jnp.float32)
-    z = DenseGeneral(features=(self.embed_dim,), kernel_axes=("embed", "proj"), use_bias=False,
-                     dtype=jnp.float32, name="projection")(pooled)
+                attention_implementation=self.attention_implementation,
+                dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
+                droppath_rate=self.droppath_rate, deterministic=deterministic, name="encoder")(x)
+    if self.pooling == "first":
+      pooled = x[:, 0].astype(jnp.float32)
+    else:
+      pooled = jnp.mean(x.astype(jnp.float32), axis=1)
+    z = DenseGeneral(features=(self.embed_dim,), kernel_axes=("embed", "proj"),
+                     use_bias=self.projection_bias, dtype=jnp.float32, name="projection")(pooled)
     return l2_normalize(z)
 
 
@@ -556,9 +646,10 @@ LOGIT_SCALE_MAX = math.log(100.0)
 class FlipTwoTower(nn.Module):
   """Image and text towers plus `logit_scale`; either tower can run alone.
 
-  `__call__(images, texts, mask_ratio, rng)` returns (z_img, z_txt, logit_scale) with the scale
-  already clipped to [0, ln 100] and exponentiated. `encode_image` / `encode_text` run one tower.
-  Fields left as None take the tower's defaults.
+  `__call__(images, texts, mask_ratio, rng, deterministic)` returns (z_img, z_txt, scale) with
+  the scale already clipped to [0, ln 100] and exponentiated (1 / fixed_temperature when the
+  temperature is not learned). `encode_image` / `encode_text` run one tower. Dropout and
+  drop-path run only with deterministic=False, drawing from the 'dropout' rng collection.
   """
 
   image_size: int = 224
@@ -581,7 +672,36 @@ class FlipTwoTower(nn.Module):
   cpu_backward: Optional[bool] = None
   # `jax.nn.dot_product_attention(implementation=...)` where cpu_backward is off: None / 'xla'
   # (XLA's attention) or 'cudnn' (cuDNN flash attention; NVIDIA GPUs, bfloat16/float16).
+  # Attention dropout, while it runs, computes the attention itself (`dropout_attention`).
   attention_implementation: Optional[str] = None
+  # The official switches (configs/default.py); defaults are the released models' values.
+  image_dropout_rate: float = 0.0  # model_img.transformer.dropout_rate
+  image_attention_dropout_rate: float = 0.0  # model_img.transformer.attention_dropout_rate
+  image_droppath_rate: float = 0.0  # model_img.transformer.droppath_rate (last block's)
+  text_dropout_rate: float = 0.0  # model_txt.transformer.*
+  text_attention_dropout_rate: float = 0.0
+  text_droppath_rate: float = 0.0
+  image_pooling: str = "mean"  # IMAGE_POOLINGS; clr.img_avg_token
+  text_pooling: str = "first"  # TEXT_POOLINGS; clr.txt_avg_token
+  projection_bias: bool = False  # clr.proj_out_bias (both projections)
+  learn_temperature: bool = True  # clr.tau_learnable: the `logit_scale` parameter
+  fixed_temperature: float = 0.01  # clr.tau: the temperature when it is not learned
+  # aug.txt.cls_token: this id (BERT's [CLS] is 101) first in every text; None: none.
+  text_cls_token_id: Optional[int] = None
+
+  def _check_switches(self) -> None:
+    for name in ("image_dropout_rate", "image_attention_dropout_rate", "image_droppath_rate",
+                 "text_dropout_rate", "text_attention_dropout_rate", "text_droppath_rate"):
+      check_rate(name, getattr(self, name))
+    if self.image_pooling not in IMAGE_POOLINGS:
+      raise ValueError(f"image_pooling must be one of {IMAGE_POOLINGS}, got {self.image_pooling!r}")
+    if self.text_pooling not in TEXT_POOLINGS:
+      raise ValueError(f"text_pooling must be one of {TEXT_POOLINGS}, got {self.text_pooling!r}")
+    if not self.learn_temperature and not self.fixed_temperature > 0.0:
+      raise ValueError(f"fixed_temperature must be > 0, got {self.fixed_temperature}")
+    if self.text_cls_token_id is not None and not 0 <= self.text_cls_token_id < self.vocab_size:
+      raise ValueError(f"text_cls_token_id {self.text_cls_token_id} is not an id of the "
+                       f"vocabulary (vocab_size {self.vocab_size})")
 
   def setup(self):
     if self.remat_policy not in REMAT_POLICIES:
@@ -589,6 +709,7 @@ class FlipTwoTower(nn.Module):
     if self.attention_implementation not in ATTENTION_IMPLEMENTATIONS:
       raise ValueError(f"attention_implementation must be one of {ATTENTION_IMPLEMENTATIONS}, "
                        f"got {self.attention_implementation!r}")
+    self._check_switches()
     cpu_backward = self.cpu_backward
     if cpu_backward is None:
       cpu_backward = jax.default_backend() == "cpu"
@@ -601,29 +722,44 @@ class FlipTwoTower(nn.Module):
         depth=self.image_depth, num_heads=self.image_heads, mlp_ratio=self.mlp_ratio,
         embed_dim=self.embed_dim, dtype=self.dtype, remat_policy=self.remat_policy,
         masking_method=self.masking_method, cpu_backward=cpu_backward,
-        attention_implementation=self.attention_implementation)
+        attention_implementation=self.attention_implementation,
+        dropout_rate=self.image_dropout_rate,
+        attention_dropout_rate=self.image_attention_dropout_rate,
+        droppath_rate=self.image_droppath_rate, pooling=self.image_pooling,
+        projection_bias=self.projection_bias)
     self.text_tower = TextTower(
         vocab_size=self.vocab_size, max_length=self.text_length, width=self.text_width,
         depth=self.text_depth, num_heads=self.text_heads, mlp_ratio=self.mlp_ratio,
         embed_dim=self.embed_dim, dtype=self.dtype, remat_policy=self.remat_policy,
-        cpu_backward=cpu_backward, attention_implementation=self.attention_implementation)
-    self.logit_scale = param_with_axes(
-        "logit_scale", nn.initializers.constant(LOGIT_SCALE_INIT), (), jnp.float32, axes=())
+        cpu_backward=cpu_backward, attention_implementation=self.attention_implementation,
+        dropout_rate=self.text_dropout_rate, attention_dropout_rate=self.text_attention_dropout_rate,
+        droppath_rate=self.text_droppath_rate, pooling=self.text_pooling,
+        projection_bias=self.projection_bias, cls_token_id=self.text_cls_token_id)
+    if self.learn_temperature:
+      self.logit_scale = param_with_axes(
+          "logit_scale", nn.initializers.constant(LOGIT_SCALE_INIT), (), jnp.float32, axes=())
 
   def encode_image(self, images: Array, mask_ratio: float = 0.0,
-                   rng: Optional[Array] = None) -> Array:
-    return self.image_tower(images, mask_ratio=mask_ratio, rng=rng)
+                   rng: Optional[Array] = None, deterministic: bool = True) -> Array:
+    return self.image_tower(images, mask_ratio=mask_ratio, rng=rng, deterministic=deterministic)
 
-  def encode_text(self, texts: Array) -> Array:
-    return self.text_tower(texts)
+  def encode_text(self, texts: Array, deterministic: bool = True) -> Array:
+    return self.text_tower(texts, deterministic=deterministic)
 
   def scale(self) -> Array:
-    """exp(clip(logit_scale, 0, ln 100)): the temperature's inverse used in the logits."""
+    """The temperature's inverse used in the logits: exp(clip(logit_scale, 0, ln 100)).
+
+    With learn_temperature off, 1 / fixed_temperature and no parameter (as the official code).
+    """
+    if not self.learn_temperature:
+      return jnp.asarray(1.0 / self.fixed_temperature, jnp.float32)
     return jnp.exp(jnp.clip(self.logit_scale, 0.0, LOGIT_SCALE_MAX))
 
   def __call__(self, images: Array, texts: Array, mask_ratio: float = 0.0,
-               rng: Optional[Array] = None) -> Tuple[Array, Array, Array]:
-    return self.encode_image(images, mask_ratio, rng), self.encode_text(texts), self.scale()
+               rng: Optional[Array] = None, deterministic: bool = True
+               ) -> Tuple[Array, Array, Array]:
+    return (self.encode_image(images, mask_ratio, rng, deterministic),
+            self.encode_text(texts, deterministic), self.scale())
 
 
 def config_dict(module: FlipTwoTower) -> dict:
