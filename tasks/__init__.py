@@ -16,7 +16,7 @@ passthrough feature: pass `passthrough_features={"label": ...}` to the feature c
 
 gin (values are read when a dataset is built, so bindings may come after `import tasks`):
     TRAIN_DATA_PATTERN = "/data/laion/*.tfrecord"  # glob or comma-separated globs, any FS
-    VOCAB_FILE = "/path/bert_uncased_wordpiece_vocab.txt"    # WordPiece vocab, one token a line
+    VOCAB_FILE = "/path/vocab.txt"       # optional: WordPiece vocab, one token a line (default: FLIP's)
     TRAIN_DATA_FORMAT = "auto"           # optional: "tfrecord" / "webdataset" (default: extension)
     TFDS_DATA_DIR = "/data/tfds"         # optional: TFDS data_dir for the zero-shot tasks
     TFDS_MANUAL_DIR = "/data/imagenet"   # optional: ImageNet archives to prepare on first use
