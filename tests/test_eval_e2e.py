@@ -25,6 +25,7 @@ from flip_t5x import evaluation
 from flip_t5x import make_shards
 from flip_t5x.data import zeroshot
 from flip_t5x.runtime import checkpoints
+import test_eval_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LENGTHS = {"image": 32, "targets": 16}
@@ -249,7 +250,7 @@ def _bruteforce_retrieval(model, params, max_examples):
     texts[i, :len(ids)] = ids
   img = np.asarray(model.encode_images(params, np.stack([ex["image"] for ex in examples])))
   txt = np.asarray(model.encode_texts(params, texts))
-  return evaluation.retrieval_recall(img, txt)
+  return test_eval_metrics.bruteforce_recall(img, txt)
 
 
 def test_binary_end_to_end(setup, binaries, own_zeroshot):

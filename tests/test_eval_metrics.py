@@ -69,3 +69,36 @@ def test_seqio_retrieval_metric():
                                        {"image_embedding": img, "text_embedding": txt})
   assert got["image_to_text/recall@1"] == 100.0 and got["text_to_image/recall@1"] == 100.0
   assert got["num_examples"] == 12
+
+
+def bruteforce_recall(image_emb, text_emb, ks=(1, 5, 10)):
+  """Recall@k by counting, pair by pair: query i hits when fewer than k candidates score above
+  its own match (cosine similarity, plain loops; independent of evaluation.py)."""
+  def unit(x):
+    return [np.asarray(v, np.float64) / np.sqrt(np.dot(v, v)) for v in x]
+
+  images, texts = unit(image_emb), unit(text_emb)
+  out = {}
+  for name, queries, candidates in (("image_to_text", images, texts),
+                                    ("text_to_image", texts, images)):
+    ranks = []
+    for i, q in enumerate(queries):
+      scores = [float(np.dot(q, c)) for c in candidates]
+      ranks.append(sum(s > scores[i] for s in scores))
+    for k in ks:
+      out[f"{name}/recall@{k}"] = 100.0 * sum(r < k for r in ranks) / len(ranks)
+  return out
+
+
+def test_retrieval_recall_matches_bruteforce_both_directions():
+  rng = np.random.RandomState(4)
+  n, d = 40, 6
+  images = rng.randn(n, d)
+  texts = images + 1.2 * rng.randn(n, d)  # noisy matches: recalls strictly between 0 and 100
+  got = evaluation.retrieval_recall(images, texts)
+  want = bruteforce_recall(images, texts)
+  assert sorted(got) == sorted(want) and len(got) == 6
+  for key, value in want.items():
+    assert got[key] == pytest.approx(value), key
+  assert 0 < want["image_to_text/recall@1"] < want["image_to_text/recall@10"] < 100
+  assert want["image_to_text/recall@5"] != want["text_to_image/recall@5"]  # not symmetric
