@@ -56,19 +56,30 @@ def max_image_pixels(limit: int = 89_478_485) -> int:
 
 @gin.configurable(module="flip_t5x.data.preprocessors")
 def train_augmentation(area_range=(0.5, 1.0), aspect_ratio_range=(3 / 4, 4 / 3),
-                       flip: bool = True, resize_method: str = "bilinear",
-                       crop_x_step: int = 16) -> dict:
-  """FLIP's random-resized-crop + flip settings.
+                       flip: bool = True, resize_method: str = "bicubic",
+                       crop_x_step: int = 1) -> dict:
+  """FLIP's random-resized crop ("v4", timm's RandomResizedCrop) + flip settings.
 
-  crop_x_step: the crop's left edge is moved left to a multiple of this many pixels (area and
-  aspect ratio unchanged). 16 is a JPEG MCU width: libjpeg then decodes the crop straight into
-  the output instead of realigning every row, ~10% faster decoding (scripts/bench_input.py).
-  1 keeps the sampled position exactly.
+  resize_method: `tf.image.resize` method from the crop to the output size; the official code
+  resizes with TF2's bicubic (half-pixel centres, no antialiasing).
+  crop_x_step: an opt-in speed option that moves the crop's left edge left to a multiple of this
+  many pixels (area and aspect ratio unchanged). 16 is a JPEG MCU width: libjpeg then decodes the
+  crop straight into the output instead of realigning every row (scripts/bench_input.py). 1 (the
+  default, as the official code) keeps the sampled position.
   """
   if int(crop_x_step) < 1:
     raise ValueError(f"train_augmentation.crop_x_step must be >= 1, got {crop_x_step}")
   return dict(area_range=tuple(area_range), aspect_ratio_range=tuple(aspect_ratio_range),
               flip=flip, resize_method=resize_method, crop_x_step=int(crop_x_step))
+
+
+@gin.configurable(module="flip_t5x.data.preprocessors")
+def eval_crop(eval_pad: int = 0) -> int:
+  """The official `eval_pad`: evaluation crops the centred square of side size / (size + pad) of
+  the short side (0, FLIP's setting: the whole short side; 32 is the classic 224/256 crop)."""
+  if int(eval_pad) < 0:
+    raise ValueError(f"eval_crop.eval_pad must be >= 0, got {eval_pad}")
+  return int(eval_pad)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -221,24 +232,56 @@ def normalize_image(image: tf.Tensor) -> tf.Tensor:
   return (image / 255.0 - tf.constant(MEAN_RGB)) / tf.constant(STDDEV_RGB)
 
 
-def crop_window(hw: tf.Tensor, seed: tf.Tensor, aug: Mapping) -> tf.Tensor:
-  """Random-resized-crop window [top, left, height, width] (int32) for an image of size `hw`."""
-  shape = tf.cast(tf.concat([hw, [3]], 0), tf.int32)
-  begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      shape, bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
-      min_object_covered=0.0, aspect_ratio_range=aug["aspect_ratio_range"],
-      area_range=aug["area_range"], max_attempts=10, use_image_if_no_bounding_boxes=True)
-  left = begin[1] // aug["crop_x_step"] * aug["crop_x_step"]
-  return tf.stack([begin[0], left, crop_size[0], crop_size[1]])
+def center_crop_window(hw: tf.Tensor, size: int, pad: int) -> tf.Tensor:
+  """[top, left, side, side] (int32) of the official centred square: side = size / (size + pad)
+  of the short side, truncated (float32 arithmetic, as the official code); at least 1 pixel."""
+  hw = tf.cast(hw, tf.int32)
+  short = tf.cast(tf.reduce_min(hw), tf.float32)
+  side = tf.maximum(tf.cast(tf.constant(size / (size + pad), tf.float32) * short, tf.int32), 1)
+  top = ((hw[0] - side) + 1) // 2
+  left = ((hw[1] - side) + 1) // 2
+  return tf.stack([top, left, side, side])
 
 
-def train_image(data: tf.Tensor, fmt: tf.Tensor, hw: tf.Tensor, size: int,
-                seed: tf.Tensor) -> tf.Tensor:
-  """Random-resized-crop (decoding only the crop for JPEG) + flip -> float32 [size, size, 3]."""
-  aug = train_augmentation()
-  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  window = crop_window(hw, crop_seed, aug)
+_CROP_ATTEMPTS = 10  # candidate (area, aspect) draws of the official crop "v4"
+_FALLBACK_PAD = 32  # the official v4 crop falls back to the centred size / (size + 32) square
 
+
+def crop_window(hw: tf.Tensor, seed: tf.Tensor, aug: Mapping, size: int) -> tf.Tensor:
+  """The official random-resized-crop "v4" window [top, left, height, width] (int32).
+
+  Ten (area, aspect) draws (area fraction uniform in `area_range`, aspect log-uniform in
+  `aspect_ratio_range`, w = round(sqrt(area * aspect)), h = round(sqrt(area / aspect))); the first
+  that fits gets a uniform offset; if none fits, the centred square of size / (size + 32) of the
+  short side. Stateless, keyed by `seed`, where the official code uses stateful ops.
+  """
+  hw = tf.cast(hw, tf.int32)
+  area_seed, aspect_seed, top_seed, left_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 4))
+  area = tf.cast(hw[0] * hw[1], tf.float32)
+  lo, hi = aug["area_range"]
+  target_area = tf.random.stateless_uniform([_CROP_ATTEMPTS], area_seed, lo, hi) * area
+  log_lo, log_hi = np.log(aug["aspect_ratio_range"][0]), np.log(aug["aspect_ratio_range"][1])
+  aspect = tf.exp(tf.random.stateless_uniform([_CROP_ATTEMPTS], aspect_seed, log_lo, log_hi))
+  widths = tf.maximum(tf.cast(tf.round(tf.sqrt(target_area * aspect)), tf.int32), 1)
+  heights = tf.maximum(tf.cast(tf.round(tf.sqrt(target_area / aspect)), tf.int32), 1)
+  fits = (widths <= hw[1]) & (heights <= hw[0])
+  first = tf.reduce_min(tf.where(fits, tf.range(_CROP_ATTEMPTS), _CROP_ATTEMPTS))
+  pick = tf.minimum(first, _CROP_ATTEMPTS - 1)
+  h, w = heights[pick], widths[pick]
+
+  def offset(room, offset_seed):  # uniform in [0, room]; room >= 0 when the draw fits
+    return tf.random.stateless_uniform([], offset_seed, 0, tf.maximum(room, 0) + 1, tf.int32)
+
+  random_window = tf.stack([offset(hw[0] - h, top_seed), offset(hw[1] - w, left_seed), h, w])
+  window = tf.where(first < _CROP_ATTEMPTS, random_window,
+                    center_crop_window(hw, size, _FALLBACK_PAD))
+  left = window[1] // aug["crop_x_step"] * aug["crop_x_step"]
+  return tf.tensor_scatter_nd_update(window, [[1]], [left])
+
+
+def _decode_window(data: tf.Tensor, fmt: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
+  """uint8 RGB pixels of `window` [top, left, height, width]; JPEG decodes only the window."""
   def jpeg():
     return tf.image.decode_and_crop_jpeg(data, window, channels=3)
 
@@ -246,7 +289,18 @@ def train_image(data: tf.Tensor, fmt: tf.Tensor, hw: tf.Tensor, size: int,
     image = _decode_any(data)
     return tf.slice(image, [window[0], window[1], 0], [window[2], window[3], 3])
 
-  image = tf.cond(tf.equal(fmt, FMT_JPEG), jpeg, other)
+  return tf.cond(tf.equal(fmt, FMT_JPEG), jpeg, other)
+
+
+def train_image(data: tf.Tensor, fmt: tf.Tensor, hw: tf.Tensor, size: int,
+                seed: tf.Tensor) -> tf.Tensor:
+  """Official crop "v4" (decoding only the crop for JPEG), resize, flip -> float32 [size, size, 3].
+
+  No clipping after the bicubic resize, as the official code.
+  """
+  aug = train_augmentation()
+  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  image = _decode_window(data, fmt, crop_window(hw, crop_seed, aug, size))
   image = tf.image.resize(image, [size, size], method=aug["resize_method"], antialias=False)
   if aug["flip"]:
     do_flip = tf.random.stateless_uniform([], flip_seed) < 0.5
@@ -255,18 +309,27 @@ def train_image(data: tf.Tensor, fmt: tf.Tensor, hw: tf.Tensor, size: int,
 
 
 def eval_image(data: tf.Tensor, size: int) -> tf.Tensor:
-  """Resize the short side to size*256/224 (bicubic), center crop -> float32 [size, size, 3]."""
-  image = _decode_any(data)
-  resize = int(round(size * 256 / 224))
-  hw = tf.cast(tf.shape(image)[:2], tf.float32)
-  scale = resize / tf.reduce_min(hw)
-  new_hw = tf.maximum(tf.cast(tf.round(hw * scale), tf.int32), size)
-  image = tf.image.resize(image, new_hw, method="bicubic", antialias=True)
-  top = (new_hw[0] - size) // 2
-  left = (new_hw[1] - size) // 2
-  image = tf.slice(image, [top, left, 0], [size, size, 3])
-  image = tf.clip_by_value(image, 0.0, 255.0)
-  return normalize_image(image)
+  """The official `_decode_and_center_crop` -> float32 [size, size, 3], ImageNet normalised.
+
+  The centred square of size / (size + eval_pad) of the short side (`eval_crop`), decoding only
+  that window for JPEG, resized to `size` with TF1's bicubic (`resize_bicubic`: no half-pixel
+  centres, no antialiasing), not clipped. Every evaluation path (flip_t5x.eval, the periodic
+  zero-shot, the seqio tasks, FlipPredictor) goes through here.
+  """
+  pad = eval_crop()
+
+  def jpeg():
+    window = center_crop_window(tf.image.extract_jpeg_shape(data)[:2], size, pad)
+    return tf.image.decode_and_crop_jpeg(data, window, channels=3)
+
+  def other():
+    image = _decode_any(data)
+    top, left, side, _ = tf.unstack(center_crop_window(tf.shape(image)[:2], size, pad))
+    return image[top:top + side, left:left + side]
+
+  image = tf.cond(tf.equal(image_format(data), FMT_JPEG), jpeg, other)
+  image = tf.compat.v1.image.resize_bicubic(image[None], [size, size])[0]
+  return normalize_image(tf.ensure_shape(image, [size, size, 3]))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -302,7 +365,7 @@ def image_text_preprocessor(
     dataset: records from `flip_t5x.data.sources`.
     sequence_length: task feature lengths; `image` is the side S, `targets` the text length L.
     output_features: the task's features; `targets` must carry the WordPiece vocabulary.
-    train: random-resized-crop + flip if True, else resize + center crop.
+    train: the official crop "v4" + flip if True, else its centre crop (`eval_image`).
     counter: name of the skip counters this pipeline adds to (see `skipped_counts`).
   """
   size, length = _lengths(sequence_length)
