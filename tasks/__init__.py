@@ -28,7 +28,8 @@ Each macro can also be set through the configurable that reads it, e.g.
 `tasks.train_data_pattern.pattern = "..."`, `tasks.zeroshot_folder.root = "..."`,
 `flip_t5x.data.vocabulary.wordpiece_vocab_file.path = "..."`; tuning knobs:
 `flip_t5x.data.sources.record_shuffle_buffer_size.size`, `flip_t5x.data.preprocessors.max_image_pixels.limit`,
-`flip_t5x.data.preprocessors.train_augmentation.*`.
+`flip_t5x.data.preprocessors.train_augmentation.*`,
+`flip_t5x.data.preprocessors.eval_crop.eval_pad` (every evaluation task; 0, the official setting).
 """
 from __future__ import annotations
 
