@@ -117,6 +117,13 @@ def test_steps_given_later_win_over_epochs():
   assert r["peak_learning_rate"] == pytest.approx(4e-6 * 4096 / 256, rel=1e-12)
 
 
+def test_recipe_reads_what_is_bound():
+  r = resolved(["flip_vit_b.gin"], ["flip_t5x.data.preprocessors.eval_crop.eval_pad = 32",
+                                    "WEIGHT_DECAY = 0.05", "MASK_RATIO = 0.75",
+                                    "optimizers.adamw.b2 = 0.98"])
+  assert (r["eval_crop_pad"], r["weight_decay"], r["mask_ratio"], r["b2"]) == (32, 0.05, 0.75, 0.98)
+
+
 def test_bad_lengths_get_clear_errors():
   with pytest.raises(ValueError, match="WARMUP_STEPS"):  # 760 warmup steps in a 2-step run
     configure(["flip_vit_l.gin"], ["TRAIN_STEPS = 2"])
