@@ -348,9 +348,10 @@ def retrieval_evaluate(model: models.FlipModel, params: PyTree, *, task_name: st
 # ------------------------------------------------------------------------------ the binary
 def resolve_checkpoint(restore_checkpoint_cfg: Any = None,
                        checkpoint_path: Optional[str] = None) -> str:
-  """The `checkpoint_<step>` directory to load: `checkpoint_path`, else the restore config's path.
+  """The checkpoint directory to load: `checkpoint_path`, else the restore config's path.
 
-  A model directory (t5x's mode 'latest') resolves to its newest complete checkpoint.
+  A model directory (t5x's mode 'latest') resolves to its newest complete checkpoint; any format
+  `checkpoints.locate` reads (t5x orbax, t5x msgpack, earlier flip_t5x).
   """
   if checkpoint_path is None and restore_checkpoint_cfg is not None:
     checkpoint_path = restore_checkpoint_cfg.path
@@ -365,10 +366,9 @@ def resolve_checkpoint(restore_checkpoint_cfg: Any = None,
   if not checkpoint_path:
     raise EvalError('No checkpoint given: set CHECKPOINT_PATH (--gin.CHECKPOINT_PATH=\\"/path\\")')
   try:
-    root, step = checkpoints.resolve(checkpoint_path)
-  except FileNotFoundError as e:
+    return os.fspath(checkpoints.locate(checkpoint_path).path)
+  except checkpoints.NoCheckpointError as e:
     raise EvalError(f"Checkpoint not found: {e}") from None
-  return os.path.join(root, f"{checkpoints.STEP_PREFIX}_{step}")
 
 
 def write_metrics(output_dir: str, name: str, metrics: Mapping[str, Any]) -> str:
@@ -430,7 +430,7 @@ def evaluate(*, model: models.FlipModel, dataset_cfg: Any, output_dir: str,
   logging.info("Loading %s", path)
   try:
     params = checkpoints.load_params(path, model, partitioner=partitioner)
-  except checkpoints.CheckpointShapeError as e:
+  except (checkpoints.CheckpointShapeError, checkpoints.NoCheckpointError) as e:
     raise EvalError(str(e)) from None
   step = checkpoints.checkpoint_step(path)
   mesh = getattr(partitioner, "mesh", None)
@@ -475,7 +475,8 @@ def _main_reporting_errors(argv: Sequence[str]) -> None:
   try:
     main(argv)
   except (EvalError, gin_utils.GinConfigError) as e:
-    print(f"flip_t5x.eval: error: {e}", file=sys.stderr, flush=True)
+    message = str(e).split("\n  In call to configurable")[0]  # gin's suffix, not the story
+    print(f"flip_t5x.eval: error: {message}", file=sys.stderr, flush=True)
     sys.exit(2)
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from flip_t5x import predictor as predictor_lib
 from flip_t5x.data import zeroshot
+from flip_t5x.runtime import checkpoints
 from flip_t5x.runtime import gin_utils
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
@@ -182,7 +183,10 @@ def main(argv: Sequence[str]) -> None:
     predictor = predictor_lib.FlipPredictor.from_checkpoint(
         FLAGS.checkpoint, FLAGS.gin_file, gin_bindings=FLAGS.gin_bindings,
         vocab_file=FLAGS.vocab_file, batch_size=FLAGS.batch_size)
-  except (FileNotFoundError, ValueError) as e:  # no checkpoint, wrong gin file, bad vocabulary
+  except checkpoints.NoCheckpointError as e:  # the path and what is there, exit status 2
+    print(f"predict: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
+  except (FileNotFoundError, ValueError) as e:  # wrong gin file, bad vocabulary
     raise SystemExit(f"predict: {e}") from e
 
   if FLAGS.query:

@@ -130,7 +130,8 @@ class FlipPredictor:
   def from_checkpoint(cls, path: str, gin_file: Union[str, Sequence[str]],
                       gin_bindings: Sequence[str] = (), vocab_file: Optional[str] = None,
                       batch_size: int = 32, text_batch_size: int = 256) -> "FlipPredictor":
-    """A predictor for a flip_t5x checkpoint (MODEL_DIR = latest step, or checkpoint_<step>).
+    """A predictor for a checkpoint: MODEL_DIR (latest step) or checkpoint_<step>, written by
+    flip_t5x or t5x (orbax or msgpack; `checkpoints.locate` lists the formats).
 
     The gin files give the model (`MODEL`) and the vocabulary (macro `VOCAB_FILE`, unless
     `vocab_file` is given). This replaces the process's gin configuration.

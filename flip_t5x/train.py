@@ -168,11 +168,17 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
   data_layout = partitioner.get_data_layout(batch_size)
   keep = save_cfg.keep if save_cfg is not None else None
   ckpt = checkpoints.TrainCheckpointer(model_dir, layout, keep=keep,
-                                       enable_async=getattr(save_cfg, "use_async", True))
+                                       enable_async=getattr(save_cfg, "use_async", True),
+                                       shard_id=data_layout.shard_id,
+                                       num_shards=data_layout.num_shards)
   latest = ckpt.latest_step()
+  meta = {}
   if latest is not None:
     state, meta = ckpt.restore(latest)
-    seed = int(meta["seed"])
+    if "seed" not in meta:  # written by upstream t5x.train: no FLIP seeds in it
+      logging.warning("checkpoint_%d carries no flip_t5x seeds (written by t5x?): masks and "
+                      "augmentation continue from RANDOM_SEED or a new seed", latest)
+    seed = int(meta.get("seed", random_seed if random_seed is not None else _draw_seed()))
     logging.info("resumed from %s/checkpoint_%d", model_dir, latest)
   else:
     seed = int(random_seed) if random_seed is not None else _draw_seed()
@@ -180,23 +186,19 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
     init_path = _initial_checkpoint_path(restore_cfg)
     if init_path is not None:
       # Unmasked tuning / imported weights: parameters only, fresh optimizer, step 0.
-      root, step = checkpoints.resolve(init_path)  # a checkpoint_<step> dir or a MODEL_DIR
-      manager = checkpoints.make_manager(root, read_only=True)
-      try:
-        params = checkpoints.restore_params(manager, step, layout.abstract.params,
-                                            layout.shardings.params, where=init_path)
-      finally:
-        manager.close()
+      found = checkpoints.locate(init_path)  # a checkpoint_<step> dir or a MODEL_DIR
+      params = checkpoints.restore_params(found, layout.abstract.params,
+                                          layout.shardings.params, model)
       state = layout.from_params(params, step=0)
-      logging.info("initialised parameters from %s (step %d); optimizer state is fresh",
-                   init_path, step)
+      logging.info("initialised parameters from %s (%s checkpoint, step %s); optimizer state is "
+                   "fresh", found.path, found.format, found.step)
     else:
       state = layout.initialize(init_rng)
   if relative_steps:
     total_steps = int(state.step) + int(relative_steps)
   start_step = int(state.step)
   data_seed = train_dataset_cfg.seed if train_dataset_cfg.seed is not None else seed
-  if latest is not None and "data_seed" in meta:
+  if "data_seed" in meta:
     data_seed = int(meta["data_seed"])
   summarize_config_fn(model_dir, writer, start_step)
 
@@ -215,24 +217,34 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
                 or step == total_steps)
 
   # ------------------------------------------------------------- data
-  # The data position: the checkpoint's tf.data iterator state when it has one (save_dataset);
-  # otherwise skip `step` batches of the seeded stream (exact, but re-reads the consumed data).
-  resume_position = latest is not None and ckpt.has_input_position(latest)
-  if latest is not None and not resume_position:
+  # The data position: the checkpoint's tf.data iterator state when it has one (save_dataset)
+  # and it fits this pipeline; otherwise skip `step` batches of the seeded stream (exact for a
+  # flip_t5x run, but re-reads the consumed data).
+  def input_batches(skip: int) -> utils.DeviceIterator:
+    # Per-process rows: batch / shards (t5x's DataLayout.batch_size is the global batch).
+    ds = get_dataset_fn(train_dataset_cfg, data_layout.shard_id, data_layout.num_shards,
+                        model.FEATURE_CONVERTER_CLS, batch_size // data_layout.num_shards,
+                        skip_batches=skip, seed=data_seed)
+    return utils.DeviceIterator(ds, partitioner.data_sharding, batch_size,
+                                prefetch=monitor.prefetch_batches,
+                                hold_at=is_save_step if save_dataset else None,
+                                start_step=start_step)
+
+  batches = None
+  if latest is not None and ckpt.has_input_position(latest):
+    batches = input_batches(0)
+    try:
+      ckpt.restore_input_position(latest, batches.synced_iterator())
+      logging.info("input stream repositioned from checkpoint_%d", latest)
+    except checkpoints.InputPositionError as e:
+      logging.warning("%s; skipping %d batches to resume the data stream instead", e, start_step)
+      batches = None
+  elif latest is not None:
     logging.warning("checkpoint_%d has no input position: skipping %d batches to resume the "
                     "data stream (set SaveCheckpointConfig.save_dataset = True to avoid this)",
                     latest, start_step)
-  # Per-process rows: batch / shards (t5x's DataLayout.batch_size is the global batch).
-  ds = get_dataset_fn(train_dataset_cfg, data_layout.shard_id, data_layout.num_shards,
-                      model.FEATURE_CONVERTER_CLS, batch_size // data_layout.num_shards,
-                      skip_batches=0 if resume_position else start_step, seed=data_seed)
-  batches = utils.DeviceIterator(ds, partitioner.data_sharding, batch_size,
-                                 prefetch=monitor.prefetch_batches,
-                                 hold_at=is_save_step if save_dataset else None,
-                                 start_step=start_step)
-  if resume_position:
-    ckpt.restore_input_position(latest, batches.synced_iterator())
-    logging.info("input stream repositioned from checkpoint_%d", latest)
+  if batches is None:
+    batches = input_batches(start_step)
 
   step_rng = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
   trainer = trainer_cls(model=model, train_state=state, partitioner=partitioner,
@@ -255,7 +267,7 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
         every_secs=None, profile_duration_ms=None))
 
   meta_base = {"seed": seed, "data_seed": int(data_seed), "batch_size": batch_size,
-               "data_position": ("input_position item" if save_dataset
+               "data_position": ("dataset item" if save_dataset
                                  else "batches consumed = step")}
   accumulator = trainer_lib.MetricsAccumulator()
   pending = None  # (step, scalars) whose loss has not been checked yet
@@ -404,6 +416,11 @@ def _main_reporting_errors(argv: Sequence[str]) -> None:
   except gin_utils.GinConfigError as e:
     logging.error("%s", e)
     print(f"flip_t5x.train: configuration error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except checkpoints.NoCheckpointError as e:  # INITIAL_CHECKPOINT_PATH without a checkpoint
+    line = str(e).split("\n  In call to configurable")[0]  # gin's suffix, not the story
+    logging.error("%s", line)
+    print(f"flip_t5x.train: {line}", file=sys.stderr)
     sys.exit(2)
   except trainer_lib.NonFiniteLossError as e:
     print(f"flip_t5x.train: {e}", file=sys.stderr)

@@ -48,8 +48,9 @@ def test_resume_matches_uninterrupted(uninterrupted, tmp_path):
   # Stop at step 4 of the 12-step schedule (the cosine length stays that of the full run).
   h.run_train(model_dir, 4, ["--gin.CHECKPOINT_PERIOD=4",
                              f"--gin.optimizers.warmup_cosine_schedule.total_steps={STEPS}"])
-  position = os.path.join(model_dir, "checkpoint_4", "input_position")
-  assert os.path.exists(os.path.join(position, "input_position-00000-of-00001.index"))
+  # t5x's layout: the tf.data position is the `dataset` item's train_ds-<shard>-of-<count>.
+  position = os.path.join(model_dir, "checkpoint_4", "dataset")
+  assert os.path.exists(os.path.join(position, "train_ds-000-of-001.index"))
   # Same command with the final TRAIN_STEPS: resumes at step 4, the tf.data iterator restored
   # from the checkpoint (no batches skipped).
   proc = h.run_train(model_dir, STEPS, ["--gin.CHECKPOINT_PERIOD=4"])
@@ -63,7 +64,8 @@ def test_resume_without_saved_input_position_skips_to_the_same_data(uninterrupte
   h.run_train(model_dir, 4, ["--gin.CHECKPOINT_PERIOD=4",
                              "--gin.utils.SaveCheckpointConfig.save_dataset=False",
                              f"--gin.optimizers.warmup_cosine_schedule.total_steps={STEPS}"])
-  assert not os.path.exists(os.path.join(model_dir, "checkpoint_4", "input_position"))
+  assert not os.path.exists(os.path.join(model_dir, "checkpoint_4", "dataset",
+                                         "train_ds-000-of-001.index"))
   proc = h.run_train(model_dir, STEPS, ["--gin.CHECKPOINT_PERIOD=4"])
   assert "skipping 4 batches" in proc.stderr
   h.assert_params_equal(h.read_params(uninterrupted), h.read_params(model_dir))
@@ -115,7 +117,8 @@ def test_unmasked_tuning_restores_params_and_resets_optimizer(uninterrupted, tmp
 
 def _read_opt_count(step_dir: str) -> int:
   import orbax.checkpoint as ocp
-  tree = ocp.StandardCheckpointer().restore(os.path.join(step_dir, "opt_state"))
+  with ocp.PyTreeCheckpointer() as ckptr:  # t5x's state dict: state/param_states holds optax's
+    tree = ckptr.restore(os.path.join(step_dir, "state"))["state"]["param_states"]
   counts = []
 
   def visit(x):
