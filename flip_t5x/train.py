@@ -23,6 +23,8 @@ import gin
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
+import seqio
+import tensorflow as tf
 
 from flip_t5x import eval as eval_lib
 from flip_t5x.data import preprocessors
@@ -83,12 +85,54 @@ def _validate(model, train_dataset_cfg, checkpoint_cfg, partitioner, model_dir, 
          f"expected an int or None, got {random_seed!r}")
   _check(hasattr(partitioner, "mesh"), "train.partitioner",
          f"expected a partitioning.PjitPartitioner, got {type(partitioner).__name__}")
+  try:
+    data_size = partitioner.data_size
+  except ValueError as e:
+    raise TrainConfigError(f"partitioning.PjitPartitioner.num_partitions (NUM_PARTITIONS): "
+                           f"{e}") from e
+  _check(bs % data_size == 0, "train/utils.DatasetConfig.batch_size (BATCH_SIZE)",
+         f"{bs} is not divisible by the {data_size} devices of the mesh's data axis "
+         f"({jax.device_count()} devices / NUM_PARTITIONS)")
   save = getattr(checkpoint_cfg, "save", None)
   if save is not None:
     _check(save.period is None or (_is_int(save.period) and save.period > 0),
            "utils.SaveCheckpointConfig.period", f"expected a positive int, got {save.period!r}")
     _check(save.keep is None or (_is_int(save.keep) and save.keep > 0),
            "utils.SaveCheckpointConfig.keep", f"expected a positive int, got {save.keep!r}")
+  _check_data(train_dataset_cfg)
+
+
+def _tasks(cfg: Any) -> Sequence[seqio.Task]:
+  """The seqio tasks a DatasetConfig reads (a mixture's sub-tasks)."""
+  try:
+    utils.import_module(getattr(cfg, "module", None))
+  except ImportError as e:
+    raise TrainConfigError(f"train/utils.DatasetConfig.module (MIXTURE_OR_TASK_MODULE): "
+                           f"{e}") from e
+  name = cfg.mixture_or_task_name
+  try:
+    found = seqio.get_mixture_or_task(name) if isinstance(name, str) else name
+  except ValueError as e:
+    raise TrainConfigError(f"MIXTURE_OR_TASK_NAME: {gin_utils.one_line(e)}") from e
+  return list(found.tasks) if isinstance(found, seqio.Mixture) else [found]
+
+
+def _check_data(cfg: Any) -> None:
+  """The training data files and vocabulary files exist.
+
+  Reading them starts after the model is set up (minutes for a large model); a typo'd pattern
+  or path should cost seconds.
+  """
+  for task in _tasks(cfg):
+    try:
+      task.source.list_shards(cfg.split)  # Img2DatasetSource: raises naming an unmatched glob
+      vocab_files = {k: getattr(f.vocabulary, "vocab_file", None)
+                     for k, f in task.output_features.items()}
+    except (ValueError, OSError, tf.errors.OpError) as e:
+      raise TrainConfigError(f"data of task {task.name!r}: {gin_utils.one_line(e)}") from e
+    for key, path in vocab_files.items():
+      _check(path is None or tf.io.gfile.exists(path), "VOCAB_FILE",
+             f"vocabulary file {path!r} (of task {task.name!r}'s {key!r}) does not exist")
 
 
 def _draw_seed() -> int:
@@ -148,6 +192,7 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
     logging.info("use_hardware_rng ignored: FLIP's masks come from threefry (mesh-invariant)")
   _validate(model, train_dataset_cfg, checkpoint_cfg, partitioner, model_dir, total_steps,
             eval_period, eval_steps, stats_period, random_seed)
+  logging.info("configuration checked; setting up the model and its train state")
   if (trainer_lib.Trainer is not trainer_lib.FlipTrainer and isinstance(trainer_cls, type)
       and issubclass(trainer_cls, trainer_lib.Trainer)):
     # With upstream t5x installed, gin's `@trainer.Trainer` is t5x's class (for t5x.train).
@@ -395,13 +440,9 @@ def main(argv: Sequence[str]) -> None:
   configured_train = register_train_for_gin()
   gin_utils.parse_gin_flags(FLAGS.gin_search_paths, FLAGS.gin_file, FLAGS.gin_bindings)
   _maybe_initialize_distributed()
-  try:
-    configured_train()
-  except TypeError as e:
-    # Wrong-typed values surface while gin builds train()'s arguments, before any compile.
-    if "In call to configurable" in str(e):
-      raise gin_utils.GinConfigError(str(e)) from e
-    raise
+  # A value a configurable rejects while gin builds train()'s arguments (MASK_RATIO = 1.5 in
+  # FlipModel) is a configuration error, raised before anything is compiled.
+  gin_utils.call_configured(train, configured_train)
 
 
 def app_usage_error(message: str) -> Exception:
@@ -410,13 +451,13 @@ def app_usage_error(message: str) -> Exception:
 
 
 def _main_reporting_errors(argv: Sequence[str]) -> None:
-  """Config errors as one clear line and exit status 2 instead of a traceback."""
+  """Errors the user can mend as one clear line and an exit status instead of a traceback.
+
+  Configuration errors (gin_utils.GinConfigError, TrainConfigError) are reported by
+  `gin_utils.run`: exit status 2, like every binary's.
+  """
   try:
     main(argv)
-  except gin_utils.GinConfigError as e:
-    logging.error("%s", e)
-    print(f"flip_t5x.train: configuration error: {e}", file=sys.stderr)
-    sys.exit(2)
   except checkpoints.NoCheckpointError as e:  # INITIAL_CHECKPOINT_PATH without a checkpoint
     line = str(e).split("\n  In call to configurable")[0]  # gin's suffix, not the story
     logging.error("%s", line)

@@ -139,7 +139,8 @@ def retrieval_data_pattern(pattern: Optional[str] = None) -> str:
 if RETRIEVAL_TASK not in seqio.TaskRegistry.names():
   seqio.TaskRegistry.add(
       RETRIEVAL_TASK,
-      source=sources.Img2DatasetSource(retrieval_data_pattern, splits=("validation", "test")),
+      source=sources.Img2DatasetSource(retrieval_data_pattern, splits=("validation", "test"),
+                                       counter="eval"),
       output_features=tasks.output_features(),
       preprocessors=[preprocessors.eval_preprocessor],
       metric_fns=[seqio_metrics.retrieval_metric],

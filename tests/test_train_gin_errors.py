@@ -1,32 +1,105 @@
-"""Bad gin bindings fail before any compile, with a message naming the binding (and file)."""
+"""Configuration errors end the binaries with one line naming the binding or path, exit status 2.
+
+Each case runs `python -m flip_t5x.train` (or another binary) in a fresh process; the cases run
+concurrently (each is mostly imports). Besides the message, each check makes sure the error came
+before the model was set up: train logs "configuration checked; setting up the model" right after
+its checks (test_train_webdataset.py sees that line in a run that trains), and it creates
+MODEL_DIR only after that line.
+"""
 from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+import time
+from typing import Dict, List, Sequence, Tuple
 
 import pytest
 
 import test_train_helpers as h
 
 LENGTHS = "--gin.TASK_FEATURE_LENGTHS={'image': 32, 'targets': 16}"
+SETUP_LINE = "configuration checked; setting up the model"
+IMG2DATASET = ["--gin.MIXTURE_OR_TASK_NAME='flip_img2dataset'", "--gin.MIXTURE_OR_TASK_MODULE=None"]
 
 
-def _fail(args):
-  import subprocess, sys
-  cmd = [sys.executable, "-m", "flip_t5x.train"] + h.BASE_ARGS[:4] + args
-  proc = subprocess.run(cmd, cwd=h.ROOT, env=h.env(), capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 2, proc.stderr[-3000:]
-  line = [l for l in proc.stderr.splitlines() if l.startswith("flip_t5x.train: configuration")]
-  assert line, proc.stderr[-3000:]
-  assert "Compiling" not in proc.stderr
-  return "\n".join(proc.stderr.splitlines()[-8:])
+@dataclasses.dataclass
+class Case:
+  args: List[str]
+  expected: Sequence[str]  # in the error line
+  binary: str = "train"
+  num_devices: int = 1
+  model_dir: bool = True  # bind MODEL_DIR to a fresh path (which must not be created)
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["--gin.partitioning.PjitPartitioner.bogus=1"], ["bogus", "PjitPartitioner"]),
-    ([LENGTHS, "--gin.TRAIN_STEPS=3"], ["MODEL_DIR", "gin_configs/runs/pretrain.gin"]),
-    ([LENGTHS, "--gin.MODEL_DIR='/tmp/flip_bad'", "--gin.TRAIN_STEPS='abc'"],
-     ["total_steps", "abc"]),
-    (["--gin_file=gin_configs/no_such_file.gin"], ["no_such_file.gin"]),
-])
-def test_bad_bindings(args, expected):
-  message = _fail(args)
-  for text in expected:
-    assert text in message, message
+def _cases(tmp: str) -> Dict[str, Case]:
+  pattern = os.path.join(tmp, "no_such_dir", "*.tar")
+  shards = os.path.join(tmp, "shards")
+  os.makedirs(shards)
+  open(os.path.join(shards, "00000.tar"), "wb").close()
+  vocab = os.path.join(tmp, "no_such_vocab.txt")
+  model = ["--gin_file=gin_configs/models/flip_tiny.gin"]
+  train = [LENGTHS, "--gin.TRAIN_STEPS=3"]
+  return {
+      "unknown_binding": Case(["--gin.partitioning.PjitPartitioner.bogus=1"],
+                              ["bogus", "PjitPartitioner"]),
+      "required_unset": Case(train, ["MODEL_DIR", "gin_configs/runs/pretrain.gin"],
+                             model_dir=False),
+      "wrong_type": Case([LENGTHS, "--gin.TRAIN_STEPS='abc'"], ["total_steps", "abc"]),
+      "missing_gin_file": Case(["--gin_file=gin_configs/no_such_file.gin"], ["no_such_file.gin"]),
+      "malformed_flag": Case(["--gin.TRAIN_STEPS"], ["--gin.TRAIN_STEPS", "--gin.NAME=VALUE"]),
+      "mask_ratio_out_of_range": Case(train + ["--gin.MASK_RATIO=1.5"],
+                                      ["mask_ratio", "1.5", "MODEL/FlipModel"]),
+      "batch_not_divisible_by_devices": Case(train + ["--gin.BATCH_SIZE=6"],
+                                             ["BATCH_SIZE", "6", "4 devices"], num_devices=4),
+      "data_pattern_matching_nothing": Case(
+          IMG2DATASET + train + [f"--gin.TRAIN_DATA_PATTERN='{pattern}'"],
+          ["flip_img2dataset", pattern, "matches no file"]),
+      "missing_vocabulary_file": Case(
+          IMG2DATASET + train + [f"--gin.TRAIN_DATA_PATTERN='{shards}/*.tar'",
+                                 f"--gin.VOCAB_FILE='{vocab}'"], ["VOCAB_FILE", vocab]),
+      # Binaries that build only the model share gin_utils' reporting.
+      "model_info_mask_ratio": Case(model + ["--gin.MASK_RATIO=1.5"], ["mask_ratio", "1.5"],
+                                    binary="model_info", model_dir=False),
+  }
+
+
+def _run(name: str, case: Case, tmp: str) -> Tuple[object, float, str]:
+  model_dir = os.path.join(tmp, f"run_{name}")
+  args = list(case.args)
+  if case.binary == "train":
+    args = h.BASE_ARGS[:4] + ([f"--gin.MODEL_DIR='{model_dir}'"] if case.model_dir else []) + args
+  start = time.time()
+  proc = h.run_binary(case.binary, args, timeout=300, num_devices=case.num_devices)
+  return proc, time.time() - start, model_dir
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+  tmp = str(tmp_path_factory.mktemp("gin_errors"))
+  cases = _cases(tmp)
+  assert sorted(cases) == sorted(NAMES)
+  with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+    futures = {name: pool.submit(_run, name, case, tmp) for name, case in cases.items()}
+    return {name: (cases[name],) + f.result() for name, f in futures.items()}
+
+
+NAMES = ["unknown_binding", "required_unset", "wrong_type", "missing_gin_file", "malformed_flag",
+         "mask_ratio_out_of_range", "batch_not_divisible_by_devices",
+         "data_pattern_matching_nothing", "missing_vocabulary_file", "model_info_mask_ratio"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_configuration_error(results, name):
+  case, proc, seconds, model_dir = results[name]
+  err = proc.stderr
+  assert proc.returncode == 2, err[-3000:]
+  assert "Traceback" not in err, err[-3000:]
+  lines = [l for l in err.splitlines()
+           if l.startswith(f"flip_t5x.{case.binary}: configuration error:")]
+  assert len(lines) == 1, err[-3000:]
+  for text in case.expected:
+    assert text in lines[0], lines[0]
+  assert SETUP_LINE not in err and "Compiling" not in err, err[-3000:]
+  assert not os.path.exists(model_dir), "MODEL_DIR was created: the error came after model set-up"
+  print(f"{name}: exit 2 after {seconds:.1f}s: {lines[0]}")

@@ -41,9 +41,9 @@ DEFAULT_TEXT_LENGTH = 32
 _TEXT_BATCH = 64  # records whose captions are tokenised in one call
 
 SKIP_REASONS = ("ok", "empty_image", "unknown_format", "too_large", "decode_error",
-                "empty_caption", "bad_utf8")
-OK, EMPTY_IMAGE, UNKNOWN_FORMAT, TOO_LARGE, DECODE_ERROR, EMPTY_CAPTION, BAD_UTF8 = range(
-    len(SKIP_REASONS))
+                "empty_caption", "bad_utf8", "damaged_file")
+(OK, EMPTY_IMAGE, UNKNOWN_FORMAT, TOO_LARGE, DECODE_ERROR, EMPTY_CAPTION, BAD_UTF8,
+ DAMAGED_FILE) = range(len(SKIP_REASONS))
 # Image container codes returned by `image_format`.
 FMT_UNKNOWN, FMT_JPEG, FMT_PNG, FMT_GIF, FMT_WEBP, FMT_BMP = range(6)
 
@@ -84,7 +84,7 @@ def eval_crop(eval_pad: int = 0) -> int:
 
 # ------------------------------------------------------------------------------------------------
 # Counters.
-class _Counters:
+class SkipCounters:
   """Per-name skip counters (tf.Variables, so tf.data can update them and checkpoints save them)."""
 
   def __init__(self, name: str):
@@ -97,13 +97,13 @@ class _Counters:
     return {"skipped": self.skipped, "kept": self.kept}
 
 
-_COUNTERS: Dict[str, _Counters] = {}
+_COUNTERS: Dict[str, SkipCounters] = {}
 
 
-def counters(name: str = "train") -> _Counters:
+def counters(name: str = "train") -> SkipCounters:
   """The counter object for `name`, created on first use."""
   if name not in _COUNTERS:
-    _COUNTERS[name] = _Counters(name)
+    _COUNTERS[name] = SkipCounters(name)
   return _COUNTERS[name]
 
 
@@ -345,6 +345,12 @@ def caption_reason(text: tf.Tensor) -> tf.Tensor:
 
 # ------------------------------------------------------------------------------------------------
 # The preprocessor.
+def _empty_record(spec: Mapping[str, tf.TensorSpec]) -> dict:
+  """A record of empty strings and zeros with the structure of `spec`."""
+  return {k: tf.fill(s.shape, b"") if s.dtype == tf.string else tf.zeros(s.shape, s.dtype)
+          for k, s in spec.items()}
+
+
 def _lengths(sequence_length: Optional[Mapping[str, int]]):
   sequence_length = sequence_length or {}
   return (int(sequence_length.get("image") or DEFAULT_IMAGE_SIZE),
@@ -375,8 +381,6 @@ def image_text_preprocessor(
     vocab = vocabulary_lib.WordPieceVocabulary()
   limit = max_image_pixels()
   counts = counters(counter)
-  with tf.init_scope():
-    last_index = tf.Variable(tf.constant(-1, tf.int64), trainable=False)
 
   # Plain graph code (no Python control flow on tensors): skipping autograph saves ~10 s of
   # tracing each time a dataset is built.
@@ -410,37 +414,43 @@ def image_text_preprocessor(
                       lambda: tf.zeros([size, size, 3], tf.float32))
     image = tf.ensure_shape(image, [size, size, 3])
     out = {"image": image, "targets": rec["_targets"],
-           "_reason": tf.cast(reason, tf.int64), "_index": index}
+           "_reason": tf.cast(reason, tf.int64), "_index": index, "_end": rec["_end"]}
     if "label" in rec:
       out["label"] = tf.cast(rec["label"], tf.int32)
     return out
 
   @tf.autograph.experimental.do_not_convert
-  def count_and_keep(ex):
-    index, reason = ex["_index"], ex["_reason"]
-    last = last_index.read_value()
+  def gap(last, ex):
     # Records a decoder raised on were dropped by ignore_errors: they show as gaps in the index.
-    gap = tf.where(last >= 0, tf.maximum(index - last - 1, 0), tf.constant(0, tf.int64))
+    # The scan's state is part of the iterator, so a restored iterator continues it.
+    return ex["_index"], dict(ex, _gap=ex["_index"] - last - 1)
+
+  @tf.autograph.experimental.do_not_convert
+  def count_and_keep(ex):
+    reason, end = ex["_reason"], ex["_end"]  # the end marker counts only the gap before it
     ops = [
-        counts.skipped.scatter_nd_add([[DECODE_ERROR]], [gap]),
-        counts.skipped.scatter_nd_add([[reason]], [tf.cast(reason != OK, tf.int64)]),
-        counts.kept.assign_add(tf.cast(reason == OK, tf.int64)),
+        counts.skipped.scatter_nd_add([[DECODE_ERROR]], [ex["_gap"]]),
+        counts.skipped.scatter_nd_add([[reason]], [tf.cast((reason != OK) & ~end, tf.int64)]),
+        counts.kept.assign_add(tf.cast((reason == OK) & ~end, tf.int64)),
     ]
     with tf.control_dependencies(ops):
-      ops.append(last_index.assign(index))
-    with tf.control_dependencies(ops):
-      return tf.equal(reason, OK)
+      return tf.equal(reason, OK) & ~end
 
   @tf.autograph.experimental.do_not_convert
   def drop_private(ex):
     return {k: v for k, v in ex.items() if not k.startswith("_")}
 
+  # An end marker after the last record (an empty image: never decoded) counts the records a
+  # decoder raised on at the end of a finite stream.
+  end = tf.data.Dataset.from_tensors(dict(_empty_record(dataset.element_spec), _end=True))
+  dataset = dataset.map(lambda rec: dict(rec, _end=False)).concatenate(end)
   dataset = dataset.enumerate().map(lambda i, rec: dict(rec, _index=i))
   # Captions are checked and tokenised in batches: one tokenizer call per record costs ~0.1 ms,
   # more than copying the batch in and out (scripts/bench_input.py).
   dataset = dataset.batch(_TEXT_BATCH).map(tokenize).unbatch()
   dataset = convert(dataset)
   dataset = dataset.ignore_errors()
+  dataset = dataset.scan(tf.constant(-1, tf.int64), gap)
   dataset = dataset.filter(count_and_keep)
   # The counters are external state: checkpoints of the iterator save them explicitly
   # (sources.save_input_position), so serialising the iterator may ignore them.

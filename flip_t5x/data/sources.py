@@ -21,6 +21,7 @@ shuffle buffer (`record_shuffle_buffer_size` compressed images per host).
 """
 from __future__ import annotations
 
+import functools
 import os
 import tarfile
 from typing import Callable, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -81,7 +82,8 @@ def expand_data_pattern(pattern: str | Sequence[str]) -> List[str]:
   for g in globs:
     matches = tf.io.gfile.glob(g)
     if not matches:
-      raise ValueError(f"Data pattern {g!r} (from {pattern!r}) matches no file.")
+      whole = f" (from {pattern!r})" if pattern != g else ""
+      raise ValueError(f"Data pattern {g!r}{whole} matches no file.")
     files.extend(matches)
   return sorted(set(files))
 
@@ -109,9 +111,15 @@ def detect_format(files: Sequence[str], fmt: str = "auto") -> str:
 
 # ------------------------------------------------------------------------------------------------
 # Readers: path (scalar string tensor) -> dataset of {"image", "text"}.
+#
+# A shard that ends in a read error (truncated or corrupt) loses the records after the damage;
+# how many it held is unknowable, so the reader counts the file once, as `damaged_file` in the
+# skip counters it is given, and logs its path. Records of a damaged file read before the damage
+# are kept.
 _IMAGE_KEYS = ("jpg", "png", "webp", "image")
 _TFRECORD_SPEC = {k: tf.io.FixedLenFeature([], tf.string, default_value="")
                   for k in _IMAGE_KEYS + ("txt",)}
+_TFRECORD_FRAMING = 16  # bytes around each record: length (8), its CRC (4), data CRC (4)
 
 
 def _parse_img2dataset_example(serialized: tf.Tensor) -> dict:
@@ -127,10 +135,67 @@ def _parse_img2dataset_example(serialized: tf.Tensor) -> dict:
   return {"image": image, "text": ex["txt"]}
 
 
-def read_tfrecord_file(path: tf.Tensor) -> tf.data.Dataset:
-  """img2dataset `--output_format tfrecord` shard -> records (unparsable ones logged and dropped)."""
-  ds = tf.data.TFRecordDataset(path, buffer_size=1 << 20)
-  return ds.map(_parse_img2dataset_example).ignore_errors(log_warning=True)
+def _file_size(path: bytes) -> np.int64:
+  return np.int64(tf.io.gfile.stat(path.decode()).length)
+
+
+def _log_damaged_tfrecord(path: bytes, read: np.int64, size: np.int64) -> np.bool_:
+  """Logs a TFRecord file whose records stop before its end; returns True (it is damaged)."""
+  logging.warning("TFRecord shard %s is damaged: its readable records end at byte %d of %d; the "
+                  "rest of the file is skipped (counted once as input/skipped/damaged_file)",
+                  path.decode(), read, size)
+  return np.bool_(True)
+
+
+def _count(counts: Optional[preprocessors.SkipCounters], reason: int,
+           n: tf.Tensor) -> List[tf.Operation]:
+  if counts is None:
+    return []
+  return [counts.skipped.scatter_nd_add([[reason]], [tf.cast(n, tf.int64)])]
+
+
+def read_tfrecord_file(path: tf.Tensor,
+                       counts: Optional[preprocessors.SkipCounters] = None) -> tf.data.Dataset:
+  """img2dataset `--output_format tfrecord` shard -> records.
+
+  A read error ends the file (tf.data moves on to the next file), so the bytes of the records read
+  are compared with the file size to tell a damaged file from a complete one. Records whose
+  `tf.train.Example` cannot be parsed are counted as `decode_error`.
+  """
+  size = tf.numpy_function(_file_size, [path], tf.int64, stateful=False)
+  end = tf.data.Dataset.from_tensors((tf.constant(b""), tf.constant(True)))
+  ds = tf.data.TFRecordDataset(path, buffer_size=1 << 20).map(lambda r: (r, tf.constant(False)))
+  ds = ds.concatenate(end).ignore_errors()  # a read error skips to `end`
+
+  def number(state, x):  # (bytes read before this record, its index) -> next state
+    record, is_end = x
+    read, index = state
+    length = tf.cast(tf.strings.length(record), tf.int64) + _TFRECORD_FRAMING
+    return (read + length, index + 1), (record, is_end, read, index)
+
+  ds = ds.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), number)
+
+  def parse(record, is_end, read, index):
+    return dict(_parse_img2dataset_example(record), _end=is_end, _read=read, _index=index)
+
+  ds = ds.map(parse).ignore_errors()  # unparsable records leave gaps in `_index`
+
+  def gap(last, rec):
+    return rec["_index"], dict(rec, _gap=rec["_index"] - last - 1)
+
+  ds = ds.scan(tf.constant(-1, tf.int64), gap)
+
+  def count_and_keep(rec):
+    damaged = tf.logical_and(rec["_end"], tf.not_equal(rec["_read"], size))
+    damaged = tf.cond(damaged, lambda: tf.numpy_function(
+        _log_damaged_tfrecord, [path, rec["_read"], size], tf.bool, stateful=True),
+                      lambda: tf.constant(False))
+    ops = (_count(counts, preprocessors.DECODE_ERROR, rec["_gap"])
+           + _count(counts, preprocessors.DAMAGED_FILE, tf.cast(damaged, tf.int64)))
+    with tf.control_dependencies(ops):
+      return tf.logical_not(rec["_end"])
+
+  return ds.filter(count_and_keep).map(lambda rec: {"image": rec["image"], "text": rec["text"]})
 
 
 def _split_member(name: str) -> Tuple[str, str]:
@@ -143,34 +208,67 @@ def _split_member(name: str) -> Tuple[str, str]:
   return prefix + key, ext.lower()
 
 
-def tar_index(path: bytes):
-  """Per sample of a webdataset tar: key, (offset, size) of the image, caption and json (-1 absent).
+def _tar_damage(f, tar: tarfile.TarFile, size: int) -> Optional[str]:
+  """Why a tar whose member iteration ended is damaged, or None if it ended at its end marker.
 
-  Reads only the 512-byte headers (tarfile seeks over the data); a truncated tar keeps the samples
-  indexed before the damage.
+  tarfile ends the iteration silently at a truncated or corrupt header; a complete archive has a
+  zero block there.
+  """
+  f.seek(tar.offset)
+  block = f.read(tarfile.BLOCKSIZE)
+  if block == tarfile.NUL * tarfile.BLOCKSIZE:
+    return None
+  if len(block) < tarfile.BLOCKSIZE:
+    return f"it ends at byte {size} without the end-of-archive block"
+  return f"unreadable header at byte {tar.offset}"
+
+
+def tar_index(path: bytes):
+  """Per sample of a webdataset tar: (offset, size) of the image and caption (-1 absent).
+
+  Reads only the 512-byte headers (tarfile seeks over the data). A damaged tar keeps the samples
+  indexed before the damage (an incomplete last sample, one missing its image or caption, is part
+  of the damage) and returns damaged=True, once per file, after logging the path.
+
+  Returns:
+    (keys, ranges [samples, 4], damaged)
   """
   path = path.decode() if isinstance(path, bytes) else str(path)
   samples = {}
   order = []
-  try:
-    with tf.io.gfile.GFile(path, "rb") as f:
-      with tarfile.open(fileobj=f, mode="r:") as tar:
-        for m in tar:
-          if not m.isfile():
-            continue
-          key, ext = _split_member(m.name)
-          if key not in samples:
-            samples[key] = [-1, -1, -1, -1]
-            order.append(key)
-          if ext in IMAGE_EXTENSIONS:
-            samples[key][0:2] = [m.offset_data, m.size]
-          elif ext == "txt":
-            samples[key][2:4] = [m.offset_data, m.size]
-  except (tarfile.TarError, OSError, EOFError) as e:
-    logging.warning("Webdataset shard %s is damaged after %d samples: %s", path, len(order), e)
+  damage = None
+  with tf.io.gfile.GFile(path, "rb") as f:
+    size = f.size()
+    try:
+      if size:
+        with tarfile.open(fileobj=f, mode="r:") as tar:
+          for m in tar:
+            if m.offset_data + m.size > size:
+              damage = f"member {m.name} is cut off at byte {size}"
+              break
+            if not m.isfile():
+              continue
+            key, ext = _split_member(m.name)
+            if key not in samples:
+              samples[key] = [-1, -1, -1, -1]
+              order.append(key)
+            if ext in IMAGE_EXTENSIONS:
+              samples[key][0:2] = [m.offset_data, m.size]
+            elif ext == "txt":
+              samples[key][2:4] = [m.offset_data, m.size]
+          else:
+            damage = _tar_damage(f, tar, size)
+    except (tarfile.TarError, OSError, EOFError) as e:
+      damage = str(e)
+  if damage is not None:
+    if order and -1 in samples[order[-1]][0::2]:
+      order.pop()  # the sample the damage cut short
+    logging.warning("Webdataset shard %s is damaged (%s): %d samples read before the damage, the "
+                    "rest is skipped (counted once as input/skipped/damaged_file)", path, damage,
+                    len(order))
   keys = np.array([k.encode() for k in order], dtype=object)
   ranges = np.array([samples[k] for k in order], dtype=np.int64).reshape(-1, 4)
-  return keys, ranges
+  return keys, ranges, np.bool_(damage is not None)
 
 
 def _read_ranges(path: bytes, ranges: np.ndarray):
@@ -188,9 +286,11 @@ def _read_ranges(path: bytes, ranges: np.ndarray):
   return tuple(np.array(b, dtype=object) for b in out)
 
 
-def read_webdataset_file(path: tf.Tensor) -> tf.data.Dataset:
+def read_webdataset_file(path: tf.Tensor,
+                         counts: Optional[preprocessors.SkipCounters] = None) -> tf.data.Dataset:
   """img2dataset `--output_format webdataset` tar shard -> records (KEY.jpg/png/webp + KEY.txt)."""
-  _, ranges = tf.numpy_function(tar_index, [path], [tf.string, tf.int64], stateful=False)
+  _, ranges, damaged = tf.numpy_function(tar_index, [path], [tf.string, tf.int64, tf.bool],
+                                         stateful=False)
   ds = tf.data.Dataset.from_tensor_slices(tf.reshape(ranges, [-1, 4]))
 
   def read(r):
@@ -200,7 +300,14 @@ def read_webdataset_file(path: tf.Tensor) -> tf.data.Dataset:
     text.set_shape([])
     return {"image": image, "text": text}
 
-  return ds.map(read)
+  def count_damage(_):
+    with tf.control_dependencies(_count(counts, preprocessors.DAMAGED_FILE,
+                                        tf.cast(damaged, tf.int64))):
+      return tf.constant(False)
+
+  # After the file's records, one placeholder that counts the damage and is dropped.
+  trailer = tf.data.Dataset.from_tensors(tf.constant([-1, -1, -1, -1], tf.int64))
+  return ds.map(read).concatenate(trailer.filter(count_damage).map(read))
 
 
 READERS = {"tfrecord": read_tfrecord_file, "webdataset": read_webdataset_file}
@@ -223,14 +330,16 @@ class Img2DatasetSource(seqio.DataSource):
   next. The stream is a function of the seed, and the tf.data iterator checkpoint restores it
   exactly, the pass count and the file shuffle's generator included (tests/test_data_epochs.py).
   Tasks using this source set `shuffle_buffer_size=None`; `num_epochs` has no effect on the
-  endless shuffled stream.
+  endless shuffled stream. Damaged files are counted in the skip counters named `counter` (the
+  name the task's preprocessor counts under).
   """
 
   def __init__(self, pattern_fn: Callable[[], str | Sequence[str]],
                format_fn: Callable[[], str] = lambda: "auto",
-               splits: Iterable[str] = ("train",)):
+               splits: Iterable[str] = ("train",), counter: str = "train"):
     self._pattern_fn = pattern_fn
     self._format_fn = format_fn
+    self._counter = counter
     super().__init__(splits=splits, num_input_examples=None, caching_permitted=False,
                      performs_internal_shuffling=True)
 
@@ -246,7 +355,8 @@ class Img2DatasetSource(seqio.DataSource):
                   use_cached: bool = False, num_epochs: Optional[int] = 1) -> tf.data.Dataset:
     del sequence_length, use_cached, num_epochs
     files = self.list_shards(split)
-    reader = READERS[detect_format(files, self._format_fn())]
+    reader = functools.partial(READERS[detect_format(files, self._format_fn())],
+                               counts=preprocessors.counters(self._counter))
     if shard_info and shard_info.num_shards > 1:
       if len(files) < shard_info.num_shards:
         raise ValueError(f"{len(files)} files cannot be split over {shard_info.num_shards} hosts.")

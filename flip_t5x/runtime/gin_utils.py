@@ -3,12 +3,19 @@
 Gin files include each other by paths relative to a search path, as t5x's do
 (`include 'gin_configs/models/flip_vit_l16.gin'`); the project root is always searched, so the
 binaries work from any working directory.
+
+Configuration errors (`GinConfigError`: an unknown or unparsable binding, a value a configurable
+rejects, a path that does not exist) end every binary started with `run` the same way: one line
+`<binary>: configuration error: <what, naming the binding or path>` on stderr, no traceback, exit
+status 2.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import re
-from typing import Any, Callable, List, Sequence
+import sys
+from typing import Any, Callable, List, NoReturn, Sequence
 
 from absl import app
 from absl import flags
@@ -29,6 +36,47 @@ def define_gin_flags() -> None:
 
 class GinConfigError(ValueError):
   """A gin file or binding that cannot be applied; the message names it."""
+
+
+CONFIG_ERROR_EXIT_STATUS = 2
+
+
+_GIN_CALL_SUFFIX = re.compile(r"In call to configurable '([^']+)' \(<[^>]*>\)(?: in scope '([^']+)')?")
+
+
+def one_line(error: BaseException) -> str:
+  """The error's message on one line (gin adds where it happened on further lines)."""
+  text = " ".join(part.strip() for part in str(error).splitlines() if part.strip())
+  return _GIN_CALL_SUFFIX.sub(
+      lambda m: f"(in {m.group(2) + '/' if m.group(2) else ''}{m.group(1)})", text)
+
+
+def _raised_inside(error: BaseException, fn: Callable[..., Any]) -> bool:
+  """Whether `fn`'s own body is on the error's traceback (not just gin building its arguments)."""
+  code = inspect.unwrap(fn).__code__
+  tb = error.__traceback__
+  while tb is not None:
+    if tb.tb_frame.f_code is code:
+      return True
+    tb = tb.tb_next
+  return False
+
+
+def call_configured(fn: Callable[..., Any], configured: Callable[[], Any]) -> Any:
+  """`configured()` (gin's call of `fn`), with errors from building `fn`'s arguments as config errors.
+
+  Gin constructs the objects the bindings name (`MODEL = @models.FlipModel()`, ...) before `fn`
+  runs; a constructor that rejects its value (`MASK_RATIO = 1.5`) raises there, and that is a
+  configuration error. Errors raised inside `fn` itself pass through unchanged.
+  """
+  try:
+    return configured()
+  except GinConfigError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (any constructor's rejection)
+    if _raised_inside(e, fn):
+      raise
+    raise GinConfigError(one_line(e)) from e
 
 
 def rewrite_gin_args(args: Sequence[str]) -> List[str]:
@@ -124,12 +172,42 @@ def parse_gin_flags_for_model(gin_search_paths: Sequence[str], gin_files: Sequen
   """Parses the gin flags of a binary that needs only the model, and returns `%MODEL`."""
   parse_gin_flags(gin_search_paths, gin_files, list(gin_bindings) + [
       "flip_t5x.runtime.gin_utils.configured_model.model = %MODEL"], finalize_config)
-  return configured_model()
+  return call_configured(configured_model, configured_model)
+
+
+def program_name() -> str:
+  """`flip_t5x.train` under `python -m flip_t5x.train`, else the script's file name."""
+  spec = getattr(sys.modules["__main__"], "__spec__", None)
+  return spec.name if spec is not None and spec.name else os.path.basename(sys.argv[0])
+
+
+def exit_with_config_error(error: BaseException) -> NoReturn:
+  """One line naming what is wrong on stderr, exit status 2 (no traceback)."""
+  print(f"{program_name()}: configuration error: {one_line(error)}", file=sys.stderr, flush=True)
+  sys.exit(CONFIG_ERROR_EXIT_STATUS)
+
+
+def _reporting_config_errors(main: Callable[[Sequence[str]], None]
+                             ) -> Callable[[Sequence[str]], None]:
+  def wrapped(argv: Sequence[str]) -> None:
+    try:
+      main(argv)
+    except GinConfigError as e:
+      exit_with_config_error(e)
+  return wrapped
+
+
+def _parse_flags(argv: Sequence[str]) -> List[str]:
+  try:
+    args = rewrite_gin_args(argv)
+  except GinConfigError as e:
+    exit_with_config_error(e)
+  return app.parse_flags_with_usage(args)
 
 
 def run(main: Callable[[Sequence[str]], None]) -> None:
-  """`app.run` with t5x's `--gin.NAME=VALUE` rewriting."""
-  app.run(main, flags_parser=lambda argv: app.parse_flags_with_usage(rewrite_gin_args(argv)))
+  """`app.run` with t5x's `--gin.NAME=VALUE` rewriting; configuration errors exit with status 2."""
+  app.run(_reporting_config_errors(main), flags_parser=_parse_flags)
 
 
 def summarize_gin_config(model_dir: str, summary_writer=None, step: int = 0) -> None:
