@@ -154,9 +154,14 @@ def _initial_checkpoint_path(restore_cfg: Any) -> Optional[str]:
 
 
 def _skipped_counts() -> Mapping[str, float]:
-  """Records the input pipeline dropped (flip_t5x.data.preprocessors' counters), by reason."""
+  """Records the input pipeline kept and dropped (flip_t5x.data.preprocessors' counters).
+
+  Cumulative, and ahead of the step by the records in the prefetch buffers.
+  """
   counts = preprocessors.skipped_counts("train")
-  return {f"input/skipped/{k}": float(v) for k, v in counts.items()}
+  out = {f"input/skipped/{k}": float(v) for k, v in counts.items()}
+  out["input/kept"] = float(preprocessors.kept_count("train"))
+  return out
 
 
 def _batch_shapes(cfg: Any) -> Mapping[str, Tuple[int, ...]]:
