@@ -36,6 +36,16 @@
 #   flip_train, flip_eval
 #                     flip_t5x's own binaries in the same environment (compat.T5X_AVAILABLE is
 #                     True there, so flip_t5x.runtime re-exports t5x's classes).
+#   One checkpoint format (t5x's orbax layout), across runtimes:
+#   t5x_to_flip_eval, t5x_to_flip_predict
+#                     flip_t5x.eval / flip_t5x.predict on t5x.train's checkpoint_5.
+#   flip_to_t5x_eval  t5x.eval on flip_t5x.train's checkpoint_3.
+#   t5x_resumes_flip, flip_resumes_t5x
+#                     each train binary resumes the other's MODEL_DIR at learning rate 0: step,
+#                     parameters (bit-identical) and optimizer counts continue. The tf.data
+#                     position does not cross (t5x's seqio pipeline and flip_t5x's are different
+#                     graphs): flip_t5x.train falls back to skipping `step` batches with a warning;
+#                     t5x.train has no fallback and resumes with save_dataset=False.
 # Takes ~10 minutes on 2 CPU cores once the venv exists.
 set -uo pipefail
 
@@ -302,6 +312,102 @@ if [ -d "$RUNS/flip_train/checkpoint_3" ] && run flip_eval "$PY" -m flip_t5x.eva
   record flip_eval PASS "$(tail -1 "$RUNS/flip_eval.log" | cut -c1-120)"
 else
   record flip_eval FAIL "$(fail_detail flip_eval)"
+fi
+
+# 6. one checkpoint format: each runtime reads, evaluates and resumes what the other wrote.
+FLIP_EVAL_ARGS=(--gin_file=gin_configs/runs/eval.gin --gin.VOCAB_FILE="\"$DATA/vocab.txt\""
+                --gin.MIXTURE_OR_TASK_NAME="'flip_folder_zeroshot'" --gin.ZEROSHOT_FOLDER="\"$DATA/zeroshot\""
+                --gin.utils.DatasetConfig.split="'validation'" --gin.utils.DatasetConfig.batch_size=8)
+rm -rf "$RUNS/t5x_to_flip_eval"
+if [ -d "$RUNS/pretrain/checkpoint_5" ] && run t5x_to_flip_eval "$PY" -m flip_t5x.eval "${TINY[@]}" \
+    "${FLIP_EVAL_ARGS[@]}" --gin.EVAL_OUTPUT_DIR="\"$RUNS/t5x_to_flip_eval\"" \
+    --gin.CHECKPOINT_PATH="\"$RUNS/pretrain\"" \
+    && grep -q '"checkpoint_step": 5' "$RUNS/t5x_to_flip_eval/zeroshot_metrics.json"; then
+  record t5x_to_flip_eval PASS "t5x.train's checkpoint_5: $(grep -o '"top1": [0-9.]*' "$RUNS/t5x_to_flip_eval/zeroshot_metrics.json")"
+else
+  record t5x_to_flip_eval FAIL "$(fail_detail t5x_to_flip_eval)"
+fi
+
+if [ -d "$RUNS/pretrain/checkpoint_5" ] && run t5x_to_flip_predict "$PY" -m flip_t5x.predict \
+    --checkpoint="$RUNS/pretrain/checkpoint_5" --gin_file=gin_configs/models/flip_tiny.gin \
+    --vocab_file="$DATA/vocab.txt" --images="$DATA/zeroshot/red" --labels=red,green,blue,yellow \
+    --format=jsonl \
+    && [ "$(grep -c '"labels"' "$RUNS/t5x_to_flip_predict.log")" = 6 ]; then
+  record t5x_to_flip_predict PASS "6 images labelled from t5x.train's checkpoint_5"
+else
+  record t5x_to_flip_predict FAIL "$(fail_detail t5x_to_flip_predict)"
+fi
+
+rm -rf "$RUNS/flip_to_t5x_eval"
+if [ -d "$RUNS/flip_train/checkpoint_3" ] && run flip_to_t5x_eval "$PY" -m t5x.eval "${TINY[@]}" \
+    --gin_file=gin_configs/runs/eval.gin --gin.EVAL_OUTPUT_DIR="\"$RUNS/flip_to_t5x_eval\"" \
+    --gin.CHECKPOINT_PATH="\"$RUNS/flip_train/checkpoint_3\"" --gin.VOCAB_FILE="\"$DATA/vocab.txt\"" \
+    --gin.MIXTURE_OR_TASK_NAME="'flip_folder_zeroshot_seqio'" --gin.ZEROSHOT_FOLDER="\"$DATA/zeroshot\"" \
+    --gin.utils.DatasetConfig.split="'validation'" \
+    && grep -q "flip_folder_zeroshot_seqio/top1 at step 3" "$RUNS/flip_to_t5x_eval.log"; then
+  record flip_to_t5x_eval PASS "flip_t5x.train's checkpoint_3: $(grep -o 'top1 at step 3: [0-9.]*' "$RUNS/flip_to_t5x_eval.log")"
+else
+  record flip_to_t5x_eval FAIL "$(fail_detail flip_to_t5x_eval)"
+fi
+
+# Resuming the other runtime's MODEL_DIR at learning rate 0: the parameters must stay
+# bit-identical, the step and every optax `count` must go on from the checkpoint's (a fresh
+# optimizer would count from 0), so step, parameters and optimizer state were restored exactly.
+check_resumed() {  # check_resumed NAME BEFORE_STEP_DIR AFTER_STEP_DIR STEP
+  "$PY" - "$2" "$3" "$4" >>"$RUNS/$1.log" 2>&1 <<'EOF'
+import sys
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import traverse_util
+before, after, step = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with ocp.PyTreeCheckpointer() as ckptr:
+  a, b = (ckptr.restore(f"{p}/state") for p in (before, after))
+fa, fb = (traverse_util.flatten_dict(x["target"], sep="/") for x in (a, b))
+assert fa.keys() == fb.keys(), "parameter names differ"
+diff = [k for k in fa if not np.array_equal(np.asarray(fa[k]), np.asarray(fb[k]))]
+assert not diff, f"parameters not restored exactly: {diff[:5]}"
+def counts(x):
+  flat = traverse_util.flatten_dict(x["state"]["param_states"], sep="/")
+  return {int(np.asarray(v)) for k, v in flat.items() if k.endswith("count")}
+start = int(np.asarray(a["state"]["step"]))
+assert counts(a) == {start}, counts(a)
+assert int(np.asarray(b["state"]["step"])) == step, "step did not continue"
+assert counts(b) == {step}, f"optimizer counts {counts(b)}: state not continued from {start}"
+print(f"resume check: step {start} -> {step}, parameters bit-identical, optimizer counts {start} -> {step}")
+EOF
+}
+LR0=(--gin.BASE_LEARNING_RATE=0.0)
+rm -rf "$RUNS/t5x_resumes_flip"
+# t5x restores a tf.data iterator only into an identical graph and has no fallback: its seqio
+# pipeline is not flip_t5x's, so it resumes with save_dataset=False (its stream starts over).
+if [ -d "$RUNS/flip_train/checkpoint_3" ] && cp -r "$RUNS/flip_train" "$RUNS/t5x_resumes_flip" \
+    && run t5x_resumes_flip "$PY" -m t5x.train "${TINY[@]}" --gin_file=gin_configs/runs/pretrain.gin \
+    --gin.MODEL_DIR="\"$RUNS/t5x_resumes_flip\"" --gin.TRAIN_STEPS=5 --gin.CHECKPOINT_PERIOD=5 \
+    --gin.MIXTURE_OR_TASK_NAME="'flip_img2dataset'" "${DATA_ARGS[@]}" "${LR0[@]}" \
+    --gin.utils.SaveCheckpointConfig.save_dataset=False \
+    && check_resumed t5x_resumes_flip "$RUNS/flip_train/checkpoint_3" \
+       "$RUNS/t5x_resumes_flip/checkpoint_5" 5; then
+  record t5x_resumes_flip PASS "$(tail -1 "$RUNS/t5x_resumes_flip.log" | cut -c15-); data: t5x starts its stream over (save_dataset=False)"
+else
+  record t5x_resumes_flip FAIL "$(fail_detail t5x_resumes_flip)"
+fi
+
+rm -rf "$RUNS/flip_resumes_t5x"
+if [ -d "$RUNS/pretrain/checkpoint_5" ] && mkdir -p "$RUNS/flip_resumes_t5x" \
+    && cp -r "$RUNS/pretrain/checkpoint_5" "$RUNS/flip_resumes_t5x/" \
+    && run flip_resumes_t5x "$PY" -m flip_t5x.train "${TINY[@]}" --gin_file=gin_configs/runs/pretrain.gin \
+    --gin.MODEL_DIR="\"$RUNS/flip_resumes_t5x\"" --gin.TRAIN_STEPS=7 --gin.CHECKPOINT_PERIOD=7 \
+    --gin.MIXTURE_OR_TASK_NAME="'flip_img2dataset'" "${DATA_ARGS[@]}" "${LR0[@]}" \
+    && check_resumed flip_resumes_t5x "$RUNS/pretrain/checkpoint_5" \
+       "$RUNS/flip_resumes_t5x/checkpoint_7" 7; then
+  if grep -q "input stream repositioned" "$RUNS/flip_resumes_t5x.log"; then
+    data="data position restored from t5x's dataset item"
+  else
+    data="t5x's tf.data position does not fit flip_t5x's pipeline: skipped 5 batches (warned)"
+  fi
+  record flip_resumes_t5x PASS "$(tail -1 "$RUNS/flip_resumes_t5x.log" | cut -c15-); $data"
+else
+  record flip_resumes_t5x FAIL "$(fail_detail flip_resumes_t5x)"
 fi
 
 echo
