@@ -466,7 +466,7 @@ def main(argv: Sequence[str]) -> None:
     raise
   except ValueError as e:  # gin.finalize(): e.g. a %gin.REQUIRED macro left unset
     raise gin_utils.GinConfigError(str(e)) from None
-  metrics = evaluate_using_gin()
+  metrics = gin_utils.call_configured(evaluate, evaluate_using_gin)  # MASK_RATIO=1.5: exit 2
   print(json.dumps(metrics, sort_keys=True), flush=True)
 
 

@@ -186,7 +186,9 @@ def main(argv: Sequence[str]) -> None:
   except checkpoints.NoCheckpointError as e:  # the path and what is there, exit status 2
     print(f"predict: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
-  except (FileNotFoundError, ValueError) as e:  # wrong gin file, bad vocabulary
+  except gin_utils.GinConfigError:
+    raise  # gin_utils.run: one line, exit status 2, as every binary
+  except (FileNotFoundError, ValueError) as e:  # bad vocabulary
     raise SystemExit(f"predict: {e}") from e
 
   if FLAGS.query:

@@ -16,6 +16,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import pytest
 
+import test_data_pipeline as dp
 import test_train_helpers as h
 
 LENGTHS = "--gin.TASK_FEATURE_LENGTHS={'image': 32, 'targets': 16}"
@@ -30,6 +31,7 @@ class Case:
   binary: str = "train"
   num_devices: int = 1
   model_dir: bool = True  # bind MODEL_DIR to a fresh path (which must not be created)
+  prefix: str = "configuration error:"  # after "flip_t5x.<binary>: "
 
 
 def _cases(tmp: str) -> Dict[str, Case]:
@@ -38,6 +40,10 @@ def _cases(tmp: str) -> Dict[str, Case]:
   os.makedirs(shards)
   open(os.path.join(shards, "00000.tar"), "wb").close()
   vocab = os.path.join(tmp, "no_such_vocab.txt")
+  images = os.path.join(tmp, "images")
+  os.makedirs(images)
+  with open(os.path.join(images, "a.jpg"), "wb") as f:
+    f.write(dp._image("JPEG"))
   model = ["--gin_file=gin_configs/models/flip_tiny.gin"]
   train = [LENGTHS, "--gin.TRAIN_STEPS=3"]
   return {
@@ -61,6 +67,17 @@ def _cases(tmp: str) -> Dict[str, Case]:
       # Binaries that build only the model share gin_utils' reporting.
       "model_info_mask_ratio": Case(model + ["--gin.MASK_RATIO=1.5"], ["mask_ratio", "1.5"],
                                     binary="model_info", model_dir=False),
+      "predict_mask_ratio": Case(
+          model + ["--gin.MASK_RATIO=1.5", f"--checkpoint={tmp}/no_checkpoint",
+                   f"--images={images}", "--labels=red,blue"], ["mask_ratio", "1.5"],
+          binary="predict", model_dir=False),
+      "eval_mask_ratio": Case(
+          model + ["--gin_file=gin_configs/runs/eval.gin", "--gin.MASK_RATIO=1.5",
+                   f"--gin.MIXTURE_OR_TASK_NAME='{h.TASK}'",
+                   "--gin.MIXTURE_OR_TASK_MODULE='test_train_helpers'",
+                   f"--gin.CHECKPOINT_PATH='{tmp}/no_checkpoint'",
+                   f"--gin.EVAL_OUTPUT_DIR='{tmp}/eval'"], ["mask_ratio", "1.5"],
+          binary="eval", model_dir=False, prefix="error:"),
   }
 
 
@@ -86,7 +103,8 @@ def results(tmp_path_factory):
 
 NAMES = ["unknown_binding", "required_unset", "wrong_type", "missing_gin_file", "malformed_flag",
          "mask_ratio_out_of_range", "batch_not_divisible_by_devices",
-         "data_pattern_matching_nothing", "missing_vocabulary_file", "model_info_mask_ratio"]
+         "data_pattern_matching_nothing", "missing_vocabulary_file", "model_info_mask_ratio",
+         "predict_mask_ratio", "eval_mask_ratio"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -96,7 +114,7 @@ def test_configuration_error(results, name):
   assert proc.returncode == 2, err[-3000:]
   assert "Traceback" not in err, err[-3000:]
   lines = [l for l in err.splitlines()
-           if l.startswith(f"flip_t5x.{case.binary}: configuration error:")]
+           if l.startswith(f"flip_t5x.{case.binary}: {case.prefix}")]
   assert len(lines) == 1, err[-3000:]
   for text in case.expected:
     assert text in lines[0], lines[0]
