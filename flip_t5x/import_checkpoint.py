@@ -11,7 +11,9 @@ stored inline and the others are replaced by TensorStore specs (`{"driver": "zar
 beside the file (checkpoints written to gs:// carry `{"kvstore": {"driver": "gcs", ...}, "path":
 ...}` instead; the path is read relative to the checkpoint directory either way, as t5x does on
 restore). `--source` may be that directory, the `checkpoint` file itself, or a directory of
-`checkpoint_<step>/` directories (the latest step is taken, as FLIP's own restore does).
+`checkpoint_<step>/` directories (the latest step is taken, as FLIP's own restore does). Any other
+checkpoint `flip_t5x.runtime.checkpoints.locate` reads (t5x.train's orbax layout, msgpack with this
+project's names, an earlier flip_t5x layout) is accepted too: its parameters are checked and copied.
 
 Only `target` (the parameters) is read; the optimizer state is ignored. Every official array is
 mapped onto this project's parameter tree (see `mapping_table`); the mapping is a pure C-order
@@ -21,14 +23,16 @@ is a [p, p, 3, W] conv kernel over (row, column, channel) patches, exactly our p
 gin file gives the model, so every shape is checked before anything is read: a checkpoint of
 another size, a missing array or a wrong gin file fails with the parameter names and both shapes.
 The image position table the release stores is the fixed 2-D sin-cos one our network computes; it
-is checked, not copied. The result is written with `flip_t5x.runtime.checkpoints.save_params`, which `flip_t5x.eval`,
-`FlipPredictor.from_checkpoint` and `INITIAL_CHECKPOINT_PATH` read.
+is checked, not copied. The result is written with `flip_t5x.runtime.checkpoints.save_params` in
+t5x's orbax layout. (`flip_t5x.eval`, `FlipPredictor.from_checkpoint` and `INITIAL_CHECKPOINT_PATH`
+also read the release directly, through the same mapping; importing checks and converts it once.)
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import re
+import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from absl import app
@@ -444,19 +448,37 @@ def convert_params(ckpt: T5xCheckpoint, model: models.FlipModel) -> PyTree:
 
 # ------------------------------------------------------------------------------------------------
 # Import.
+def has_official_names(names: Sequence[str]) -> bool:
+  """Whether t5x checkpoint parameter names are the official release's (img_encoder/...)."""
+  return any(name.split("/")[0] in OFFICIAL_TOWERS.values() for name in names)
+
+
 def import_checkpoint(source: str, model: models.FlipModel, output: Optional[str],
                       step: Optional[int] = None) -> Tuple[PyTree, int]:
   """Reads, checks and converts `source`; writes `output/checkpoint_<step>` (unless None).
 
+  `source`: the official release (t5x msgpack, official names), or anything else
+  `checkpoints.locate` reads (t5x's orbax layout, a msgpack checkpoint of this project's names,
+  an earlier flip_t5x layout), whose parameters are copied after the same shape checks.
   Returns (params, step); `step` defaults to the checkpoint's optimizer step (0 if absent), so
   the imported weights keep the step they were trained for.
+
+  Raises:
+    checkpoints.NoCheckpointError: nothing readable at `source`.
   """
-  ckpt = read_t5x_checkpoint(source)
-  logging.info("read t5x checkpoint %s (version %s, step %s, %d arrays)", ckpt.path, ckpt.version,
-               ckpt.step, len(ckpt.target))
-  params = convert_params(ckpt, model)
+  found = checkpoints.locate(source)
+  ckpt = read_t5x_checkpoint(source) if found.format == checkpoints.T5X_MSGPACK else None
+  if ckpt is not None and has_official_names(ckpt.target):
+    logging.info("read t5x checkpoint %s (version %s, step %s, %d arrays)", ckpt.path,
+                 ckpt.version, ckpt.step, len(ckpt.target))
+    params = convert_params(ckpt, model)
+    stored_step = ckpt.step
+  else:
+    params = jax.device_get(checkpoints.load_params(source, model))
+    stored_step = checkpoints.checkpoint_step(source)
+    logging.info("read %s checkpoint %s (step %s)", found.format, found.path, stored_step)
   if step is None:
-    step = ckpt.step if ckpt.step is not None else 0
+    step = stored_step if stored_step is not None else 0
   if output is not None:
     path = checkpoints.save_params(params, output, step)
     logging.info("wrote flip_t5x checkpoint %s", path)
@@ -494,7 +516,10 @@ def main(argv: Sequence[str]) -> None:
   try:
     _, step = import_checkpoint(FLAGS.source, model, None if FLAGS.dry_run else FLAGS.output,
                                 FLAGS.step)
-  except (CheckpointError, CheckpointMismatchError) as e:
+  except checkpoints.NoCheckpointError as e:  # the path and what is there, exit status 2
+    print(f"import_checkpoint: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
+  except (CheckpointError, CheckpointMismatchError, checkpoints.CheckpointShapeError) as e:
     raise SystemExit(f"import_checkpoint: {e}") from e  # the message is the whole story
   print(f"imported {FLAGS.source} (step {step})"
         + ("" if FLAGS.dry_run else f" -> {FLAGS.output}/checkpoint_{step}"))

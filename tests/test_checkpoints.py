@@ -275,6 +275,10 @@ def runs(tmp_path_factory):
                                    "--labels=red,green,blue", "--format=jsonl"]),
       "tune": start("train", train + [f"--gin.INITIAL_CHECKPOINT_PATH='{T5X_STEP_DIR}'",
                                       f"--gin.MODEL_DIR='{d}/tuned'"]),
+      "import": start("import_checkpoint", [f"--source={T5X_DIR}", f"--gin_file={T5X_GIN}",
+                                            f"--output={d}/imported"]),
+      "import_nothing": start("import_checkpoint", [f"--source={d}/nope", f"--gin_file={T5X_GIN}",
+                                                    f"--output={d}/imported_bad"]),
       "eval_nothing": start("eval", [f"--gin_file={eval_gin}", vocab,
                                      f"--gin.CHECKPOINT_PATH='{d}/zeroshot'",
                                      f"--gin.EVAL_OUTPUT_DIR='{d}/eval_bad'"]),
@@ -294,7 +298,7 @@ def _finish(proc):
   return proc.returncode, out, err
 
 
-def test_eval_predict_and_tuning_read_the_t5x_checkpoint(runs, model):
+def test_eval_predict_tuning_and_import_read_the_t5x_checkpoint(runs, model):
   d, procs = runs
   rc, out, err = _finish(procs["eval"])
   assert rc == 0, err[-3000:]
@@ -317,12 +321,23 @@ def test_eval_predict_and_tuning_read_the_t5x_checkpoint(runs, model):
   assert int(tuned["state"]["step"]) == 1
   assert int(tuned["state"]["param_states"]["0"]["count"]) == 1
 
+  # import_checkpoint takes t5x.train's checkpoint too (it used to want a msgpack file).
+  rc, out, err = _finish(procs["import"])
+  assert rc == 0, err[-3000:]
+  assert f"imported {T5X_DIR} (step 2) -> {d}/imported/checkpoint_2" in out
+  imported = checkpoints.read_arrays(str(d / "imported"))
+  want = traverse_util.flatten_dict(_raw_state(T5X_STEP_DIR)["target"], sep="/")
+  assert sorted(imported) == sorted(want)
+  for k, v in want.items():
+    np.testing.assert_array_equal(imported[k], v, err_msg=k)
+
 
 def test_a_path_without_a_checkpoint_is_one_line_and_exit_2(runs):
   d, procs = runs
   for name, path, what in (("eval_nothing", d / "zeroshot",
                             "a directory holding blue, green, red"),
                            ("predict_nothing", d / "nope", "nothing exists there"),
+                           ("import_nothing", d / "nope", "nothing exists there"),
                            ("tune_nothing", d / "shards",
                             "a directory holding tiny-00000-of-00001.tfrecord; expected")):
     rc, _, err = _finish(procs[name])
@@ -330,5 +345,6 @@ def test_a_path_without_a_checkpoint_is_one_line_and_exit_2(runs):
     assert f"no readable checkpoint at {path}: {what}" in err, (name, err[-2000:])
     assert "Traceback" not in err, name
     last = err.strip().splitlines()[-1]
-    assert last.startswith(("flip_t5x.eval: error: ", "predict: ", "flip_t5x.train: ")), last
+    assert last.startswith(("flip_t5x.eval: error: ", "predict: ", "flip_t5x.train: ",
+                            "import_checkpoint: ")), last
     assert "no readable checkpoint" in last, name

@@ -286,8 +286,7 @@ def _msgpack_params(loc: Located, model: Any) -> _StoredParams:
   """A t5x msgpack checkpoint: this project's names as stored, or the official release's mapped."""
   from flip_t5x import import_checkpoint  # pylint: disable=g-import-not-at-top
   ckpt = _msgpack(loc)
-  official_towers = set(import_checkpoint.OFFICIAL_TOWERS.values())
-  if not any(name.split("/")[0] in official_towers for name in ckpt.target):
+  if not import_checkpoint.has_official_names(list(ckpt.target)):
     return _StoredParams({n: ckpt.shape(n) for n in ckpt.target},
                          lambda target: {k: jax.device_put(np.asarray(ckpt.read(k)).astype(
                              t.dtype), t.sharding) for k, t in target.items()})
