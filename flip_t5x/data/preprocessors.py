@@ -8,7 +8,9 @@ the task feature lengths (`sequence_length["image"]`, `sequence_length["targets"
 Bad records never stop the stream. Each record gets a skip reason (see `SKIP_REASONS`): bytes that
 are empty, not an image, a decompression bomb (header size above `max_image_pixels`), an empty or
 non-UTF-8 caption are detected without raising; bytes that make a decoder raise are dropped by
-`ignore_errors` and detected as gaps in the record index. All are counted in tf.Variables, per
+`ignore_errors` and detected as gaps in the record index (an end marker after the last record
+counts those at the end of a finite stream). Shard files that end in a read error are counted
+once each as `damaged_file` by `flip_t5x.data.sources`. All are counted in tf.Variables, per
 counter name ("train", "eval", ...), read with:
 
     from flip_t5x.data import preprocessors
