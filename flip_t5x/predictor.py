@@ -7,9 +7,8 @@
     probs = predictor.zero_shot(["cat.jpg"], ["cat", "dog"])              # [1, 2]
     cos = predictor.similarity(["cat.jpg"], ["a photo of a cat"])         # [1, 1]
 
-Images get the evaluation preprocessing of the data pipeline (`preprocessors.eval_image`: short
-side resized to size*256/224 with bicubic, center crop, ImageNet mean/std), so predictions match
-`flip_t5x.eval`. Both towers run jitted at a fixed batch size (the last batch is padded), so a
+Images get the evaluation preprocessing of the data pipeline (`preprocessors.eval_image`: the
+official centre crop, TF1 bicubic resize, ImageNet mean/std), so predictions match `flip_t5x.eval`. Both towers run jitted at a fixed batch size (the last batch is padded), so a
 predictor compiles each tower once whatever the number of inputs, on CPU or accelerators.
 """
 from __future__ import annotations
