@@ -107,9 +107,13 @@ class Located:
 
 
 def step_format(step_dir: epath.Path) -> Optional[str]:
-  """The format of a `checkpoint_<step>` directory, or None if it holds no checkpoint."""
+  """The format of a `checkpoint_<step>` directory, or None if it holds no checkpoint.
+
+  An orbax step is complete once renamed from its temporary name (or, on object stores such as
+  GCS, once commit_success.txt is written): orbax's own test decides.
+  """
   if (step_dir / STATE).is_dir():
-    return T5X
+    return T5X if ocp.utils.is_checkpoint_finalized(step_dir) else None
   if (step_dir / PARAMS).is_dir():
     return FLIP_ITEMS
   if (step_dir / MSGPACK_FILE).is_file():
