@@ -14,8 +14,10 @@ import os
 import time
 from typing import Dict, List, Sequence, Tuple
 
+import gin
 import pytest
 
+from flip_t5x.runtime import gin_utils
 import test_data_pipeline as dp
 import test_train_helpers as h
 
@@ -121,3 +123,37 @@ def test_configuration_error(results, name):
   assert SETUP_LINE not in err and "Compiling" not in err, err[-3000:]
   assert not os.path.exists(model_dir), "MODEL_DIR was created: the error came after model set-up"
   print(f"{name}: exit 2 after {seconds:.1f}s: {lines[0]}")
+
+
+@gin.configurable(module="test_train_gin_errors")
+def flip_test_part(value: float = 0.5) -> float:
+  if not 0 <= value < 1:
+    raise ValueError(f"value must be in [0, 1), got {value}")
+  return value
+
+
+def flip_test_body(part: float, fail: bool) -> float:
+  if fail:
+    raise RuntimeError("a failure while running, not a configuration error")
+  return part
+
+
+configured_body = gin.external_configurable(flip_test_body, module="test_train_gin_errors")
+
+
+@pytest.mark.usefixtures("clean_gin_and_counters")
+def test_only_errors_building_the_arguments_are_configuration_errors():
+  body = configured_body
+  gin.parse_config(
+      "test_train_gin_errors.flip_test_body.part = @test_train_gin_errors.flip_test_part()")
+  for fail in (False, True):
+    gin.bind_parameter("test_train_gin_errors.flip_test_body.fail", fail)
+    gin.bind_parameter("test_train_gin_errors.flip_test_part.value", 1.5)
+    with pytest.raises(gin_utils.GinConfigError, match=r"got 1\.5 \(in flip_test_part\)$"):
+      gin_utils.call_configured(flip_test_body, body)
+    gin.bind_parameter("test_train_gin_errors.flip_test_part.value", 0.25)
+    if fail:
+      with pytest.raises(RuntimeError, match="while running"):
+        gin_utils.call_configured(flip_test_body, body)
+    else:
+      assert gin_utils.call_configured(flip_test_body, body) == 0.25

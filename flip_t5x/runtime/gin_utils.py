@@ -39,9 +39,8 @@ class GinConfigError(ValueError):
 
 
 CONFIG_ERROR_EXIT_STATUS = 2
-
-
-_GIN_CALL_SUFFIX = re.compile(r"In call to configurable '([^']+)' \(<[^>]*>\)(?: in scope '([^']+)')?")
+_GIN_CALL_SUFFIX = re.compile(
+    r"In call to configurable '([^']+)' \(<[^>]*>\)(?: in scope '([^']+)')?")
 
 
 def one_line(error: BaseException) -> str:
@@ -63,7 +62,7 @@ def _raised_inside(error: BaseException, fn: Callable[..., Any]) -> bool:
 
 
 def call_configured(fn: Callable[..., Any], configured: Callable[[], Any]) -> Any:
-  """`configured()` (gin's call of `fn`), with errors from building `fn`'s arguments as config errors.
+  """`configured()`, gin's call of `fn`; errors building `fn`'s arguments become GinConfigError.
 
   Gin constructs the objects the bindings name (`MODEL = @models.FlipModel()`, ...) before `fn`
   runs; a constructor that rejects its value (`MASK_RATIO = 1.5`) raises there, and that is a
