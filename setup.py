@@ -8,6 +8,7 @@ Everything installs from PyPI. Bounds (checked on Python 3.11, 2026-11):
 - seqio 0.0.20 / clu 0.0.12 / orbax-checkpoint 0.12: the versions upstream t5x runs with today.
 - jestimator 0.3.3 imports `PartitionSpec` from its old place; `flip_t5x.compat` patches that once.
 - tensorboard: clu.metric_writers needs it to write summaries.
+- matplotlib: `python -m flip_t5x.plot` draws training curves (Agg backend, no display needed).
 Accelerators: install jax for your platform on top, e.g. `pip install -U "jax[cuda12]"` (GPU) or
 `pip install -U "jax[tpu]"` (TPU), keeping the same jax version bound.
 """
@@ -39,6 +40,7 @@ setuptools.setup(
         "tensorboard>=2.16",
         "numpy>=1.26",
         "pillow>=10",
+        "matplotlib>=3.7",
     ],
     extras_require={
         "test": ["pytest>=8", "pandas", "pyarrow"],
