@@ -151,6 +151,19 @@ def test_schedule_is_official_warmup_then_cosine():
     optimizers.warmup_cosine_schedule(1e-3, 8, total_steps="abc")
 
 
+def test_schedule_warmup_start_and_end_rates_are_the_official_switches():
+  """`warmup_abs_lr` / `min_abs_lr` of configs/default.py (both 0 in the released recipes)."""
+  s = optimizers.warmup_cosine_schedule(4e-6, 65536, total_steps=2_000, warmup_steps=100,
+                                        warmup_start_learning_rate=1e-5, end_learning_rate=2e-5)
+  official = optax.join_schedules(
+      [optax.linear_schedule(1e-5, 1.024e-3, 100),
+       optax.cosine_decay_schedule(1.024e-3, 1_900, alpha=2e-5 / 1.024e-3)], [100])
+  steps = np.array([0, 1, 50, 99, 100, 101, 1_000, 1_999, 2_000])
+  np.testing.assert_allclose([float(s(i)) for i in steps], [float(official(i)) for i in steps],
+                             rtol=1e-5, atol=1e-5 * 1.024e-3)
+  assert float(s(0)) == pytest.approx(1e-5) and float(s(2_000)) == pytest.approx(2e-5)
+
+
 def _paths(tree):
   return {optimizers._path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
 

@@ -74,7 +74,8 @@ def peak_learning_rate(base_learning_rate: float, batch_size: int,
 @dataclasses.dataclass(frozen=True)
 class WarmupCosineSchedule:
   """The official schedule (t5x/train_state_initializer.py: create_learning_rate_fn): linear from
-  0 to the peak over `warmup_steps`, then half-cosine to `end_learning_rate` at `total_steps`.
+  `warmup_start_learning_rate` (the official `warmup_abs_lr`, 0) to the peak over `warmup_steps`,
+  then half-cosine to `end_learning_rate` (`min_abs_lr`, 0) at `total_steps`.
 
   Step `s` trains at the rate of `s`, so the first step of a warmed-up run trains at 0, as the
   official optax schedule does. Kept as fields so reports read the configured values.
@@ -85,6 +86,7 @@ class WarmupCosineSchedule:
   warmup_steps: float = 0.0
   base_batch_size: int = BASE_BATCH_SIZE
   end_learning_rate: float = 0.0
+  warmup_start_learning_rate: float = 0.0
 
   @property
   def peak_learning_rate(self) -> float:
@@ -96,9 +98,9 @@ class WarmupCosineSchedule:
 
   def __call__(self, step):
     peak, warmup, total = self.peak_learning_rate, self.warmup_steps, self.total_steps
-    end = self.end_learning_rate
+    end, start = self.end_learning_rate, self.warmup_start_learning_rate
     step = jnp.asarray(step, jnp.float32)
-    warm = peak * step / max(warmup, 1.0)
+    warm = start + (peak - start) * step / max(warmup, 1.0)
     progress = jnp.clip((step - warmup) / max(total - warmup, 1.0), 0.0, 1.0)
     cosine = end + (peak - end) * 0.5 * (1.0 + jnp.cos(math.pi * progress))
     return jnp.where(step < warmup, warm, cosine)
@@ -107,7 +109,8 @@ class WarmupCosineSchedule:
 def warmup_cosine_schedule(base_learning_rate: float, batch_size: int, total_steps: float,
                            warmup_steps: Optional[float] = 0,
                            base_batch_size: int = BASE_BATCH_SIZE,
-                           end_learning_rate: float = 0.0) -> WarmupCosineSchedule:
+                           end_learning_rate: float = 0.0,
+                           warmup_start_learning_rate: float = 0.0) -> WarmupCosineSchedule:
   """FLIP's schedule, peak base_lr x batch/256; lengths in steps (see `epochs_to_steps`)."""
   _number(base_learning_rate, "warmup_cosine_schedule.base_learning_rate")
   _number(batch_size, "warmup_cosine_schedule.batch_size")
@@ -121,7 +124,8 @@ def warmup_cosine_schedule(base_learning_rate: float, batch_size: int, total_ste
   return WarmupCosineSchedule(base_learning_rate=float(base_learning_rate),
                               batch_size=batch_size, total_steps=total_steps,
                               warmup_steps=warmup_steps or 0, base_batch_size=base_batch_size,
-                              end_learning_rate=float(end_learning_rate))
+                              end_learning_rate=float(end_learning_rate),
+                              warmup_start_learning_rate=float(warmup_start_learning_rate))
 
 
 def _path_name(path: Tuple[Any, ...]) -> str:
