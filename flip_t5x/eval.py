@@ -20,6 +20,9 @@ mesh is given; on one device they run as they are. Single-process only (one host
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # a binary: TF/CUDA start-up notices off unless --verbose
+  from flip_t5x import _quiet  # pylint: disable=unused-import  (before TensorFlow loads)
+
 import difflib
 import functools
 import json

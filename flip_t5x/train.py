@@ -10,6 +10,9 @@ parameters only, with a fresh optimizer.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # a binary: TF/CUDA start-up notices off unless --verbose
+  from flip_t5x import _quiet  # pylint: disable=unused-import  (before TensorFlow loads)
+
 import math
 import os
 import sys
@@ -355,6 +358,7 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
                total_steps, batch_size, jax.device_count(), dict(partitioner.mesh.shape))
   step = start_step
   t_start = time.time()
+  progress = trainer_lib.ProgressLine(total_steps) if jax.process_index() == 0 else None
   try:
     for step in range(start_step, total_steps):
       batch = next(batches)
@@ -377,6 +381,10 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
         out.update(throughput.report(new_step))
         out.update(_skipped_counts())
         writer.write_scalars(new_step, out)
+        if progress is not None:
+          progress.update(new_step, out)
+      elif progress is not None:
+        progress.update(new_step)
       if is_save_step(new_step):
         check_finite(pending)
         ckpt.save(state, dict(meta_base, step=new_step),
@@ -388,6 +396,8 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
     if eval_period:
       run_evals(step, state.params)
   finally:
+    if progress is not None:
+      progress.close(step)
     writer.flush()
     ckpt.close()  # waits for the last asynchronous save
   writer.close()

@@ -204,8 +204,16 @@ def _parse_flags(argv: Sequence[str]) -> List[str]:
   return app.parse_flags_with_usage(args)
 
 
+def define_verbose_flag() -> None:
+  """`--verbose`: keep TensorFlow/CUDA start-up notices (`flip_t5x._quiet` reads it from argv)."""
+  if "verbose" not in flags.FLAGS:
+    flags.DEFINE_bool("verbose", False, "Show TensorFlow/XLA C++ start-up notices (oneDNN, CUDA "
+                      "probing); off by default unless TF_CPP_MIN_LOG_LEVEL is set.")
+
+
 def run(main: Callable[[Sequence[str]], None]) -> None:
   """`app.run` with t5x's `--gin.NAME=VALUE` rewriting; configuration errors exit with status 2."""
+  define_verbose_flag()
   app.run(_reporting_config_errors(main), flags_parser=_parse_flags)
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence, TextIO
 
 from absl import logging
 from clu import metric_writers
@@ -305,6 +306,71 @@ class Throughput:
     if self.peak:
       out["timing/mfu"] = sps * self.flops_per_step / self.peak
     return out
+
+
+def format_duration(seconds: float) -> str:
+  """`1h02m`, `3m05s` or `42s`: an ETA a person reads at a glance."""
+  seconds = max(int(round(seconds)), 0)
+  hours, rest = divmod(seconds, 3600)
+  minutes, secs = divmod(rest, 60)
+  if hours:
+    return f"{hours}h{minutes:02d}m"
+  return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+class ProgressLine:
+  """One terminal line of training progress (step/total, loss, images/s, ETA) on stderr.
+
+  On a terminal the line is rewritten in place (`\r`) as steps finish, at most every
+  `min_interval_s`; elsewhere (a log file, a pipe) one plain line is written per stats report, so
+  logs stay readable. Loss, images/s and ETA are those of the latest report (`Throughput`'s
+  figures); absl logs, TensorBoard and metrics.jsonl still get every scalar.
+  """
+
+  def __init__(self, total_steps: int, stream: Optional[TextIO] = None,
+               min_interval_s: float = 0.5):
+    self.total_steps = total_steps
+    self.stream = sys.stderr if stream is None else stream
+    self.is_tty = bool(getattr(self.stream, "isatty", lambda: False)())
+    self.min_interval_s = min_interval_s
+    self.report: Mapping[str, float] = {}
+    self._last_write = -float("inf")
+    self._shown = False
+
+  def text(self, step: int) -> str:
+    parts = [f"step {step}/{self.total_steps} ({100.0 * step / max(self.total_steps, 1):.0f}%)"]
+    if "loss" in self.report:
+      parts.append(f"loss {self.report['loss']:.4f}")
+    if "timing/images_per_second" in self.report:
+      parts.append(f"{self.report['timing/images_per_second']:.1f} img/s")
+    if "timing/eta_hours" in self.report:
+      parts.append(f"ETA {format_duration(self.report['timing/eta_hours'] * 3600.0)}")
+    return " | ".join(parts)
+
+  def update(self, step: int, report: Optional[Mapping[str, Any]] = None) -> None:
+    """A finished step; `report` (the stats written at this step) refreshes the figures."""
+    if report is not None:
+      self.report = {k: float(v) for k, v in report.items()
+                     if k in ("loss", "timing/images_per_second", "timing/eta_hours")}
+    now = time.monotonic()
+    if self.is_tty:
+      recent = now - self._last_write < self.min_interval_s
+      if report is None and step != self.total_steps and recent:
+        return
+      # Cursor back to column 0 after the text: a log line that follows overwrites it.
+      self.stream.write(f"\r\033[K{self.text(step)}\r")
+    elif report is not None:
+      self.stream.write(self.text(step) + "\n")
+    else:
+      return
+    self.stream.flush()
+    self._last_write, self._shown = now, True
+
+  def close(self, step: int) -> None:
+    """Leaves the last state on its own line on a terminal."""
+    if self.is_tty and self._shown:
+      self.stream.write(f"\r\033[K{self.text(step)}\n")
+      self.stream.flush()
 
 
 def unwrap_optimizer(model: Any) -> optax.GradientTransformation:

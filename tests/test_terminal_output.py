@@ -1,0 +1,64 @@
+"""What a user sees in the terminal: a progress line, and no TensorFlow/CUDA start-up notices."""
+import io
+import re
+import subprocess
+
+from flip_t5x import _quiet
+from flip_t5x.runtime import trainer as trainer_lib
+import test_train_helpers as helpers
+
+# Printed by TensorFlow/XLA C++ code while it loads (this machine: oneDNN, no CUDA driver).
+START_UP_NOISE = re.compile(r"oneDNN custom operations|Could not find cuda drivers|cuInit|"
+                            r"absl::InitializeLog|cpu_feature_guard|cudart_stub")
+PROGRESS = re.compile(r"^step (\d+)/(\d+) \(\d+%\) \| loss [\d.]+ \| [\d.]+ img/s \| ETA \S+$",
+                      re.M)
+
+
+class _Terminal(io.StringIO):
+  def isatty(self) -> bool:
+    return True
+
+
+def test_quiet_level_follows_verbose_and_the_users_setting():
+  assert _quiet.min_log_level([], {}) == _quiet.QUIET_LEVEL
+  assert _quiet.min_log_level(["--gin.X=1", "--verbose"], {}) is None
+  assert _quiet.min_log_level(["--verbose", "--noverbose"], {}) == _quiet.QUIET_LEVEL
+  assert _quiet.min_log_level([], {"TF_CPP_MIN_LOG_LEVEL": "0"}) is None
+
+
+def test_progress_line_plain_when_not_a_terminal():
+  out = io.StringIO()
+  line = trainer_lib.ProgressLine(10, stream=out)
+  line.update(1)  # no report yet: nothing in a log
+  line.update(5, {"loss": 2.5, "timing/images_per_second": 80.0, "timing/eta_hours": 125 / 3600,
+                  "grad_norm": 1.0})
+  line.close(5)
+  assert out.getvalue() == "step 5/10 (50%) | loss 2.5000 | 80.0 img/s | ETA 2m05s\n"
+
+
+def test_progress_line_rewritten_in_place_on_a_terminal():
+  out = _Terminal()
+  line = trainer_lib.ProgressLine(4, stream=out, min_interval_s=0.0)
+  line.update(1)
+  line.update(2, {"loss": 3.0, "timing/images_per_second": 10.0, "timing/eta_hours": 1.05})
+  line.close(2)
+  text = out.getvalue()
+  assert text.count("\n") == 1 and text.endswith("step 2/4 (50%) | loss 3.0000 | 10.0 img/s | "
+                                                 "ETA 1h03m\n")
+  assert "\r\033[Kstep 1/4 (25%)\r" in text
+
+
+def test_train_binary_shows_progress_and_no_start_up_noise(tmp_path):
+  """A real run as a user starts it: no TF_CPP_MIN_LOG_LEVEL in the environment, no --verbose."""
+  env = helpers.env()
+  del env["TF_CPP_MIN_LOG_LEVEL"]
+  steps = 4
+  proc = subprocess.run(
+      helpers.train_args(str(tmp_path / "run"), steps, ["--gin.train_script.train.stats_period=2"]),
+      cwd=helpers.ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-6000:]
+  progress = PROGRESS.findall(proc.stderr)
+  assert [(int(a), int(b)) for a, b in progress] == [(2, steps), (4, steps)], proc.stderr[-3000:]
+  assert "\r" not in proc.stderr  # not a terminal: plain lines only
+  assert not START_UP_NOISE.search(proc.stderr), START_UP_NOISE.search(proc.stderr).group(0)
+  assert "training steps 0..4" in proc.stderr  # absl logs still reach stderr
