@@ -6,9 +6,9 @@ absl::InitializeLog()" are printed by C++ code as TensorFlow/jaxlib load, so the
 the environment before that. TensorFlow 2.21 prints its import-time notices whatever
 TF_CPP_MIN_LOG_LEVEL says (its C++ logging starts before it reads the variable), so TensorFlow is
 also imported here with file descriptor 2 pointed at /dev/null; an import error still raises, and
-its traceback prints once stderr is back. `--verbose` on the command line, or a
-TF_CPP_MIN_LOG_LEVEL the user set, keeps all of them. Python-side logging (absl INFO lines,
-errors, tracebacks) is untouched.
+its traceback prints once stderr is back. `--verbose` on the command line, or
+TF_CPP_MIN_LOG_LEVEL=0 set by the user, keeps all of them; a level the user set is never changed.
+Python-side logging (absl INFO lines, errors, tracebacks) is untouched.
 """
 from __future__ import annotations
 
@@ -38,6 +38,11 @@ def min_log_level(argv: Sequence[str], environ: Mapping[str, str]) -> Optional[s
   return QUIET_LEVEL
 
 
+def silence_import(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
+  """Whether to hide TensorFlow's import-time notices: yes unless asked for (INFO = level 0)."""
+  return not verbose_requested(argv) and environ.get("TF_CPP_MIN_LOG_LEVEL", QUIET_LEVEL) != "0"
+
+
 @contextlib.contextmanager
 def stderr_fd_silenced():
   """Points file descriptor 2 (where C++ code writes) at /dev/null for the block."""
@@ -58,5 +63,6 @@ def stderr_fd_silenced():
 _level = min_log_level(sys.argv[1:], os.environ)
 if _level is not None:
   os.environ["TF_CPP_MIN_LOG_LEVEL"] = _level
+if silence_import(sys.argv[1:], os.environ):
   with stderr_fd_silenced():
     import tensorflow  # pylint: disable=g-import-not-at-top,unused-import

@@ -267,7 +267,8 @@ def zeroshot_evaluate(model: models.FlipModel, params: PyTree, *, task_name: str
 
   Returns:
     {"task", "split", "top1", "top5", "num_examples", "num_classes", "num_templates",
-     "images_per_second", "seconds"}.
+     "images_per_second", "seconds", "worst_classes"}; `worst_classes` lists the five classes
+    of lowest top-1 as {"class", "top1", "num_examples"}, lowest first.
   """
   t0 = time.time()
   task = get_task(task_name)
@@ -305,6 +306,8 @@ def zeroshot_evaluate(model: models.FlipModel, params: PyTree, *, task_name: str
   result.update(acc.result())
   result.update(num_templates=len(templates), images_per_second=progress.rate,
                 seconds=time.time() - t0)
+  result["worst_classes"] = [{"class": class_names[i], "top1": top1, "num_examples": n}
+                             for i, top1, n in acc.worst_classes(5)]
   logging.info("zero-shot %s: top1 %.2f top5 %.2f over %d images (%.1f images/s)", task_name,
                result["top1"], result.get("top5", float("nan")), result["num_examples"],
                progress.rate)
@@ -470,7 +473,31 @@ def main(argv: Sequence[str]) -> None:
   except ValueError as e:  # gin.finalize(): e.g. a %gin.REQUIRED macro left unset
     raise gin_utils.GinConfigError(str(e)) from None
   metrics = gin_utils.call_configured(evaluate, evaluate_using_gin)  # MASK_RATIO=1.5: exit 2
+  print(summary_table(metrics), file=sys.stderr, flush=True)
   print(json.dumps(metrics, sort_keys=True), flush=True)
+
+
+def summary_table(metrics: Mapping[str, Any]) -> str:
+  """What a person reads at the end of an eval (stderr); the JSON line stays for scripts."""
+  lines = [f"{metrics.get('mode', 'zeroshot')} {metrics.get('task')} ({metrics.get('split')}), "
+           f"checkpoint step {metrics.get('checkpoint_step')}, "
+           f"{metrics.get('num_examples')} images"]
+  if metrics.get("mode") == "retrieval":
+    for direction in ("image_to_text", "text_to_image"):
+      recalls = "  ".join(f"R@{k} {metrics[f'{direction}/recall@{k}']:6.2f}"
+                          for k in (1, 5, 10) if f"{direction}/recall@{k}" in metrics)
+      lines.append(f"  {direction:<14} {recalls}")
+    return "\n".join(lines)
+  top5 = metrics.get("top5", float("nan"))
+  lines.append(f"  top-1 {metrics['top1']:6.2f} %   top-5 {top5:6.2f} %   "
+               f"classes {metrics.get('num_classes')}")
+  worst = metrics.get("worst_classes") or []
+  if worst:
+    width = max(len(str(w["class"])) for w in worst)
+    lines.append("  worst classes (top-1 %, images):")
+    lines += [f"    {str(w['class']):<{width}}  {w['top1']:6.2f}  ({w['num_examples']})"
+              for w in worst]
+  return "\n".join(lines)
 
 
 def _main_reporting_errors(argv: Sequence[str]) -> None:

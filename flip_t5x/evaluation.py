@@ -102,6 +102,9 @@ class ZeroShotAccumulator:
     self.ks = [k for k in ks if k <= self.class_emb.shape[0]]
     self.correct = {k: 0 for k in self.ks}
     self.num_examples = 0
+    num_classes = self.class_emb.shape[0]
+    self.class_images = np.zeros(num_classes, np.int64)  # per class: images, top-1 hits
+    self.class_top1 = np.zeros(num_classes, np.int64)
 
   def update(self, image_embeddings: np.ndarray, labels: np.ndarray) -> None:
     labels = np.asarray(labels).reshape(-1)
@@ -111,6 +114,15 @@ class ZeroShotAccumulator:
     for k, c in topk_correct(logits, labels, self.ks).items():
       self.correct[k] += c
     self.num_examples += labels.size
+    np.add.at(self.class_images, labels, 1)
+    np.add.at(self.class_top1, labels, np.argmax(logits, axis=1) == labels)
+
+  def worst_classes(self, n: int = 5) -> list:
+    """The `n` classes of lowest top-1 (%) among those with images: [(index, top1, images)]."""
+    seen = np.flatnonzero(self.class_images)
+    top1 = 100.0 * self.class_top1[seen] / self.class_images[seen]
+    order = np.lexsort((seen, top1))[:n]  # lowest accuracy first; ties by class index
+    return [(int(seen[i]), float(top1[i]), int(self.class_images[seen[i]])) for i in order]
 
   def result(self) -> Dict[str, float]:
     """top-k accuracies in %, plus `num_examples` and `num_classes`."""

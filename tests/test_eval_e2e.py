@@ -216,6 +216,15 @@ def test_zeroshot_seqio_path_and_bruteforce_agree(setup, binaries, own_zeroshot)
   rank = np.array([(sims[i] > sims[i, labels[i]]).sum() for i in range(len(labels))])
   assert own_zeroshot["top1"] == pytest.approx(100.0 * np.mean(rank < 1))
   assert own_zeroshot["top5"] == pytest.approx(100.0 * np.mean(rank < 5))
+  per_class = {names[c]: (100.0 * np.mean(rank[labels == c] < 1), int(np.sum(labels == c)))
+               for c in np.unique(labels)}
+  worst = own_zeroshot["worst_classes"]
+  assert len(worst) == 5 and [w["top1"] for w in worst] == sorted(w["top1"] for w in worst)
+  for w in worst:
+    assert (w["top1"], w["num_examples"]) == (pytest.approx(per_class[w["class"]][0]),
+                                             per_class[w["class"]][1])
+  assert worst[-1]["top1"] <= min(v[0] for k, v in per_class.items()
+                                  if k not in {w["class"] for w in worst})
 
 
 def test_bad_inputs_in_process(setup, binaries):
@@ -265,6 +274,16 @@ def test_binary_end_to_end(setup, binaries, own_zeroshot):
   assert written["top1"] == pytest.approx(own_zeroshot["top1"])
   assert written["top5"] == pytest.approx(own_zeroshot["top5"])
   assert "images/s" in err
+  # The table a person reads ends stderr: top-1/top-5, images, the five worst classes.
+  title = f"zeroshot flip_folder_zeroshot ({written['split']}), checkpoint step 7, 12 images"
+  assert title in err, err[-3000:]
+  table = err[err.index(title):]
+  assert f"top-1 {written['top1']:6.2f} %   top-5 {written['top5']:6.2f} %" in table
+  rows = table.split("worst classes (top-1 %, images):\n")[1].splitlines()[:5]
+  assert [r.split()[-2:] for r in rows] == [
+      [f"{w['top1']:.2f}", f"({w['num_examples']})"] for w in written["worst_classes"]]
+  assert [r.strip().startswith(w["class"]) for r, w in zip(rows, written["worst_classes"])] == [
+      True] * 5
 
   rc, out, err = _finish(binaries["retrieval"])
   assert rc == 0, err[-3000:]

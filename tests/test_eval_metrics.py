@@ -34,6 +34,16 @@ def test_accumulator_streams_like_one_shot_accuracy():
   assert result["top1"] == pytest.approx(expected["top1"])
   assert result["top5"] == pytest.approx(expected["top5"])
   assert (result["num_examples"], result["num_classes"]) == (23, 7)
+  # Per class, brute force: which images' nearest class is their own.
+  hit = np.argmax(images @ classes.T, axis=1) == labels
+  per_class = {c: (100.0 * hit[labels == c].mean(), int((labels == c).sum()))
+               for c in np.unique(labels)}
+  expected_worst = sorted(per_class, key=lambda c: (per_class[c][0], c))[:5]
+  worst = acc.worst_classes(5)
+  assert [w[0] for w in worst] == expected_worst
+  for c, top1, n in worst:
+    assert (top1, n) == (pytest.approx(per_class[c][0]), per_class[c][1])
+  assert len(acc.worst_classes(100)) == len(per_class)  # classes without images are left out
 
 
 def test_seqio_zeroshot_metric_scores_image_rows_against_prompt_rows():

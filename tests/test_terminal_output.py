@@ -24,6 +24,9 @@ def test_quiet_level_follows_verbose_and_the_users_setting():
   assert _quiet.min_log_level(["--gin.X=1", "--verbose"], {}) is None
   assert _quiet.min_log_level(["--verbose", "--noverbose"], {}) == _quiet.QUIET_LEVEL
   assert _quiet.min_log_level([], {"TF_CPP_MIN_LOG_LEVEL": "0"}) is None
+  assert _quiet.silence_import([], {}) and _quiet.silence_import([], {"TF_CPP_MIN_LOG_LEVEL": "3"})
+  assert not _quiet.silence_import([], {"TF_CPP_MIN_LOG_LEVEL": "0"})
+  assert not _quiet.silence_import(["--verbose"], {})
 
 
 def test_progress_line_plain_when_not_a_terminal():
