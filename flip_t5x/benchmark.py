@@ -28,6 +28,9 @@ honoured), so what fits on an 80 GB card can be read off a CPU machine.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # a binary: TF/CUDA start-up notices off unless --verbose
+  from flip_t5x import _quiet  # pylint: disable=unused-import  (before TensorFlow loads)
+
 import json
 import os
 import platform

@@ -29,6 +29,9 @@ also read the release directly, through the same mapping; importing checks and c
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # a binary: TF/CUDA start-up notices off unless --verbose
+  from flip_t5x import _quiet  # pylint: disable=unused-import  (before TensorFlow loads)
+
 import dataclasses
 import os
 import re

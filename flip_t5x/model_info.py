@@ -10,6 +10,9 @@ even ViT-H is counted without allocating it.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # a binary: TF/CUDA start-up notices off unless --verbose
+  from flip_t5x import _quiet  # pylint: disable=unused-import  (before TensorFlow loads)
+
 import dataclasses
 import json
 from typing import Any, Dict, Sequence

@@ -15,6 +15,9 @@ others are still processed; the exit status is 1 only when no image could be rea
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # a binary: TF/CUDA start-up notices off unless --verbose
+  from flip_t5x import _quiet  # pylint: disable=unused-import  (before TensorFlow loads)
+
 import glob
 import json
 import os
