@@ -302,12 +302,14 @@ if run flip_train "$PY" -m flip_t5x.train "${TINY[@]}" --gin_file=gin_configs/ru
 else
   record flip_train FAIL "$(fail_detail flip_train)"
 fi
+# flip_t5x.eval's arguments on the zero-shot folder (its checkpoint and output dir added per check).
+FLIP_EVAL_ARGS=(--gin_file=gin_configs/runs/eval.gin --gin.VOCAB_FILE="\"$DATA/vocab.txt\""
+                --gin.MIXTURE_OR_TASK_NAME="'flip_folder_zeroshot'" --gin.ZEROSHOT_FOLDER="\"$DATA/zeroshot\""
+                --gin.utils.DatasetConfig.split="'validation'" --gin.utils.DatasetConfig.batch_size=8)
 rm -rf "$RUNS/flip_eval"
 if [ -d "$RUNS/flip_train/checkpoint_3" ] && run flip_eval "$PY" -m flip_t5x.eval "${TINY[@]}" \
-    --gin_file=gin_configs/runs/eval.gin --gin.EVAL_OUTPUT_DIR="\"$RUNS/flip_eval\"" \
-    --gin.CHECKPOINT_PATH="\"$RUNS/flip_train/checkpoint_3\"" --gin.VOCAB_FILE="\"$DATA/vocab.txt\"" \
-    --gin.MIXTURE_OR_TASK_NAME="'flip_folder_zeroshot'" --gin.ZEROSHOT_FOLDER="\"$DATA/zeroshot\"" \
-    --gin.utils.DatasetConfig.split="'validation'" --gin.utils.DatasetConfig.batch_size=8 \
+    "${FLIP_EVAL_ARGS[@]}" --gin.EVAL_OUTPUT_DIR="\"$RUNS/flip_eval\"" \
+    --gin.CHECKPOINT_PATH="\"$RUNS/flip_train/checkpoint_3\"" \
     && [ -f "$RUNS/flip_eval/zeroshot_metrics.json" ]; then
   record flip_eval PASS "$(tail -1 "$RUNS/flip_eval.log" | cut -c1-120)"
 else
@@ -315,9 +317,6 @@ else
 fi
 
 # 6. one checkpoint format: each runtime reads, evaluates and resumes what the other wrote.
-FLIP_EVAL_ARGS=(--gin_file=gin_configs/runs/eval.gin --gin.VOCAB_FILE="\"$DATA/vocab.txt\""
-                --gin.MIXTURE_OR_TASK_NAME="'flip_folder_zeroshot'" --gin.ZEROSHOT_FOLDER="\"$DATA/zeroshot\""
-                --gin.utils.DatasetConfig.split="'validation'" --gin.utils.DatasetConfig.batch_size=8)
 rm -rf "$RUNS/t5x_to_flip_eval"
 if [ -d "$RUNS/pretrain/checkpoint_5" ] && run t5x_to_flip_eval "$PY" -m flip_t5x.eval "${TINY[@]}" \
     "${FLIP_EVAL_ARGS[@]}" --gin.EVAL_OUTPUT_DIR="\"$RUNS/t5x_to_flip_eval\"" \
