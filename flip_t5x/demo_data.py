@@ -293,7 +293,7 @@ def prepare(output_dir: str,
   if not 1 <= num_eval_per_class <= 1000:
     raise ValueError(f"num_eval_per_class must be in [1, 1000], got {num_eval_per_class}")
   # Imported here, not at the top: it loads TensorFlow, which a cached run never needs.
-  from flip_t5x import make_shards  # pylint: disable=g-import-not-at-top
+  from flip_t5x.data import shards  # pylint: disable=g-import-not-at-top
   train_images, train_labels = load_fashion_mnist("train", source_dir)
   test_images, test_labels = load_fashion_mnist("test", source_dir)
 
@@ -308,12 +308,12 @@ def prepare(output_dir: str,
   rng = random.Random(seed)
   chosen = np.random.default_rng(seed).permutation(len(train_labels))[:num_train]
   captions = [make_caption(CLASS_NAMES[train_labels[i]], rng) for i in chosen]
-  items = (make_shards.Item(image=prepare_image(train_images[i], image_size), caption=caption,
-                            source=f"fashion-mnist train image {i}",
-                            extra={"label": int(train_labels[i])})
+  items = (shards.Item(image=prepare_image(train_images[i], image_size), caption=caption,
+                       source=f"fashion-mnist train image {i}",
+                       extra={"label": int(train_labels[i])})
            for i, caption in zip(chosen, captions))
-  summary = make_shards.write_shards(items, train_dir, prefix=TRAIN_PREFIX,
-                                     examples_per_shard=examples_per_shard, image_format="jpeg")
+  summary = shards.write_shards(items, train_dir, prefix=TRAIN_PREFIX,
+                                examples_per_shard=examples_per_shard, image_format="jpeg")
   if summary.written != num_train:
     raise RuntimeError(
         f"wrote {summary.written} of {num_train} training examples: {summary.skipped}")

@@ -25,7 +25,7 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-from flip_t5x import make_shards
+from flip_t5x.data import shards
 from flip_t5x.runtime import checkpoints
 from flip_t5x.runtime import gin_utils
 from flip_t5x.runtime import optimizers
@@ -247,8 +247,8 @@ def runs(tmp_path_factory):
   with tf.io.TFRecordWriter(str(d / "shards" / "tiny-00000-of-00001.tfrecord")) as w:
     for k in range(8):
       c = CLASSES[k % 3]
-      w.write(make_shards.make_example(f"{k:05d}", _png(COLORS[c]), f"a photo of a {c} square",
-                                       24, 24).SerializeToString())
+      w.write(shards.make_example(f"{k:05d}", _png(COLORS[c]), f"a photo of a {c} square",
+                                  24, 24).SerializeToString())
   vocab = f"--gin.VOCAB_FILE='{d}/vocab.txt'"
   eval_gin = d / "eval.gin"
   eval_gin.write_text("\n".join([

@@ -1,6 +1,6 @@
 """Passes over the training shards: a new order each pass, mixing at pass boundaries, exact resume.
 
-The shards are written by the project's own writer (`flip_t5x.make_shards`), 32 records in 7
+The shards are written by the project's own writer (`flip_t5x.data.shards`), 32 records in 7
 TFRecord files of 5 (the last of 2), each caption naming its record.
 """
 import itertools
@@ -12,7 +12,7 @@ import seqio
 import tensorflow as tf
 
 import tasks  # pylint: disable=unused-import  (registers the tasks)
-from flip_t5x import make_shards
+from flip_t5x.data import shards as shard_writer
 from flip_t5x.data import preprocessors
 from flip_t5x.data import sources
 from flip_t5x.data.feature_converters import ImageTextFeatureConverter
@@ -34,10 +34,10 @@ def _caption(i):
 def shards(tmp_path_factory):
   root = tmp_path_factory.mktemp("epochs")
   rng = np.random.default_rng(0)
-  items = [make_shards.Item(image=rng.integers(0, 256, (20, 24, 3), dtype=np.uint8),
-                            caption=_caption(i)) for i in range(RECORDS)]
-  summary = make_shards.write_shards(items, str(root / "data"), prefix="t",
-                                     examples_per_shard=PER_SHARD)
+  items = [shard_writer.Item(image=rng.integers(0, 256, (20, 24, 3), dtype=np.uint8),
+                             caption=_caption(i)) for i in range(RECORDS)]
+  summary = shard_writer.write_shards(items, str(root / "data"), prefix="t",
+                                      examples_per_shard=PER_SHARD)
   assert summary.written == RECORDS and summary.shards == 7
   tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "photo"]
   tokens += list(LETTERS) + ["##" + c for c in LETTERS]

@@ -22,7 +22,7 @@ import tasks
 from tasks import zeroshot_seqio
 from flip_t5x import eval as flip_eval
 from flip_t5x import evaluation
-from flip_t5x import make_shards
+from flip_t5x.data import shards
 from flip_t5x.data import zeroshot
 from flip_t5x.runtime import checkpoints
 import test_eval_metrics
@@ -72,7 +72,7 @@ def setup(tmp_path_factory):
   with tf.io.TFRecordWriter(str(d / "shards" / "eval-00000-of-00001.tfrecord")) as w:
     for k, caption in enumerate(CAPTIONS):
       img = _image(rng, k % 3, size=(36, 36))
-      w.write(make_shards.make_example(f"{k:05d}", _png(img), caption, 36, 36)
+      w.write(shards.make_example(f"{k:05d}", _png(img), caption, 36, 36)
               .SerializeToString())
   model = _tiny_model()
   params = model.get_initial_variables(

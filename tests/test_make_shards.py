@@ -1,4 +1,4 @@
-"""Tests for flip_t5x.make_shards: folder/CSV/Parquet -> img2dataset TFRecord shards."""
+"""flip_t5x.data.shards and the make_shards binary: folder/CSV/Parquet -> img2dataset shards."""
 import csv
 import io
 import json
@@ -13,7 +13,7 @@ from pyarrow import parquet as pq
 import pytest
 import tensorflow as tf
 
-from flip_t5x import make_shards
+from flip_t5x.data import shards
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FEATURES = {
@@ -72,8 +72,8 @@ def images_dir(tmp_path):
 
 def test_images_dir_to_shards(images_dir, tmp_path):
   out = tmp_path / "out"
-  summary = make_shards.write_shards(make_shards.items_from_images_dir(str(images_dir)),
-                                     str(out), prefix="t", examples_per_shard=3)
+  summary = shards.write_shards(shards.items_from_images_dir(str(images_dir)),
+                                str(out), prefix="t", examples_per_shard=3)
   assert summary.written == 4
   assert summary.skipped == {"missing_image": 0, "unreadable_image": 1,
                              "missing_caption": 2, "unreadable_caption": 0}
@@ -114,9 +114,9 @@ def test_captions_csv_with_extra_columns(tmp_path):
     writer = csv.DictWriter(f, fieldnames=["file", "text", "score"])
     writer.writeheader()
     writer.writerows(rows)
-  items = make_shards.items_from_captions_file(str(captions_file), path_column="file",
-                                               caption_column="text", extra_columns=["score"])
-  summary = make_shards.write_shards(items, str(tmp_path / "out"), prefix="csv", max_side=32)
+  items = shards.items_from_captions_file(str(captions_file), path_column="file",
+                                          caption_column="text", extra_columns=["score"])
+  summary = shards.write_shards(items, str(tmp_path / "out"), prefix="csv", max_side=32)
   assert summary.written == 2 and summary.shards == 1
   assert summary.skipped["missing_image"] == 1 and summary.skipped["missing_caption"] == 1
   records = _read_records(summary.files, {"score": tf.io.FixedLenFeature([], tf.string)})
@@ -136,9 +136,9 @@ def test_captions_parquet(tmp_path):
   table = pa.table({"path": ["a.jpg", "b.jpg"], "caption": ["first", None],
                     "label": [7, 8]})
   pq.write_table(table, str(tmp_path / "c.parquet"))
-  items = make_shards.items_from_captions_file(str(tmp_path / "c.parquet"),
-                                               extra_columns=["label"])
-  summary = make_shards.write_shards(items, str(tmp_path / "out"))
+  items = shards.items_from_captions_file(str(tmp_path / "c.parquet"),
+                                          extra_columns=["label"])
+  summary = shards.write_shards(items, str(tmp_path / "out"))
   assert summary.written == 1 and summary.skipped["missing_caption"] == 1
   [record] = _read_records(summary.files, {"label": tf.io.FixedLenFeature([], tf.int64)})
   assert record["txt"] == b"first" and record["label"] == 7
@@ -147,11 +147,11 @@ def test_captions_parquet(tmp_path):
 def test_missing_column_and_missing_input_are_clear_errors(tmp_path):
   _write(str(tmp_path / "c.csv"), "image,caption\na.jpg,hi\n")
   with pytest.raises(ValueError, match="no column"):
-    list(make_shards.items_from_captions_file(str(tmp_path / "c.csv")))
+    list(shards.items_from_captions_file(str(tmp_path / "c.csv")))
   with pytest.raises(FileNotFoundError, match="does not exist"):
-    list(make_shards.items_from_images_dir(str(tmp_path / "nope")))
+    list(shards.items_from_images_dir(str(tmp_path / "nope")))
   with pytest.raises(FileNotFoundError, match="does not exist"):
-    list(make_shards.items_from_captions_file(str(tmp_path / "nope.csv")))
+    list(shards.items_from_captions_file(str(tmp_path / "nope.csv")))
 
 
 def test_keep_format_and_array_inputs(tmp_path):
@@ -159,10 +159,10 @@ def test_keep_format_and_array_inputs(tmp_path):
   with open(tmp_path / "p.png", "rb") as f:
     png = f.read()
   grey = np.arange(64, dtype=np.uint8).reshape(8, 8)
-  items = [make_shards.Item(image=str(tmp_path / "p.png"), caption="png kept"),
-           make_shards.Item(image=grey, caption="array"),
-           make_shards.Item(image=b"not an image", caption="garbage bytes")]
-  summary = make_shards.write_shards(items, str(tmp_path / "out"), image_format="keep")
+  items = [shards.Item(image=str(tmp_path / "p.png"), caption="png kept"),
+           shards.Item(image=grey, caption="array"),
+           shards.Item(image=b"not an image", caption="garbage bytes")]
+  summary = shards.write_shards(items, str(tmp_path / "out"), image_format="keep")
   assert summary.written == 2 and summary.skipped["unreadable_image"] == 1
   records = {r["txt"]: r for r in _read_records(summary.files)}
   assert records[b"png kept"]["jpg"] == png
@@ -171,25 +171,25 @@ def test_keep_format_and_array_inputs(tmp_path):
 
 
 def test_overwrite_replaces_the_whole_shard_set(tmp_path):
-  items = [make_shards.Item(image=np.zeros((4, 4), np.uint8), caption=f"c{i}") for i in range(3)]
+  items = [shards.Item(image=np.zeros((4, 4), np.uint8), caption=f"c{i}") for i in range(3)]
   out = str(tmp_path / "out")
-  make_shards.write_shards(items, out, prefix="s", examples_per_shard=1)
+  shards.write_shards(items, out, prefix="s", examples_per_shard=1)
   assert len(_files(out)) == 3
   with pytest.raises(FileExistsError):
-    make_shards.write_shards(items, out, prefix="s", examples_per_shard=1)
-  make_shards.write_shards(items, out, prefix="s", examples_per_shard=2, overwrite=True)
+    shards.write_shards(items, out, prefix="s", examples_per_shard=1)
+  shards.write_shards(items, out, prefix="s", examples_per_shard=2, overwrite=True)
   assert _files(out) == ["s-00000-of-00002.tfrecord", "s-00001-of-00002.tfrecord"]
 
 
 def test_crash_leaves_no_shard(tmp_path):
   def items():
     for i in range(5):
-      yield make_shards.Item(image=np.zeros((4, 4), np.uint8), caption=f"c{i}")
+      yield shards.Item(image=np.zeros((4, 4), np.uint8), caption=f"c{i}")
     raise KeyboardInterrupt
 
   out = tmp_path / "out"
   with pytest.raises(KeyboardInterrupt):
-    make_shards.write_shards(items(), str(out), examples_per_shard=2)
+    shards.write_shards(items(), str(out), examples_per_shard=2)
   assert _files(out) == []
 
 
