@@ -206,19 +206,20 @@ def prepare_image(image: np.ndarray, image_size: int = 32) -> np.ndarray:
 
 
 def build_demo_vocab(captions_file: str, output: str, vocab_size: int) -> bool:
-  """Builds the demo's WordPiece vocabulary with flip_t5x.build_vocab, the one vocab builder.
+  """Builds the demo's WordPiece vocabulary with flip_t5x.data.vocab_builder, the one vocab builder.
 
   Returns False (and logs why) when that module is not available, so the images and
   captions are still prepared; the data set then counts as incomplete and the next run
   builds it again.
   """
   try:
-    from flip_t5x import build_vocab  # pylint: disable=g-import-not-at-top  # Heavy deps.
+    from flip_t5x.data import vocab_builder  # pylint: disable=g-import-not-at-top  # Heavy deps.
   except ImportError as e:
-    logging.warning("no %s: flip_t5x.build_vocab is not importable (%s)", output, e)
+    logging.warning("no %s: flip_t5x.data.vocab_builder is not importable (%s)", output, e)
     return False
-  tokens = build_vocab.build_vocab(build_vocab.caption_dataset(captions=captions_file), vocab_size)
-  build_vocab.write_vocab(tokens, output)
+  tokens = vocab_builder.build_vocab(vocab_builder.caption_dataset(captions=captions_file),
+                                     vocab_size)
+  vocab_builder.write_vocab(tokens, output)
   return True
 
 

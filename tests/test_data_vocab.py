@@ -13,7 +13,7 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 
 import tasks  # pylint: disable=unused-import  (registers the tasks)
-from flip_t5x import build_vocab
+from flip_t5x.data import vocab_builder
 from flip_t5x.data import vocabulary
 from flip_t5x.data.feature_converters import ImageTextFeatureConverter
 
@@ -233,9 +233,9 @@ def test_build_vocab(tmp_path):
   words = ["dog", "cat", "running", "jumping", "photo", "sunset", "beach", "red", "green"]
   rng = np.random.default_rng(0)
   captions.write_text("\n".join(" ".join(rng.choice(words, 5)) for _ in range(300)) + "\n\n")
-  ds = build_vocab.caption_dataset(str(captions))
-  tokens = build_vocab.build_vocab(ds, vocab_size=200)
-  assert tokens[:5] == list(build_vocab.RESERVED_TOKENS)
+  ds = vocab_builder.caption_dataset(str(captions))
+  tokens = vocab_builder.build_vocab(ds, vocab_size=200)
+  assert tokens[:5] == list(vocab_builder.RESERVED_TOKENS)
   assert "dog" in tokens and "sunset" in tokens
   out = tmp_path / "vocab.txt"
   subprocess.run([sys.executable, "-m", "flip_t5x.build_vocab", f"--captions={captions}",

@@ -1,4 +1,4 @@
-"""img2dataset-format TFRecord shards from captioned images: the writer behind `flip_t5x.make_shards`.
+"""img2dataset-format TFRecord shards from captioned images (the library of `flip_t5x.make_shards`).
 
 The FLIP training tasks read the TFRecord shards that img2dataset writes for LAION
 (`tf.train.Example`s with `jpg`, `txt`, `key`, `height`, `width` and optional extra columns).
