@@ -11,12 +11,18 @@ import seqio
 import tensorflow as tf
 
 import tasks  # pylint: disable=unused-import  (registers the tasks)
+from flip_t5x.data import images
 from flip_t5x.data import preprocessors
 from flip_t5x.data import sources
 from flip_t5x.data.feature_converters import ImageTextFeatureConverter
 
 S, L = 32, 8
 TASK = "flip_img2dataset"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The gin files that bind the macros below to the code that reads them: VOCAB_FILE (the model's)
+# and TRAIN_DATA_PATTERN, ZEROSHOT_FOLDER, ... (the tasks').
+BINDING_GIN = (f"include '{ROOT}/gin_configs/models/flip_base.gin'\n"
+               f"include '{ROOT}/gin_configs/tasks.gin'\n")
 WORDS = ["photo", "of", "the", "dog", "cat", "red", "car", "caption", "number", "shard"]
 
 
@@ -129,7 +135,7 @@ pytestmark = pytest.mark.usefixtures("clean_gin_and_counters")
 
 def _configure(shards, fmt="tfrecord", extra=""):
   ext = "tfrecord" if fmt == "tfrecord" else "tar"
-  gin.parse_config(f'TRAIN_DATA_PATTERN = "{shards["root"]}/{fmt}/*.{ext}"\n'
+  gin.parse_config(BINDING_GIN + f'TRAIN_DATA_PATTERN = "{shards["root"]}/{fmt}/*.{ext}"\n'
                    f'VOCAB_FILE = "{shards["vocab"]}"\n{extra}')
 
 
@@ -149,8 +155,8 @@ def test_parse_counts_shapes_ranges(shards, fmt):
   assert len(examples) == expected["ok"] == preprocessors.kept_count("train")
   want = {r: expected.get(r, 0) for r in preprocessors.SKIP_REASONS if r != "ok"}
   assert preprocessors.skipped_counts("train") == want
-  lo = min((0 - m) / s for m, s in zip(preprocessors.MEAN_RGB, preprocessors.STDDEV_RGB))
-  hi = max((1 - m) / s for m, s in zip(preprocessors.MEAN_RGB, preprocessors.STDDEV_RGB))
+  lo = min((0 - m) / s for m, s in zip(images.MEAN_RGB, images.STDDEV_RGB))
+  hi = max((1 - m) / s for m, s in zip(images.MEAN_RGB, images.STDDEV_RGB))
   for ex in examples:
     assert set(ex) == {"images", "texts"}
     assert ex["images"].shape == (S, S, 3) and ex["images"].dtype == np.float32
@@ -239,12 +245,12 @@ def test_resume_position(shards, tmp_path, fmt):
 
 
 def test_missing_or_empty_pattern_is_a_clear_error(shards, tmp_path):
-  gin.parse_config(f'TRAIN_DATA_PATTERN = "{tmp_path}/nothing/*.tfrecord"\n'
+  gin.parse_config(BINDING_GIN + f'TRAIN_DATA_PATTERN = "{tmp_path}/nothing/*.tfrecord"\n'
                    f'VOCAB_FILE = "{shards["vocab"]}"')
   with pytest.raises(ValueError, match="nothing/\\*.tfrecord"):
     _dataset()
   gin.clear_config()
-  gin.parse_config(f'VOCAB_FILE = "{shards["vocab"]}"')
+  gin.parse_config(BINDING_GIN + f'VOCAB_FILE = "{shards["vocab"]}"')
   with pytest.raises(ValueError, match="TRAIN_DATA_PATTERN"):
     _dataset()
   with pytest.raises(ValueError, match="Empty data pattern"):
@@ -254,6 +260,7 @@ def test_missing_or_empty_pattern_is_a_clear_error(shards, tmp_path):
 def test_comma_separated_patterns_and_gin_pixel_limit(shards):
   root = shards["root"]
   gin.parse_config(
+      BINDING_GIN +
       f'tasks.train_data_pattern.pattern = "{root}/tfrecord/00000.tfrecord, {root}/tfrecord/0000[12].tfrecord"\n'
       f'VOCAB_FILE = "{shards["vocab"]}"\n'
       'flip_t5x.data.preprocessors.max_image_pixels.limit = 4000')
@@ -272,9 +279,9 @@ def test_image_header_sizes():
   for fmt, mode in (("JPEG", "RGB"), ("PNG", "RGBA"), ("GIF", "P"), ("WEBP", "RGB"),
                     ("BMP", "RGB")):
     data = tf.constant(_image(fmt, mode, size=(53, 37)))
-    code = preprocessors.image_format(data)
-    assert code != preprocessors.FMT_UNKNOWN
-    assert preprocessors.image_header_size(data, code).numpy().tolist() == [37, 53]
+    code = images.image_format(data)
+    assert code != images.FMT_UNKNOWN
+    assert images.image_header_size(data, code).numpy().tolist() == [37, 53]
 
 
 def test_crop_window_left_edge_steps_keep_area_and_aspect():
@@ -284,8 +291,8 @@ def test_crop_window_left_edge_steps_keep_area_and_aspect():
   lefts = []
   for s in range(20):
     seed = tf.constant([s, 7], tf.int64)
-    top, left, h, w = preprocessors.crop_window(hw, seed, exact, 224).numpy().tolist()
-    top2, left2, h2, w2 = preprocessors.crop_window(hw, seed, stepped, 224).numpy().tolist()
+    top, left, h, w = images.crop_window(hw, seed, exact, 224).numpy().tolist()
+    top2, left2, h2, w2 = images.crop_window(hw, seed, stepped, 224).numpy().tolist()
     assert (top2, h2, w2) == (top, h, w)  # same sampled box: area and aspect ratio unchanged
     assert left2 % 16 == 0 and left - 15 <= left2 <= left and left2 + w2 <= 640
     assert 0.5 * 480 * 640 * 0.98 <= h * w <= 480 * 640 and 3 / 4 * 0.97 <= w / h <= 4 / 3 * 1.03

@@ -14,6 +14,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
+from flip_t5x.data import images
 from flip_t5x.data import preprocessors
 from flip_t5x.data import vocabulary as vocabulary_lib
 
@@ -130,13 +131,13 @@ def test_eval_preprocessor_uses_the_official_crop(tmp_path, clean_gin_and_counte
   vocab_file = tmp_path / "vocab.txt"
   vocab_file.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "photo"]))
   vocab = vocabulary_lib.WordPieceVocabulary(str(vocab_file))
-  images = [_encode(_pixels(h, w, seed=k), "JPEG") for k, (h, w) in enumerate(SHAPES[:4])]
-  ds = tf.data.Dataset.from_tensor_slices({"image": images, "text": [b"a photo"] * len(images)})
+  encoded = [_encode(_pixels(h, w, seed=k), "JPEG") for k, (h, w) in enumerate(SHAPES[:4])]
+  ds = tf.data.Dataset.from_tensor_slices({"image": encoded, "text": [b"a photo"] * len(encoded)})
   ds = preprocessors.eval_preprocessor(ds, {"image": 64, "targets": 8},
                                        {"targets": seqio.Feature(vocab)})
   got = [ex["image"] for ex in ds.as_numpy_iterator()]
-  assert len(got) == len(images)
-  for data, pixels in zip(images, got):
+  assert len(got) == len(encoded)
+  for data, pixels in zip(encoded, got):
     assert np.abs(pixels - official_eval_image(data, 64, 0)).mean() < 0.01
 
 
@@ -170,7 +171,7 @@ def product_windows(hw, size: int, n: int, crop_x_step: int = 1) -> np.ndarray:
   aug = preprocessors.train_augmentation(crop_x_step=crop_x_step)
   seeds = tf.stack([tf.range(n, dtype=tf.int64), tf.fill([n], tf.constant(11, tf.int64))], 1)
   fn = tf.function(lambda s: tf.map_fn(
-      lambda seed: preprocessors.crop_window(tf.constant(hw, tf.int64), seed, aug, size), s,
+      lambda seed: images.crop_window(tf.constant(hw, tf.int64), seed, aug, size), s,
       fn_output_signature=tf.int32))
   return fn(seeds).numpy()
 
@@ -246,10 +247,10 @@ def test_train_image_is_official_crop_and_tf2_bicubic(clean_gin_and_counters):
   flips = []
   for s in range(8):
     seed = tf.constant([s, 5], tf.int64)
-    got = preprocessors.train_image(tf.constant(data), tf.constant(preprocessors.FMT_PNG),
-                                    tf.constant(hw, tf.int64), size, seed).numpy()
+    got = images.train_image(tf.constant(data), tf.constant(images.FMT_PNG),
+                             tf.constant(hw, tf.int64), size, seed, aug).numpy()
     crop_seed = tf.random.experimental.stateless_split(seed, 2)[0]
-    top, left, h, w = preprocessors.crop_window(tf.constant(hw), crop_seed, aug, size).numpy()
+    top, left, h, w = images.crop_window(tf.constant(hw), crop_seed, aug, size).numpy()
     want = (_resize(pixels[top:top + h, left:left + w], size, _tf2_bicubic_weights) - MEAN) / STD
     diffs = [np.abs(got - want).mean(), np.abs(got - want[:, ::-1]).mean()]
     assert min(diffs) < 1e-3, diffs
