@@ -1,0 +1,296 @@
+"""Released models by name (`flip_t5x.pretrained`): download, extraction, import, cache, refusals.
+
+No internet: a local HTTP server (honouring Range, counting requests) serves a tiny release-format
+archive, a zip holding a t5x msgpack checkpoint of the tiny model in a sub-folder, written as the
+FLIP release was (`test_import_checkpoint.write_t5x_checkpoint`). The tiny model gets a text table
+the size of FLIP's BERT vocabulary, so the predictor runs with the default VOCAB_FILE, as the
+released models do.
+"""
+import hashlib
+import http.server
+import io
+import os
+import shutil
+import stat
+import tarfile
+import threading
+import zipfile
+
+import jax
+import numpy as np
+import pytest
+
+from flip_t5x import import_checkpoint as ic
+from flip_t5x import pretrained
+from flip_t5x import predictor as predictor_lib
+from flip_t5x.pretrained import archive
+from flip_t5x.pretrained import download
+import test_import_checkpoint as tic
+import test_train_helpers as h
+
+ARCHIVE = "flip_tiny_test_v2.zip"
+BERT_VOCAB_SIZE = 30523  # FLIP's vocabulary: 30,522 lines + 1
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+  """Serves `server.files`; honours `Range: bytes=N-`; `server.cut` truncates the next body."""
+
+  def do_GET(self):  # pylint: disable=invalid-name
+    srv = self.server
+    srv.requests.append((self.path, self.headers.get("Range"), self.headers.get("If-Range")))
+    data = srv.files.get(self.path)
+    if data is None:
+      self.send_error(404)
+      return
+    rng = self.headers.get("Range")
+    start = int(rng[len("bytes="):].split("-")[0]) if rng else 0
+    self.send_response(206 if rng else 200)
+    if rng:
+      self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+    self.send_header("Content-Length", str(len(data) - start))
+    self.send_header("Last-Modified", "Wed, 01 Jan 2025 00:00:00 GMT")
+    self.end_headers()
+    body = data[start:]
+    if srv.cut:
+      srv.cut = False
+      body = body[:len(body) // 2]  # then the connection closes: an interrupted download
+    self.wfile.write(body)
+    srv.bytes_sent += len(body)
+
+  def log_message(self, *args):
+    del args
+
+
+@pytest.fixture(scope="module")
+def server():
+  srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+  srv.files, srv.requests, srv.cut, srv.bytes_sent = {}, [], False, 0
+  thread = threading.Thread(target=srv.serve_forever, daemon=True)
+  thread.start()
+  yield srv
+  srv.shutdown()
+  srv.server_close()
+
+
+def _url(srv, path):
+  return f"http://127.0.0.1:{srv.server_address[1]}{path}"
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+  """The release checkpoint, its zip (checkpoint in a sub-folder), the gin file, a direct import."""
+  tmp = tmp_path_factory.mktemp("release")
+  gin_file = tmp / "flip_tiny_bert.gin"
+  gin_file.write_text(f"include '{os.path.join(h.ROOT, tic.TINY_GIN)}'\n"
+                      f"VOCAB_SIZE = {BERT_VOCAB_SIZE}\n")
+  sizes = dict(tic.TINY, vocab=BERT_VOCAB_SIZE)
+  ckpt_dir = tic.write_t5x_checkpoint(str(tmp / "tree" / "flip_tiny" / "release"),
+                                      tic.official_tree(np.random.default_rng(0), **sizes))
+  zip_path = tmp / ARCHIVE
+  with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as zf:
+    for folder, _, files in os.walk(tmp / "tree"):
+      for name in files:
+        path = os.path.join(folder, name)
+        zf.write(path, os.path.relpath(path, tmp / "tree"))
+  model = pretrained._model(str(gin_file))  # pylint: disable=protected-access
+  direct = str(tmp / "direct")
+  params, step = ic.import_checkpoint(ckpt_dir, model, output=direct)
+  data = zip_path.read_bytes()
+  return dict(tmp=tmp, gin_file=str(gin_file), zip=str(zip_path), data=data, params=params,
+              direct=os.path.join(direct, f"checkpoint_{step}"), step=step,
+              sha256=hashlib.sha256(data).hexdigest())
+
+
+@pytest.fixture
+def registered(server, release):
+  """`flip_tiny_test` registered with the real API, served at a fresh URL per test."""
+  server.files = {f"/{ARCHIVE}": release["data"]}
+  server.requests.clear()
+  entry = pretrained.register(pretrained.PretrainedModel(
+      "flip_tiny_test", _url(server, f"/{ARCHIVE}"), release["gin_file"], "tiny test model",
+      zeroshot_in1k=1.5))
+  yield entry
+  pretrained.unregister(entry.name)
+
+
+def _gets(srv):
+  return [r for r in srv.requests if r[0] == f"/{ARCHIVE}"]
+
+
+def _embeddings(pred, rng_seed=3):
+  rng = np.random.default_rng(rng_seed)
+  pixels = rng.integers(0, 256, (3, 32, 32, 3)).astype(np.uint8)
+  return pred.encode_images(list(pixels)), pred.encode_texts(["a photo of a cat", "dogs"])
+
+
+# ------------------------------------------------------------------------------------------------
+def test_resolve_downloads_imports_and_reuses(registered, server, release, tmp_path):
+  cache = str(tmp_path / "cache")
+  out = io.StringIO()
+  found = pretrained.resolve("flip_tiny_test", cache_dir=cache, stream=out)
+  assert len(_gets(server)) == 1
+  progress = out.getvalue()
+  assert "100%" in progress and "/s" in progress and "MiB" in progress, progress
+  assert found.checkpoint == os.path.join(cache, "models", "flip_tiny_test",
+                                          f"checkpoint_{release['step']}")
+  assert found.gin_file == release["gin_file"]
+  # The cached import holds the same parameters as a direct import, and predicts the same.
+  pred = predictor_lib.FlipPredictor.from_checkpoint(found.checkpoint, found.gin_file)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(pred.params),
+                         release["params"])
+  direct = predictor_lib.FlipPredictor.from_checkpoint(release["direct"], release["gin_file"])
+  for a, b in zip(_embeddings(pred), _embeddings(direct)):
+    np.testing.assert_array_equal(a, b)
+  # Second use: the cached import, no request, nothing printed.
+  again = io.StringIO()
+  assert pretrained.resolve("flip_tiny_test", cache_dir=cache, stream=again) == found
+  assert len(_gets(server)) == 1 and again.getvalue() == ""
+  assert "yes" in [l for l in pretrained.list_models(cache).splitlines() if "flip_tiny_test" in l][0]
+  # Only finished entries in the cache: the archive, its record, the import.
+  assert sorted(os.listdir(os.path.join(cache, "downloads"))) == [ARCHIVE, ARCHIVE + ".json"]
+  assert os.listdir(os.path.join(cache, "models")) == ["flip_tiny_test"]
+
+
+def test_cached_download_is_checked_against_its_record(registered, server, release, tmp_path):
+  cache = str(tmp_path / "cache")
+  pretrained.resolve("flip_tiny_test", cache_dir=cache, stream=io.StringIO())
+  shutil.rmtree(os.path.join(cache, "models"))
+  pretrained.resolve("flip_tiny_test", cache_dir=cache, stream=io.StringIO())
+  assert len(_gets(server)) == 1  # the intact download was reused
+  shutil.rmtree(os.path.join(cache, "models"))
+  with open(os.path.join(cache, "downloads", ARCHIVE), "r+b") as f:  # same size, other bytes
+    f.seek(100)
+    f.write(b"tampered")
+  found = pretrained.resolve("flip_tiny_test", cache_dir=cache, stream=io.StringIO())
+  assert len(_gets(server)) == 2  # not trusted: fetched again
+  with open(os.path.join(cache, "downloads", ARCHIVE), "rb") as f:
+    assert hashlib.sha256(f.read()).hexdigest() == release["sha256"]
+  assert os.path.isdir(found.checkpoint)
+
+
+def test_interrupted_download_resumes(registered, server, release, tmp_path):
+  cache = str(tmp_path / "cache")
+  server.cut, server.bytes_sent = True, 0
+  with pytest.raises(download.DownloadError, match="run again to resume"):
+    pretrained.resolve("flip_tiny_test", cache_dir=cache, stream=io.StringIO())
+  downloads = os.path.join(cache, "downloads")
+  part = os.path.join(downloads, ARCHIVE + ".part")
+  have = os.path.getsize(part)
+  assert 0 < have < len(release["data"])
+  assert not os.path.exists(os.path.join(downloads, ARCHIVE))  # nothing a later run would trust
+  assert not os.path.exists(os.path.join(cache, "models", "flip_tiny_test"))
+  found = pretrained.resolve("flip_tiny_test", cache_dir=cache, stream=io.StringIO())
+  assert _gets(server)[-1][1:] == (f"bytes={have}-", "Wed, 01 Jan 2025 00:00:00 GMT")
+  assert server.bytes_sent == len(release["data"])  # each byte sent once
+  assert os.path.isdir(found.checkpoint) and not os.path.exists(part)
+
+
+def test_sha256_pin(registered, server, release, tmp_path):
+  cache = str(tmp_path / "cache")
+  with pytest.raises(download.DownloadError, match="sha256 mismatch"):
+    pretrained.resolve("flip_tiny_test", cache_dir=cache, sha256="0" * 64, stream=io.StringIO())
+  assert os.listdir(os.path.join(cache, "downloads")) == []  # the bad file is not kept
+  assert not os.path.exists(os.path.join(cache, "models"))
+  found = pretrained.resolve("flip_tiny_test", cache_dir=cache, sha256=release["sha256"],
+                             stream=io.StringIO())
+  assert os.path.isdir(found.checkpoint)
+  # A pin the cached import was not made from is not served from the cache either.
+  with pytest.raises(download.DownloadError, match="sha256 mismatch"):
+    pretrained.resolve("flip_tiny_test", cache_dir=cache, sha256="1" * 64, stream=io.StringIO())
+
+
+def test_offline_archive_path_and_tar(registered, server, release, tmp_path):
+  """A path to the downloaded archive (as released, or a tar of it) needs no server."""
+  local = tmp_path / "elsewhere" / ARCHIVE
+  local.parent.mkdir()
+  shutil.copy(release["zip"], local)
+  found = pretrained.resolve(str(local), cache_dir=str(tmp_path / "a"), stream=io.StringIO())
+  assert found.name == "flip_tiny_test" and os.path.isdir(found.checkpoint)
+  assert not os.path.exists(tmp_path / "a" / "downloads")  # read in place, not copied
+  tar_path = tmp_path / "flip_tiny_test.tar.gz"
+  with tarfile.open(tar_path, "w:gz") as tf:
+    tf.add(release["tmp"] / "tree" / "flip_tiny", arcname="some/dir")
+  pretrained.register(pretrained.PretrainedModel("flip_tiny_tar", str(tar_path),
+                                                 release["gin_file"]))
+  try:
+    tar_found = pretrained.resolve("flip_tiny_tar", cache_dir=str(tmp_path / "b"),
+                                   stream=io.StringIO())
+  finally:
+    pretrained.unregister("flip_tiny_tar")
+  assert _gets(server) == []
+  pred = predictor_lib.FlipPredictor.from_checkpoint(tar_found.checkpoint, release["gin_file"])
+  jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(pred.params),
+                         release["params"])
+
+
+def _zip_with(path, name, data=b"x", symlink=False):
+  with zipfile.ZipFile(path, "w") as zf:
+    zf.writestr("release/readme.txt", "fine")
+    info = zipfile.ZipInfo(name)
+    if symlink:
+      info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    zf.writestr(info, data)
+
+
+def _tar_with(path, name, kind=tarfile.REGTYPE, linkname=""):
+  with tarfile.open(path, "w") as tf:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    data = b"" if kind != tarfile.REGTYPE else b"evil"
+    info.size = len(data)
+    tf.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("kind", ["zip_dotdot", "zip_absolute", "zip_symlink", "tar_dotdot",
+                                  "tar_absolute", "tar_symlink", "tar_hardlink"])
+def test_malicious_archives_are_refused(kind, release, tmp_path):
+  outside = tmp_path / "outside"  # where each archive tries to write
+  cache = tmp_path / "cache"
+  path = str(tmp_path / ("bad.zip" if kind.startswith("zip") else "bad.tar"))
+  target = {"dotdot": "../../../../outside", "absolute": str(outside)}.get(kind.split("_")[1])
+  if kind == "zip_symlink":
+    _zip_with(path, "release/link", data=str(outside).encode(), symlink=True)
+  elif kind.startswith("zip"):
+    _zip_with(path, target)
+  elif kind == "tar_symlink":
+    _tar_with(path, "release/link", tarfile.SYMTYPE, str(outside))
+  elif kind == "tar_hardlink":
+    _tar_with(path, "release/link", tarfile.LNKTYPE, str(outside))
+  else:
+    _tar_with(path, target)
+  pretrained.register(pretrained.PretrainedModel("flip_bad", path, release["gin_file"]))
+  try:
+    reason = "link or special file" if "link" in kind else "outside the extraction folder"
+    with pytest.raises(archive.ArchiveError, match=reason):
+      pretrained.resolve("flip_bad", cache_dir=str(cache), stream=io.StringIO())
+  finally:
+    pretrained.unregister("flip_bad")
+  assert not os.path.lexists(outside)
+  assert sorted(os.listdir(tmp_path)) == sorted(["cache", os.path.basename(path)])
+  assert os.listdir(cache / "models") == []  # no half-extracted folder, no import
+
+
+def test_archive_without_checkpoint_and_unknown_names(release, tmp_path):
+  path = str(tmp_path / "empty.zip")
+  _zip_with(path, "release/notes.txt")
+  pretrained.register(pretrained.PretrainedModel("flip_empty", path, release["gin_file"]))
+  try:
+    with pytest.raises(archive.ArchiveError, match="no t5x checkpoint"):
+      pretrained.resolve("flip_empty", cache_dir=str(tmp_path / "cache"), stream=io.StringIO())
+  finally:
+    pretrained.unregister("flip_empty")
+  assert os.listdir(tmp_path / "cache" / "models") == []
+  with pytest.raises(pretrained.PretrainedError, match="flip_vit_l16_laion2b"):
+    pretrained.resolve("flip_vit_x99", cache_dir=str(tmp_path / "cache"))
+  with pytest.raises(pretrained.PretrainedError, match="flip_large16_laion2b_v2.zip"):
+    pretrained.resolve("/data/other.zip", cache_dir=str(tmp_path / "cache"))
+
+
+def test_registry_holds_the_releases():
+  l16, h14 = pretrained.get("flip_vit_l16_laion2b"), pretrained.get("flip_vit_h14_laion2b")
+  assert l16.url == "https://dl.fbaipublicfiles.com/flip/flip_large16_laion2b_v2.zip"
+  assert h14.url == "https://dl.fbaipublicfiles.com/flip/flip_huge14_laion2b_v2.zip"
+  assert (l16.zeroshot_in1k, h14.zeroshot_in1k) == (76.4, 78.5)
+  for m in (l16, h14):
+    assert os.path.isfile(pretrained.gin_file_path(m))
+
