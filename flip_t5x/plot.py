@@ -4,12 +4,12 @@ r"""Training curves of one or more runs, read from their `MODEL_DIR/metrics.json
 
 Panels: loss, zero-shot top-1 and images/s against step, and again against wall-clock seconds
 (the trainer's `uptime` records) where a run has them; one line per run, labelled by its
-directory. Lines of metrics.jsonl that are not JSON objects are skipped and counted on stderr.
+directory. Lines of metrics.jsonl that are not JSON objects are skipped and counted on stderr
+(flip_t5x.run_metrics reads them).
 Needs no accelerator and no TensorFlow: matplotlib's Agg backend draws straight to a PNG.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Dict, List, Sequence, Tuple
@@ -17,71 +17,15 @@ from typing import Dict, List, Sequence, Tuple
 from absl import app
 from absl import flags
 
-METRICS_FILE = "metrics.jsonl"
-LOSS, IMAGES_PER_SECOND, UPTIME = "loss", "timing/images_per_second", "uptime"
-ZEROSHOT_PREFIX, TOP1_SUFFIX = "zeroshot/", "/top1"
-Series = Tuple[List[float], List[float]]
+from flip_t5x.run_metrics import (IMAGES_PER_SECOND, LOSS, METRICS_FILE, TOP1_SUFFIX, UPTIME,
+                                  ZEROSHOT_PREFIX, MetricsError, Series, read_records, series,
+                                  wall_time)
 
 _OUTPUT = flags.DEFINE_string("output", "curves.png", "Where to write the PNG.")
 
 
 class PlotError(ValueError):
-  """A run directory or metrics file that cannot be plotted; the message names it."""
-
-
-def read_records(model_dir: str) -> Tuple[List[dict], int]:
-  """The JSON-object lines of MODEL_DIR/metrics.jsonl, and how many other lines were skipped."""
-  path = os.path.join(model_dir, METRICS_FILE)
-  if not os.path.isdir(model_dir):
-    raise PlotError(f"{model_dir!r} is not a directory")
-  if not os.path.isfile(path):
-    raise PlotError(f"{path!r} does not exist (flip_t5x.train writes it into MODEL_DIR)")
-  records, skipped = [], 0
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError:
-        record = None
-      if isinstance(record, dict) and isinstance(record.get("step"), (int, float)):
-        records.append(record)
-      else:
-        skipped += 1
-  return records, skipped
-
-
-def _wanted(key: str) -> bool:
-  return key in (LOSS, IMAGES_PER_SECOND, UPTIME) or (
-      key.startswith(ZEROSHOT_PREFIX) and key.endswith(TOP1_SUFFIX))
-
-
-def series_of(records: Sequence[dict]) -> Dict[str, Series]:
-  """{metric: (steps, values)} of the plotted metrics, by step; a repeated step keeps its last."""
-  by_key: Dict[str, Dict[int, float]] = {}
-  for record in records:
-    for key, value in record.items():
-      if _wanted(key) and isinstance(value, (int, float)) and not isinstance(value, bool):
-        by_key.setdefault(key, {})[int(record["step"])] = float(value)
-  return {key: (sorted(points), [points[s] for s in sorted(points)])
-          for key, points in by_key.items()}
-
-
-def series(model_dir: str) -> Dict[str, Series]:
-  """The series `figure` draws for one run: loss, zeroshot/<task>/top1, images/s, uptime."""
-  records, _ = read_records(model_dir)
-  if not records:
-    raise PlotError(f"{os.path.join(model_dir, METRICS_FILE)!r} has no metrics records")
-  return series_of(records)
-
-
-def wall_time(run: Dict[str, Series], key: str) -> Series:
-  """`key`'s values against the run's uptime (seconds) at the same steps."""
-  uptime = dict(zip(*run.get(UPTIME, ([], []))))
-  steps, values = run[key]
-  kept = [(uptime[s], v) for s, v in zip(steps, values) if s in uptime]
-  return [t for t, _ in kept], [v for _, v in kept]
+  """A command line that names no run; the message says how to call the binary."""
 
 
 def _panels(run: Dict[str, Series]) -> List[Tuple[str, str]]:
@@ -141,7 +85,7 @@ def main(argv: Sequence[str]) -> None:
 def _main_reporting_errors(argv: Sequence[str]) -> None:
   try:
     main(argv)
-  except PlotError as e:
+  except (PlotError, MetricsError) as e:
     print(f"flip_t5x.plot: error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
 
