@@ -40,9 +40,9 @@ import seqio
 import tensorflow as tf
 
 from flip_t5x import evaluation
+from flip_t5x import checkpoints
 from flip_t5x import models
 from flip_t5x.data import zeroshot as zeroshot_lib
-from flip_t5x.runtime import checkpoints
 from flip_t5x.runtime import gin_utils
 from flip_t5x.runtime import xla_options
 # Registers the zero-shot tasks and their gin configurables at import, before gin is locked.

@@ -29,9 +29,9 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from flip_t5x import checkpoints
 from flip_t5x import predictor as predictor_lib
 from flip_t5x.data import zeroshot
-from flip_t5x.runtime import checkpoints
 from flip_t5x.runtime import gin_utils
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")

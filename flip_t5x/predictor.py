@@ -24,12 +24,12 @@ import numpy as np
 import tensorflow as tf
 
 from flip_t5x import evaluation
+from flip_t5x import checkpoints
 from flip_t5x import models
 from flip_t5x import network
 from flip_t5x.data import preprocessors
 from flip_t5x.data import vocabulary as vocabulary_lib
 from flip_t5x.data import zeroshot
-from flip_t5x.runtime import checkpoints
 from flip_t5x.runtime import gin_utils
 from flip_t5x.runtime import xla_options
 

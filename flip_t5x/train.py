@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from flip_t5x import eval as eval_lib
 from flip_t5x.data import preprocessors
-from flip_t5x.runtime import checkpoints
+from flip_t5x import checkpoints
 from flip_t5x.runtime import gin_utils
 from flip_t5x.runtime import train_state as train_state_lib
 from flip_t5x.runtime import trainer as trainer_lib

@@ -26,7 +26,8 @@ import pytest
 import tensorflow as tf
 
 from flip_t5x.data import shards
-from flip_t5x.runtime import checkpoints
+from flip_t5x import checkpoints
+from flip_t5x.checkpoints import release
 from flip_t5x.runtime import gin_utils
 from flip_t5x.runtime import optimizers
 from flip_t5x.runtime import partitioning
@@ -169,14 +170,13 @@ def test_data_position_from_another_pipeline_is_refused(layout, tmp_path):
 
 
 def _official_tree(params, module):
-  from flip_t5x import import_checkpoint  # pylint: disable=g-import-not-at-top
   flat = {}
   for path, v in traverse_util.flatten_dict(params).items():
-    name = import_checkpoint.official_name(path)
+    name = release.official_name(path)
     flat[tuple(name.split("/"))] = np.asarray(v).reshape(
-        import_checkpoint.official_shape(path, np.shape(v), module))
-  flat[tuple(import_checkpoint.OFFICIAL_IMAGE_POS_EMBED.split("/"))] = (
-      import_checkpoint.image_pos_embedding(module))
+        release.official_shape(path, np.shape(v), module))
+  flat[tuple(release.OFFICIAL_IMAGE_POS_EMBED.split("/"))] = (
+      release.image_pos_embedding(module))
   return traverse_util.unflatten_dict(flat)
 
 
@@ -219,6 +219,33 @@ def test_earlier_flip_t5x_layout_still_loads_and_resumes(layout, model, tmp_path
   ckpt.close()
   assert int(state.step) == 6 and meta["seed"] == 11
   jax.tree_util.tree_map(np.testing.assert_array_equal, state.opt_state, fresh.opt_state)
+
+
+def test_earlier_flip_t5x_input_position_still_restores(layout, tmp_path):
+  """An earlier release kept `input_position/input_position-<i>-of-<n>` (iterator and skip
+  counters in one tf checkpoint) beside params/ opt_state/ meta/: resuming reads it."""
+  from flip_t5x.data import preprocessors  # pylint: disable=g-import-not-at-top
+  fresh = layout.initialize(jax.random.PRNGKey(3))
+  handlers = {"params": ocp.StandardCheckpointHandler(),
+              "opt_state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+  with ocp.CheckpointManager(tmp_path, item_handlers=handlers, options=ocp.CheckpointManagerOptions(
+      step_prefix="checkpoint", enable_async_checkpointing=False)) as manager:
+    manager.save(4, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(fresh.params),
+        opt_state=ocp.args.StandardSave(fresh.opt_state),
+        meta=ocp.args.JsonSave({"step": 4, "seed": 2, "data_seed": 2})))
+  saved = iter(tf.data.Dataset.range(10))
+  for _ in range(4):
+    next(saved)
+  counters = {f"train_{k}": v for k, v in preprocessors.counters("train").trackables().items()}
+  tf.train.Checkpoint(iterator=saved, **counters).write(
+      str(tmp_path / "checkpoint_4" / "input_position" / "input_position-00000-of-00001"))
+  ckpt = checkpoints.TrainCheckpointer(str(tmp_path), layout, enable_async=False)
+  assert ckpt.has_input_position(4)
+  resumed = iter(tf.data.Dataset.range(10))
+  ckpt.restore_input_position(4, resumed)
+  ckpt.close()
+  assert int(next(resumed)) == 4
 
 
 # ------------------------------------------------------------------------------------------------

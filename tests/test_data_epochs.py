@@ -12,9 +12,9 @@ import seqio
 import tensorflow as tf
 
 import tasks  # pylint: disable=unused-import  (registers the tasks)
+from flip_t5x import checkpoints
 from flip_t5x.data import shards as shard_writer
 from flip_t5x.data import preprocessors
-from flip_t5x.data import sources
 from flip_t5x.data.feature_converters import ImageTextFeatureConverter
 
 TASK = "flip_img2dataset"
@@ -161,12 +161,12 @@ def test_resume_mid_second_pass_continues_the_stream_exactly(shards, tmp_path):
   for _ in range(saved_after):
     next(it)
   directory = str(tmp_path / "checkpoint_12")
-  sources.save_input_position(it, directory, process_index=0, process_count=1)
+  checkpoints.save_input_position(it, directory)
   reference = [next(it) for _ in range(3 * RECORDS // 4)]  # to mid pass 5
 
   preprocessors.reset_counts()
   resumed = _batches(seed=3)
-  assert sources.restore_input_position(resumed, directory, process_index=0, process_count=1)
+  assert checkpoints.restore_input_position(resumed, directory)
   for want in reference:
     _same(next(resumed), want)
 

@@ -11,6 +11,7 @@ import seqio
 import tensorflow as tf
 
 import tasks  # pylint: disable=unused-import  (registers the tasks)
+from flip_t5x import checkpoints
 from flip_t5x.data import images
 from flip_t5x.data import preprocessors
 from flip_t5x.data import sources
@@ -221,11 +222,10 @@ def test_resume_position(shards, tmp_path, fmt):
   it = iter(_dataset(shuffle=True, seed=11, num_epochs=None, batch=3))
   for _ in range(5):
     next(it)
-  prefix = sources.save_input_position(it, str(tmp_path / "ckpt"), process_index=0,
-                                       process_count=1)
+  files = checkpoints.save_input_position(it, str(tmp_path / "ckpt"))
   # The counters keep moving while tf.data prefetches in the background: compare with the values
   # the checkpoint holds, not with a later reading.
-  reader = tf.train.load_checkpoint(prefix)
+  reader = tf.train.load_checkpoint(files.counters)
   saved = [reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
            if k.startswith("train_skipped/")]
   assert len(saved) == 1
@@ -234,14 +234,14 @@ def test_resume_position(shards, tmp_path, fmt):
 
   preprocessors.reset_counts()
   resumed = iter(_dataset(shuffle=True, seed=11, num_epochs=None, batch=3))
-  assert sources.restore_input_position(resumed, str(tmp_path / "ckpt"))
+  assert checkpoints.restore_input_position(resumed, str(tmp_path / "ckpt"))
   assert preprocessors.skipped_counts() == counts_at_save
   for want in reference:
     got = next(resumed)
     np.testing.assert_array_equal(got["texts"].numpy(), want["texts"].numpy())
     np.testing.assert_array_equal(got["images"].numpy(), want["images"].numpy())
   fresh = iter(_dataset(shuffle=True, seed=11, num_epochs=None, batch=3).as_numpy_iterator())
-  assert not sources.restore_input_position(fresh, str(tmp_path / "missing"))
+  assert not checkpoints.restore_input_position(fresh, str(tmp_path / "missing"))
 
 
 def test_missing_or_empty_pattern_is_a_clear_error(shards, tmp_path):

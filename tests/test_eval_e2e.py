@@ -24,7 +24,7 @@ from flip_t5x import eval as flip_eval
 from flip_t5x import evaluation
 from flip_t5x.data import shards
 from flip_t5x.data import zeroshot
-from flip_t5x.runtime import checkpoints
+from flip_t5x import checkpoints
 import test_eval_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -19,9 +19,11 @@ import pytest
 from scipy import special
 import tensorstore as ts
 
+from flip_t5x import checkpoints
 from flip_t5x import import_checkpoint as ic
 from flip_t5x import network
-from flip_t5x.runtime import checkpoints
+from flip_t5x.checkpoints import msgpack
+from flip_t5x.checkpoints import release
 import test_train_helpers as h
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -239,7 +241,7 @@ def official(tmp_path_factory):
 
 def test_reader_reads_the_release_layout(official):
   root, target = official
-  ckpt = ic.read_t5x_checkpoint(root)  # parent dir of checkpoint_1234/: latest step is used
+  ckpt = msgpack.read_t5x_checkpoint(root)  # parent dir of checkpoint_1234/: latest step is used
   assert ckpt.step == 1234 and ckpt.version == 3
   assert ckpt.path.endswith("checkpoint_1234")
   # Every parameter is a tensorstore reference (as the release's writer stored them), read back
@@ -251,13 +253,13 @@ def test_reader_reads_the_release_layout(official):
   assert not any(n.startswith("state") for n in ckpt.target)  # optimizer moments are not read
   # The `checkpoint` file itself and the step directory are accepted too.
   for src in (ckpt.path, os.path.join(ckpt.path, "checkpoint")):
-    assert sorted(ic.read_t5x_checkpoint(src).target) == sorted(ckpt.target)
+    assert sorted(msgpack.read_t5x_checkpoint(src).target) == sorted(ckpt.target)
 
 
 def test_reader_reads_inline_arrays(tmp_path):
   target = official_tree(np.random.default_rng(5), **TINY)
   write_t5x_checkpoint(str(tmp_path), target, inline=("logit_scale", "img_mlp1/kernel"))
-  ckpt = ic.read_t5x_checkpoint(str(tmp_path))
+  ckpt = msgpack.read_t5x_checkpoint(str(tmp_path))
   assert isinstance(ckpt.target["logit_scale"], np.ndarray)
   np.testing.assert_array_equal(ckpt.read("img_mlp1/kernel"), target["img_mlp1"]["kernel"])
 
@@ -275,7 +277,7 @@ def test_bfloat16_checkpoint_imports(tmp_path, tiny_model):
   # A position table off by more than bfloat16 rounding is still refused.
   target["img_encoder"]["posembed_encoder"]["pos_embedding"] += 0.05
   write_t5x_checkpoint(str(tmp_path / "off"), target, dtype="bfloat16")
-  with pytest.raises(ic.CheckpointMismatchError, match="sin-cos"):
+  with pytest.raises(release.CheckpointMismatchError, match="sin-cos"):
     ic.import_checkpoint(str(tmp_path / "off"), tiny_model, output=None)
 
 
@@ -352,7 +354,7 @@ def test_imported_model_matches_numpy_reference(official, tiny_model, tmp_path):
 def test_wrong_gin_file_names_parameters_and_shapes(official):
   root, _ = official
   b16 = load_gin_model("gin_configs/models/flip_vit_b16.gin")
-  with pytest.raises(ic.CheckpointMismatchError) as e:
+  with pytest.raises(release.CheckpointMismatchError) as e:
     ic.import_checkpoint(root, b16, output=None)
   msg = str(e.value)
   assert ("img_encoder/embedding/kernel: checkpoint shape (8, 8, 3, 64) != shape "
@@ -367,7 +369,7 @@ def test_other_model_size_is_rejected(tmp_path, tiny_model):
   # One more image block, wider heads of text: same names, other shapes/extra arrays.
   target = official_tree(np.random.default_rng(2), **{**TINY, "img_depth": 3, "txt_width": 48})
   write_t5x_checkpoint(str(tmp_path), target, step=7)
-  with pytest.raises(ic.CheckpointMismatchError) as e:
+  with pytest.raises(release.CheckpointMismatchError) as e:
     ic.import_checkpoint(str(tmp_path), tiny_model, output=None)
   msg = str(e.value)
   assert "unexpected array img_encoder/Transformer/encoderblock_02/" in msg
@@ -383,7 +385,7 @@ def test_missing_arrays_are_named(tmp_path, tiny_model):
   target = official_tree(np.random.default_rng(3), **TINY)
   del target["txt_encoder"]["Transformer"]["encoderblock_01"]["LayerNorm_1"]
   ckpt_dir = write_t5x_checkpoint(str(tmp_path / "a"), target)
-  with pytest.raises(ic.CheckpointMismatchError,
+  with pytest.raises(release.CheckpointMismatchError,
                      match=r"missing array txt_encoder/Transformer/encoderblock_01/LayerNorm_1/"
                            r"(bias|scale) \(for text_tower/encoder/block_1/pre_mlp_layer_norm"):
     ic.import_checkpoint(ckpt_dir, tiny_model, output=None)
@@ -391,22 +393,22 @@ def test_missing_arrays_are_named(tmp_path, tiny_model):
   target = official_tree(np.random.default_rng(3), **TINY)
   ckpt_dir = write_t5x_checkpoint(str(tmp_path / "b"), target)
   shutil.rmtree(os.path.join(ckpt_dir, "target.img_mlp1.kernel"))
-  with pytest.raises(ic.CheckpointError, match=r"array 'img_mlp1/kernel' is missing"):
+  with pytest.raises(msgpack.CheckpointError, match=r"array 'img_mlp1/kernel' is missing"):
     ic.import_checkpoint(ckpt_dir, tiny_model, output=None)
-  with pytest.raises(ic.CheckpointError, match="no t5x checkpoint"):
-    ic.read_t5x_checkpoint(str(tmp_path))
+  with pytest.raises(msgpack.CheckpointError, match="no t5x checkpoint"):
+    msgpack.read_t5x_checkpoint(str(tmp_path))
 
 
 def test_learned_image_position_embedding_is_rejected(tmp_path, tiny_model):
   target = official_tree(np.random.default_rng(4), **TINY)
   target["img_encoder"]["posembed_encoder"]["pos_embedding"] += 0.5
   write_t5x_checkpoint(str(tmp_path), target)
-  with pytest.raises(ic.CheckpointMismatchError, match="sin-cos"):
+  with pytest.raises(release.CheckpointMismatchError, match="sin-cos"):
     ic.import_checkpoint(str(tmp_path), tiny_model, output=None)
 
 
 def test_mapping_table_covers_the_model(tiny_model):
-  table = ic.mapping_table(tiny_model)
+  table = release.mapping_table(tiny_model)
   by_ours = {e.ours: e for e in table}
   e = by_ours["image_tower/encoder/block_1/attention/out/kernel"]
   assert e.official == ("img_encoder/Transformer/encoderblock_01/MultiHeadDotProductAttention_0/"

@@ -13,7 +13,7 @@ from flip_t5x import evaluation
 from flip_t5x import predictor as predictor_lib
 from flip_t5x.data import preprocessors
 from flip_t5x.data import vocabulary as vocabulary_lib
-from flip_t5x.runtime import checkpoints
+from flip_t5x import checkpoints
 import test_train_helpers as h
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,7 +11,7 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from flip_t5x.runtime import checkpoints
+from flip_t5x import checkpoints
 from flip_t5x.runtime import optimizers
 from flip_t5x.runtime import partitioning
 from flip_t5x.runtime import train_state
@@ -101,7 +101,6 @@ def test_save_load_resize_and_errors(model, tmp_path):
 
 def test_device_iterator_holds_at_save_steps_and_hands_out_the_exact_position(tmp_path):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from flip_t5x.data import sources  # pylint: disable=g-import-not-at-top
   from flip_t5x.runtime import utils  # pylint: disable=g-import-not-at-top
   mesh = partitioning.PjitPartitioner(num_partitions=1).mesh
   sharding = jax.sharding.NamedSharding(mesh, P("data"))
@@ -112,11 +111,12 @@ def test_device_iterator_holds_at_save_steps_and_hands_out_the_exact_position(tm
   with pytest.raises(RuntimeError, match="ahead of the consumer"):
     it.synced_iterator()  # step 2 is not a hold step: batch 3 was already prefetched
   seen.append(np.asarray(next(it)["x"]).tolist())
-  sources.save_input_position(it.synced_iterator(), str(tmp_path), counter_names=())
+  checkpoints.save_input_position(it.synced_iterator(), str(tmp_path), counter_names=())
   rest = [np.asarray(next(it)["x"]).tolist() for _ in range(3)]  # steps 4..6
   # A fresh pipeline restored from the saved position continues with batch 4.
   fresh = utils.DeviceIterator(ds.map(lambda x: {"x": x}), sharding, 2, prefetch=2, start_step=3)
-  assert sources.restore_input_position(fresh.synced_iterator(), str(tmp_path), counter_names=())
+  assert checkpoints.restore_input_position(fresh.synced_iterator(), str(tmp_path),
+                                            counter_names=())
   assert [np.asarray(next(fresh)["x"]).tolist() for _ in range(3)] == rest
   whole = [b.tolist() for b in ds.as_numpy_iterator()]
   assert seen + rest == whole[:6]

@@ -108,7 +108,7 @@ def test_unmasked_tuning_restores_params_and_resets_optimizer(uninterrupted, tmp
   assert "MASK_RATIO = 0.0" in config
   # lr 0: AdamW with a zero rate leaves the restored parameters exactly as they were.
   h.assert_params_equal(h.read_params(uninterrupted), h.read_params(model_dir, step=2))
-  from flip_t5x.runtime import checkpoints
+  from flip_t5x import checkpoints
   meta = checkpoints.read_meta(os.path.join(model_dir, "checkpoint_1"))
   assert meta["step"] == 1  # the tuning run counts from 0 with a fresh optimizer
   opt = _read_opt_count(os.path.join(model_dir, "checkpoint_1"))

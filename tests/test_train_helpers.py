@@ -110,7 +110,7 @@ def run_train(model_dir: str, steps: int, extra: Sequence[str] = (), num_devices
 
 def read_params(model_dir: str, step: Optional[int] = None) -> Dict[str, np.ndarray]:
   """Flat {name: array} of a checkpoint's params, read without a model (host numpy)."""
-  from flip_t5x.runtime import checkpoints  # pylint: disable=g-import-not-at-top
+  from flip_t5x import checkpoints  # pylint: disable=g-import-not-at-top
   path = model_dir if step is None else os.path.join(model_dir, f"checkpoint_{step}")
   return checkpoints.read_arrays(path)
 

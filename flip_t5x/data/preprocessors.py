@@ -18,7 +18,7 @@ counter name ("train", "eval", ...), read with:
     preprocessors.kept_count("train")      # records that made it into the stream
 
 The counters are cumulative over the process (restored with the input position by
-`sources.restore_input_position`); they lag the training step by the prefetch depth. The trainer
+`flip_t5x.checkpoints.position`); they lag the training step by the prefetch depth. The trainer
 writes them to its metrics, e.g. as `input/skipped/<reason>`.
 
 The image ops (format check, header size, the official crops) live in `flip_t5x.data.images`; this
@@ -257,7 +257,7 @@ def image_text_preprocessor(
   dataset = dataset.scan(tf.constant(-1, tf.int64), gap)
   dataset = dataset.filter(count_and_keep)
   # The counters are external state: checkpoints of the iterator save them explicitly
-  # (sources.save_input_position), so serialising the iterator may ignore them.
+  # (flip_t5x.checkpoints.position), so serialising the iterator may ignore them.
   options = tf.data.Options()
   options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
   return dataset.map(drop_private, num_parallel_calls=tf.data.AUTOTUNE).with_options(options)

@@ -5,19 +5,9 @@ skip counting happen in `flip_t5x.data.preprocessors`. Paths, patterns and TFDS 
 zero-argument callables and read when a dataset is built, so tasks registered at import time pick
 up gin bindings parsed later.
 
-Input position (resume without replaying or skipping data): the pipeline is deterministic for a
-given seed, and its tf.data iterator is checkpointable. After building the iterator, the trainer
-calls, next to each model checkpoint,
-
-    sources.save_input_position(iterator, f"{model_dir}/checkpoint_{step}", process_index, count)
-
-and on start-up, before the first `next()`,
-
-    sources.restore_input_position(iterator, f"{model_dir}/checkpoint_{step}", process_index, count)
-
-`iterator` is a `tf.data` iterator (`iter(ds)`) or the numpy iterator from `ds.as_numpy_iterator()`.
-The skip counters of `preprocessors` are saved and restored with it. The checkpoint holds the raw-record
-shuffle buffer (`record_shuffle_buffer_size` compressed images per host).
+The pipeline is deterministic for a given seed and its tf.data iterator is checkpointable: the
+input position (iterator state and skip counters) is saved and restored with each checkpoint by
+`flip_t5x.checkpoints.position`.
 """
 from __future__ import annotations
 
@@ -498,42 +488,3 @@ class TfdsSource(seqio.DataSource):
       return {"image": ex[image_key], "text": tf.gather(names, label), "label": label}
 
     return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
-
-
-# ------------------------------------------------------------------------------------------------
-# Input position.
-def _tf_iterator(iterator):
-  return getattr(iterator, "_iterator", iterator)
-
-
-def _checkpoint(iterator, counter_names: Sequence[str]) -> tf.train.Checkpoint:
-  kwargs = {"iterator": _tf_iterator(iterator)}
-  for name in counter_names:
-    for k, v in preprocessors.counters(name).trackables().items():
-      kwargs[f"{name}_{k}"] = v
-  return tf.train.Checkpoint(**kwargs)
-
-
-def input_position_prefix(directory: str, process_index: int = 0, process_count: int = 1) -> str:
-  """Per-host checkpoint prefix inside `directory` (hosts never share a file)."""
-  return os.path.join(directory, f"input_position-{process_index:05d}-of-{process_count:05d}")
-
-
-def save_input_position(iterator, directory: str, process_index: int = 0, process_count: int = 1,
-                        counter_names: Sequence[str] = ("train",)) -> str:
-  """Saves this host's tf.data iterator state and skip counters under `directory`; returns the prefix."""
-  tf.io.gfile.makedirs(directory)
-  prefix = input_position_prefix(directory, process_index, process_count)
-  return _checkpoint(iterator, counter_names).write(prefix)
-
-
-def restore_input_position(iterator, directory: str, process_index: int = 0,
-                           process_count: int = 1,
-                           counter_names: Sequence[str] = ("train",)) -> bool:
-  """Restores what `save_input_position` saved; returns False (and changes nothing) if absent."""
-  prefix = input_position_prefix(directory, process_index, process_count)
-  if not tf.io.gfile.exists(prefix + ".index"):
-    logging.info("No input position at %s; starting the input stream from the beginning.", prefix)
-    return False
-  _checkpoint(iterator, counter_names).read(prefix).assert_consumed()
-  return True
