@@ -10,6 +10,7 @@ import hashlib
 import http.server
 import io
 import os
+import re
 import shutil
 import stat
 import tarfile
@@ -19,6 +20,7 @@ import zipfile
 import jax
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from flip_t5x import import_checkpoint as ic
 from flip_t5x import pretrained
@@ -130,7 +132,8 @@ def test_resolve_downloads_imports_and_reuses(registered, server, release, tmp_p
   found = pretrained.resolve("flip_tiny_test", cache_dir=cache, stream=out)
   assert len(_gets(server)) == 1
   progress = out.getvalue()
-  assert "100%" in progress and "/s" in progress and "MiB" in progress, progress
+  assert "100%" in progress and "MiB/s" in progress and "ETA" in progress, progress
+  assert len(progress.splitlines()) > 2  # not a terminal: a line per tenth, then the last
   assert found.checkpoint == os.path.join(cache, "models", "flip_tiny_test",
                                           f"checkpoint_{release['step']}")
   assert found.gin_file == release["gin_file"]
@@ -145,7 +148,8 @@ def test_resolve_downloads_imports_and_reuses(registered, server, release, tmp_p
   again = io.StringIO()
   assert pretrained.resolve("flip_tiny_test", cache_dir=cache, stream=again) == found
   assert len(_gets(server)) == 1 and again.getvalue() == ""
-  assert "yes" in [l for l in pretrained.list_models(cache).splitlines() if "flip_tiny_test" in l][0]
+  row = [l for l in pretrained.list_models(cache).splitlines() if "flip_tiny_test" in l][0]
+  assert re.split(r"\s{2,}", row)[:4] == ["flip_tiny_test", "tiny test model", "1.5", "yes"], row
   # Only finished entries in the cache: the archive, its record, the import.
   assert sorted(os.listdir(os.path.join(cache, "downloads"))) == [ARCHIVE, ARCHIVE + ".json"]
   assert os.listdir(os.path.join(cache, "models")) == ["flip_tiny_test"]
@@ -294,3 +298,21 @@ def test_registry_holds_the_releases():
   for m in (l16, h14):
     assert os.path.isfile(pretrained.gin_file_path(m))
 
+
+
+def test_gfile_source_is_copied_into_the_cache(release, tmp_path):
+  """gs:// and every other tf.io.gfile scheme take the same path (here TF's in-memory ram://)."""
+  url = f"ram://flip_pretrained_test/{ARCHIVE}"
+  with tf.io.gfile.GFile(url, "wb") as f:
+    f.write(release["data"])
+  pretrained.register(pretrained.PretrainedModel("flip_tiny_gfile", url, release["gin_file"]))
+  out = io.StringIO()
+  try:
+    found = pretrained.resolve("flip_tiny_gfile", cache_dir=str(tmp_path), stream=out)
+  finally:
+    pretrained.unregister("flip_tiny_gfile")
+    tf.io.gfile.remove(url)
+  assert "100%" in out.getvalue()
+  with open(tmp_path / "downloads" / ARCHIVE, "rb") as f:
+    assert f.read() == release["data"]
+  assert os.path.isdir(found.checkpoint)

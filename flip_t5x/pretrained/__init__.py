@@ -8,8 +8,9 @@
 The first use downloads the release archive (`download.fetch`: http(s) with a progress line and
 resume, gs://, or a local path used in place), extracts it (`archive.extract`, refusing members
 that would land outside its folder), finds the t5x msgpack checkpoint wherever it lies, and
-imports it with `import_checkpoint.import_checkpoint` into the cache in this project's checkpoint
-format (t5x's orbax layout). Later uses read that import and touch neither network nor archive.
+imports it (`checkpoints.release.convert_params`, as `flip_t5x.import_checkpoint` does) into the
+cache in this project's checkpoint format (t5x's orbax layout). Later uses read that import and
+touch neither network nor archive.
 The released models use FLIP's BERT vocabulary, the default `VOCAB_FILE`. Cache layout, under
 `cache_dir` (default `$XDG_CACHE_HOME/flip_t5x`, else `~/.cache/flip_t5x`):
 
@@ -32,7 +33,9 @@ from typing import Dict, List, Optional, TextIO
 
 import gin
 
-from flip_t5x import import_checkpoint
+from flip_t5x import checkpoints
+from flip_t5x.checkpoints import msgpack
+from flip_t5x.checkpoints import release
 from flip_t5x.pretrained import archive
 from flip_t5x.pretrained import download
 from flip_t5x.runtime import gin_utils
@@ -141,6 +144,17 @@ def _model(gin_file: str):
     gin.clear_config()
 
 
+def _import_release(ckpt_dir: str, model, output: str) -> int:
+  """Converts the release's msgpack checkpoint (official names) into `output`; returns its step."""
+  ckpt = msgpack.read_t5x_checkpoint(ckpt_dir)
+  if not release.has_official_names(ckpt.target):
+    raise archive.ArchiveError(f"the checkpoint in the archive ({ckpt_dir}) does not hold the "
+                               "official FLIP parameter names")
+  step = ckpt.step or 0
+  checkpoints.save_params(release.convert_params(ckpt, model), output, step)
+  return step
+
+
 def _import_archive(path: str, sha256: str, url: str, gin_file: str, model_dir: str) -> None:
   """Extracts the archive, imports its checkpoint, and renames the result to `model_dir`."""
   work = os.path.join(os.path.dirname(model_dir), f".tmp-{uuid.uuid4().hex[:8]}")
@@ -149,7 +163,7 @@ def _import_archive(path: str, sha256: str, url: str, gin_file: str, model_dir: 
     root = archive.extract(path, os.path.join(work, "extracted"))
     ckpt_dir = archive.find_t5x_checkpoint(root)
     out = os.path.join(work, "model")
-    _, step = import_checkpoint.import_checkpoint(ckpt_dir, _model(gin_file), output=out)
+    step = _import_release(ckpt_dir, _model(gin_file), out)
     download.write_json_atomic(os.path.join(out, SOURCE_FILE), {
         "url": url, "sha256": sha256, "checkpoint": f"checkpoint_{step}",
         "archive_path": os.path.relpath(ckpt_dir, root)})
@@ -201,15 +215,15 @@ def resolve(name_or_path: str, cache_dir: Optional[str] = None, sha256: Optional
 
 
 def list_models(cache_dir: Optional[str] = None) -> str:
-  """The registry as a table: name, model, zero-shot ImageNet-1K, gin file, cached or not."""
+  """The registry as a table: name, model, zero-shot ImageNet-1K, cached or not, gin file, URL."""
   cache_dir = os.path.abspath(os.path.expanduser(cache_dir or default_cache_dir()))
-  rows = [("name", "model", "IN-1K 0-shot (paper)", "gin file", "cached")]
+  rows = [("name", "model", "IN-1K 0-shot (paper)", "cached", "gin file", "archive")]
   for name in names():
     m = _REGISTRY[name]
     score = "-" if m.zeroshot_in1k is None else f"{m.zeroshot_in1k:.1f}"
     if m.paper_zeroshot_in1k is not None:
       score += f" ({m.paper_zeroshot_in1k:.1f})"
     cached = _cached_import(os.path.join(cache_dir, "models", name), None) is not None
-    rows.append((name, m.description, score, m.gin_file, "yes" if cached else "no"))
+    rows.append((name, m.description, score, "yes" if cached else "no", m.gin_file, m.url))
   widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
   return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
