@@ -14,7 +14,7 @@ import tasks  # pylint: disable=unused-import  (registers the tasks)
 from flip_t5x import checkpoints
 from flip_t5x.data import images
 from flip_t5x.data import preprocessors
-from flip_t5x.data import sources
+from flip_t5x.data import shard_readers
 from flip_t5x.data.feature_converters import ImageTextFeatureConverter
 
 S, L = 32, 8
@@ -212,7 +212,7 @@ def test_hosts_read_disjoint_shards(shards):
   everything = texts(_dataset())
   assert host0 and host1 and not host0 & host1
   assert host0 | host1 == everything
-  files = tasks.sources.expand_data_pattern(tasks.train_data_pattern())
+  files = shard_readers.expand_data_pattern(tasks.train_data_pattern())
   assert len(files) == 4
 
 
@@ -254,7 +254,7 @@ def test_missing_or_empty_pattern_is_a_clear_error(shards, tmp_path):
   with pytest.raises(ValueError, match="TRAIN_DATA_PATTERN"):
     _dataset()
   with pytest.raises(ValueError, match="Empty data pattern"):
-    sources.expand_data_pattern(" , ")
+    shard_readers.expand_data_pattern(" , ")
 
 
 def test_comma_separated_patterns_and_gin_pixel_limit(shards):

@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence
 import tensorflow as tf
 from tensorflow_text.tools.wordpiece_vocab import bert_vocab_from_dataset as bert_vocab
 
-from flip_t5x.data import sources
+from flip_t5x.data import shard_readers
 
 RESERVED_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -21,11 +21,11 @@ def caption_dataset(captions: Optional[str] = None, shards: Optional[str] = None
   """Non-empty captions from text files (one a line) and/or img2dataset shards."""
   parts = []
   if captions:
-    files = sources.expand_data_pattern(captions)
+    files = shard_readers.expand_data_pattern(captions)
     parts.append(tf.data.TextLineDataset(files))
   if shards:
-    files = sources.expand_data_pattern(shards)
-    reader = sources.READERS[sources.detect_format(files)]
+    files = shard_readers.expand_data_pattern(shards)
+    reader = shard_readers.READERS[shard_readers.detect_format(files)]
     records = tf.data.Dataset.from_tensor_slices(files).flat_map(reader)
     parts.append(records.map(lambda r: r["text"]))
   if not parts:
