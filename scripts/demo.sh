@@ -3,12 +3,16 @@
 # photos from a Debian package, captions, WordPiece vocabulary -> img2dataset shards), pre-trains
 # with 50% masking, tunes unmasked from that checkpoint, evaluates zero-shot on held-out photos
 # after each stage, and prints a table and one JSON line. Same binaries and tasks as LAION runs.
+# With --compare it also trains the same model unmasked from scratch for the masked pre-training's
+# wall-clock time and compares the two (table, JSON line, RUN_DIR/flip_vs_unmasked.png).
 #
 # Options (all optional): --data_dir=DIR --run_dir=DIR --pretrain_steps=N --tune_steps=N
 #   --num_train=N --num_eval_per_class=N   (the test suite runs a shortened demo with these)
+#   --compare
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 
 data_dir=demo_data run_dir=runs/demo pretrain_steps="" tune_steps="" num_train=20000 num_eval=100
+compare=""
 for arg in "$@"; do
   case "$arg" in
     --data_dir=*) data_dir="${arg#*=}" ;;
@@ -17,6 +21,7 @@ for arg in "$@"; do
     --tune_steps=*) tune_steps="${arg#*=}" ;;
     --num_train=*) num_train="${arg#*=}" ;;
     --num_eval_per_class=*) num_eval="${arg#*=}" ;;
+    --compare) compare=1 ;;
     *) echo "demo.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -50,6 +55,18 @@ eval_data=(--gin.ZEROSHOT_FOLDER="\"$data_dir/zeroshot\""
 steps_args() { [ -n "$1" ] && echo "--gin.TRAIN_STEPS=$1 --gin.WARMUP_STEPS=$(( $1 / 10 ))"; true; }
 pre_steps=($(steps_args "$pretrain_steps"))
 tun_steps=($(steps_args "$tune_steps"))
+# --compare: the trainer reports throughput and uptime every 5 steps (the equal-time step count
+# and the figure's x axis come from these) and evaluates zero-shot POINTS times per run, at
+# multiples of 5 steps. 300 and 60 are gin_configs/demo/{pretrain,unmasked_tuning}.gin's TRAIN_STEPS.
+stats_period=5
+eval_args() {  # STEPS POINTS
+  local period=$(( stats_period * ( ($1 + $2 * stats_period / 2) / ($2 * stats_period) ) ))
+  echo "--gin.train_script.train.stats_period=$stats_period --gin.EVAL_PERIOD=$(( period > 0 ? period : stats_period ))"
+}
+if [ -n "$compare" ]; then
+  pre_steps+=($(eval_args "${pretrain_steps:-300}" 6))
+  tun_steps+=($(eval_args "${tune_steps:-60}" 3))
+fi
 
 rm -rf "$run_dir"
 mkdir -p "$run_dir/logs"
@@ -79,4 +96,17 @@ stage eval_tuned "zero-shot eval after tuning" \
 $py -m flip_t5x.eval --gin_file=gin_configs/demo/eval.gin "${common[@]}" "${eval_data[@]}" \
   --gin.CHECKPOINT_PATH="\"$run_dir/tuned\"" --gin.EVAL_OUTPUT_DIR="\"$run_dir/eval_tuned\""
 wall=$(( $(date +%s) - start ))
+if [ -n "$compare" ]; then
+  # Fixed before the run starts (seeded, repeatable): the masked run's training seconds at the
+  # unmasked throughput that the tuning measured (the same model, masking off).
+  unmasked_steps=$($py -m flip_t5x.demo_compare --run_dir="$run_dir" --equal_time_steps)
+  stage unmasked "unmasked from scratch (MASK_RATIO=0.0), $unmasked_steps steps = the masked run's time" \
+  $py -m flip_t5x.train --gin_file=gin_configs/demo/pretrain.gin "${common[@]}" "${train_data[@]}" \
+    "${eval_data[@]}" --gin.MODEL_DIR="\"$run_dir/unmasked\"" --gin.MASK_RATIO=0.0 \
+    $(steps_args "$unmasked_steps") $(eval_args "$unmasked_steps" 6)
+fi
 $py -m flip_t5x.demo_summary --run_dir="$run_dir" --wall_seconds="$wall"
+if [ -n "$compare" ]; then
+  $py -m flip_t5x.demo_compare --run_dir="$run_dir"
+  echo "[demo] $(( $(date +%s) - start ))s  done; the comparison: $run_dir/flip_vs_unmasked.png" >&2
+fi
