@@ -109,7 +109,10 @@ def main(argv):
   cores = os.cpu_count() or 1
   with tempfile.TemporaryDirectory() as tmp:
     images = _write_shards(tmp, _NUM_IMAGES.value)
-    gin.parse_config(f'TRAIN_DATA_PATTERN = "{tmp}/*.tfrecord"')
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    gin.parse_config(f"include '{root}/gin_configs/models/flip_base.gin'\n"  # binds VOCAB_FILE
+                     f"include '{root}/gin_configs/tasks.gin'\n"  # binds TRAIN_DATA_PATTERN
+                     f'TRAIN_DATA_PATTERN = "{tmp}/*.tfrecord"')
     if _VOCAB.value:  # else the shipped BERT vocabulary, as the recipes use
       gin.parse_config(f'VOCAB_FILE = "{_VOCAB.value}"')
 

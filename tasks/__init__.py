@@ -14,17 +14,18 @@ passthrough feature: pass `passthrough_features={"label": ...}` to the feature c
 `"label": 1` in TASK_FEATURE_LENGTHS to keep it). S and L are TASK_FEATURE_LENGTHS' `image` and
 `targets`.
 
-gin (values are read when a dataset is built, so bindings may come after `import tasks`):
+gin: gin_configs/tasks.gin binds each configurable below to a macro, read when a dataset is
+built (so bindings may come after `import tasks`); runs/pretrain.gin and runs/eval.gin include it:
     TRAIN_DATA_PATTERN = "/data/laion/*.tfrecord"  # glob or comma-separated globs, any FS
-    VOCAB_FILE = "/path/vocab.txt"       # optional: WordPiece vocab, one token a line (default: FLIP's)
     TRAIN_DATA_FORMAT = "auto"           # optional: "tfrecord" / "webdataset" (default: extension)
     TFDS_DATA_DIR = "/data/tfds"         # optional: TFDS data_dir for the zero-shot tasks
     TFDS_MANUAL_DIR = "/data/imagenet"   # optional: ImageNet archives to prepare on first use
-    ZEROSHOT_TEMPLATES = "7"             # "7" (default), "80", or a file of templates
     ZEROSHOT_FOLDER = "/data/my_classes" # root of flip_folder_zeroshot
     ZEROSHOT_CLASS_NAMES = "/data/names.txt"  # optional: class names for the folder/TFDS tasks
     ZEROSHOT_TFDS_NAME = "cifar10"       # flip_tfds_zeroshot's data set (+ ZEROSHOT_TFDS_SPLIT)
-Each macro can also be set through the configurable that reads it, e.g.
+The model file binds the text vocabulary (VOCAB_FILE) and the zero-shot templates
+(ZEROSHOT_TEMPLATES) the same way (gin_configs/models/flip_base.gin).
+The configurables can also be bound directly, e.g.
 `tasks.train_data_pattern.pattern = "..."`, `tasks.zeroshot_folder.root = "..."`,
 `flip_t5x.data.vocabulary.wordpiece_vocab_file.path = "..."`; tuning knobs:
 `flip_t5x.data.sources.record_shuffle_buffer_size.size`, `flip_t5x.data.preprocessors.max_image_pixels.limit`,
@@ -44,14 +45,10 @@ from flip_t5x.data import sources
 from flip_t5x.data import vocabulary as vocabulary_lib
 from flip_t5x.data import zeroshot
 
-gin_macro = vocabulary_lib.gin_macro
-
 
 @gin.configurable(module="tasks")
 def train_data_pattern(pattern: Optional[str] = None) -> str:
-  """Glob(s) of the training shards: this binding, else the macro TRAIN_DATA_PATTERN."""
-  if pattern is None:
-    pattern = gin_macro("TRAIN_DATA_PATTERN", None)
+  """Glob(s) of the training shards (gin: TRAIN_DATA_PATTERN)."""
   if not pattern:
     raise ValueError(
         "No training data pattern: set TRAIN_DATA_PATTERN = \"/path/to/shards/*.tfrecord\" in gin "
@@ -60,42 +57,39 @@ def train_data_pattern(pattern: Optional[str] = None) -> str:
 
 
 @gin.configurable(module="tasks")
-def train_data_format(fmt: Optional[str] = None) -> str:
-  """'auto' (by extension), 'tfrecord' or 'webdataset'; else the macro TRAIN_DATA_FORMAT."""
-  return fmt or gin_macro("TRAIN_DATA_FORMAT", "auto")
+def train_data_format(fmt: str = "auto") -> str:
+  """'auto' (by extension), 'tfrecord' or 'webdataset' (gin: TRAIN_DATA_FORMAT)."""
+  return fmt
 
 
 @gin.configurable(module="tasks")
 def tfds_data_dir(path: Optional[str] = None) -> Optional[str]:
-  """TFDS data_dir for the zero-shot tasks; else the macro TFDS_DATA_DIR; else TFDS' default."""
-  return path or gin_macro("TFDS_DATA_DIR", None)
+  """TFDS data_dir for the zero-shot tasks (gin: TFDS_DATA_DIR); None: TFDS' default."""
+  return path
 
 
 @gin.configurable(module="tasks")
 def tfds_manual_dir(path: Optional[str] = None) -> Optional[str]:
-  """TFDS manual_dir (e.g. ImageNet's tars); else the macro TFDS_MANUAL_DIR."""
-  return path or gin_macro("TFDS_MANUAL_DIR", None)
+  """TFDS manual_dir, e.g. ImageNet's tars (gin: TFDS_MANUAL_DIR)."""
+  return path
 
 
 @gin.configurable(module="tasks")
 def zeroshot_folder(root: Optional[str] = None, class_names_file: Optional[str] = None) -> tuple:
-  """(root, class_names_file) of flip_folder_zeroshot; else ZEROSHOT_FOLDER / ZEROSHOT_CLASS_NAMES."""
-  root = root or gin_macro("ZEROSHOT_FOLDER", None)
+  """(root, class_names_file) of flip_folder_zeroshot (gin: ZEROSHOT_FOLDER, ZEROSHOT_CLASS_NAMES)."""
   if not root:
     raise ValueError("flip_folder_zeroshot needs ZEROSHOT_FOLDER = \"/path/root\" in gin "
                      "(images in root/CLASS_NAME/*.jpg).")
-  return root, class_names_file or gin_macro("ZEROSHOT_CLASS_NAMES", None)
+  return root, class_names_file
 
 
 @gin.configurable(module="tasks")
-def zeroshot_tfds(name: Optional[str] = None, split: Optional[str] = None,
+def zeroshot_tfds(name: Optional[str] = None, split: str = "test",
                   class_names_file: Optional[str] = None) -> tuple:
-  """(name, split, class_names_file) of flip_tfds_zeroshot; else ZEROSHOT_TFDS_NAME / _SPLIT."""
-  name = name or gin_macro("ZEROSHOT_TFDS_NAME", None)
+  """(name, split, class_names_file) of flip_tfds_zeroshot (gin: ZEROSHOT_TFDS_NAME, _SPLIT)."""
   if not name:
     raise ValueError("flip_tfds_zeroshot needs ZEROSHOT_TFDS_NAME = \"cifar10\" (a TFDS name).")
-  split = split or gin_macro("ZEROSHOT_TFDS_SPLIT", "test")
-  return name, split, class_names_file or gin_macro("ZEROSHOT_CLASS_NAMES", None)
+  return name, split, class_names_file
 
 
 def output_features() -> dict:

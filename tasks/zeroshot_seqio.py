@@ -127,9 +127,7 @@ for _base in BASE_TASKS:
 
 @gin.configurable(module="tasks.zeroshot_seqio")
 def retrieval_data_pattern(pattern: Optional[str] = None) -> str:
-  """Glob(s) of the captioned eval shards: this binding, else the macro RETRIEVAL_DATA_PATTERN."""
-  if pattern is None:
-    pattern = tasks.gin_macro("RETRIEVAL_DATA_PATTERN", None)
+  """Glob(s) of the captioned eval shards (gin: RETRIEVAL_DATA_PATTERN, gin_configs/tasks.gin)."""
   if not pattern:
     raise ValueError("flip_img2dataset_retrieval needs RETRIEVAL_DATA_PATTERN = "
                      "\"/path/to/eval_shards/*.tfrecord\" in gin (img2dataset output).")

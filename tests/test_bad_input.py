@@ -112,7 +112,7 @@ pytestmark = pytest.mark.usefixtures("clean_gin_and_counters")
 
 
 def test_one_pass_keeps_every_good_record_and_counts_every_loss(bad_shards, caplog):
-  gin.parse_config(f'TRAIN_DATA_PATTERN = "{bad_shards["pattern"]}"\n'
+  gin.parse_config(dp.BINDING_GIN + f'TRAIN_DATA_PATTERN = "{bad_shards["pattern"]}"\n'
                    f'VOCAB_FILE = "{bad_shards["vocab"]}"')
   ds = seqio.get_dataset("flip_img2dataset", task_feature_lengths={"image": S, "targets": L},
                          dataset_split="train", shuffle=False, num_epochs=1,

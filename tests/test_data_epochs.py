@@ -12,6 +12,7 @@ import seqio
 import tensorflow as tf
 
 import tasks  # pylint: disable=unused-import  (registers the tasks)
+import test_data_pipeline as dp
 from flip_t5x import checkpoints
 from flip_t5x.data import shards as shard_writer
 from flip_t5x.data import preprocessors
@@ -48,7 +49,7 @@ def shards(tmp_path_factory):
 
 
 def _configure(shards, buffer, cycle=3, extra=""):
-  gin.parse_config(f'TRAIN_DATA_PATTERN = "{shards["pattern"]}"\n'
+  gin.parse_config(dp.BINDING_GIN + f'TRAIN_DATA_PATTERN = "{shards["pattern"]}"\n'
                    f'VOCAB_FILE = "{shards["vocab"]}"\n'
                    f"flip_t5x.data.sources.record_shuffle_buffer_size.size = {buffer}\n"
                    f"flip_t5x.data.sources.interleave_cycle_length.length = {cycle}\n{extra}")
@@ -138,7 +139,7 @@ def test_empty_pass_ends_the_stream(shards, tmp_path):
   for i in range(2):
     with tf.io.TFRecordWriter(str(tmp_path / f"empty-{i}.tfrecord")):
       pass
-  gin.parse_config(f'TRAIN_DATA_PATTERN = "{tmp_path}/*.tfrecord"\n')
+  gin.parse_config(dp.BINDING_GIN + f'TRAIN_DATA_PATTERN = "{tmp_path}/*.tfrecord"\n')
   assert _captions(10) == []
 
 

@@ -13,6 +13,7 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 
 import tasks  # pylint: disable=unused-import  (registers the tasks)
+import test_data_pipeline as dp
 from flip_t5x.data import vocab_builder
 from flip_t5x.data import vocabulary
 from flip_t5x.data.feature_converters import ImageTextFeatureConverter
@@ -129,12 +130,12 @@ def test_vocab_file_from_gin(bert, tmp_path):
     assert lazy.vocab_file == BERT_VOCAB  # nothing bound: FLIP's vocabulary, shipped
     other = tmp_path / "vocab.txt"
     other.write_text("[PAD]\n[UNK]\ndog\n")
-    gin.parse_config(f'VOCAB_FILE = "{other}"')
+    gin.parse_config(dp.BINDING_GIN + f'VOCAB_FILE = "{other}"')
     assert lazy.vocab_file == str(other) and lazy.encode("dog") == [2]
     gin.parse_config(f'flip_t5x.data.vocabulary.wordpiece_vocab_file.path = "{BERT_VOCAB}"')
     assert lazy.vocab_size == 30523 and lazy.encode("dog") == [3899]  # the binding wins
     gin.clear_config()
-    gin.parse_config('VOCAB_FILE = ""')
+    gin.parse_config(dp.BINDING_GIN + 'VOCAB_FILE = ""')
     with pytest.raises(ValueError, match="VOCAB_FILE is empty"):
       vocabulary.WordPieceVocabulary().encode("dog")
   finally:
@@ -196,7 +197,7 @@ def test_training_pipeline_texts_equal_flips(tmp_path, official_tokenizer):
       w.write(tf.train.Example(features=tf.train.Features(feature={
           k: tf.train.Feature(bytes_list=tf.train.BytesList(value=v)) for k, v in feat.items()
       })).SerializeToString())
-  gin.parse_config(f'TRAIN_DATA_PATTERN = "{tmp_path}/*.tfrecord"')
+  gin.parse_config(dp.BINDING_GIN + f'TRAIN_DATA_PATTERN = "{tmp_path}/*.tfrecord"')
   ds = seqio.get_dataset("flip_img2dataset", {"image": 32, "targets": TEXT_LENGTH},
                          dataset_split="train", shuffle=False, num_epochs=1,
                          feature_converter=ImageTextFeatureConverter())

@@ -10,6 +10,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import tasks
+import test_data_pipeline as dp
 from flip_t5x.data import feature_converters
 from flip_t5x.data import preprocessors
 from flip_t5x.data import vocabulary
@@ -41,7 +42,7 @@ def test_assets():
   assert names[0] == "tench" and names.count("missile") == 2  # CLIP list: "missile", "sunglasses" twice
   assert len(zeroshot.templates("80")) == 80 and len(zeroshot.templates("7")) == 7
   assert zeroshot.templates() == zeroshot.templates("7")  # FLIP's default
-  gin.parse_config('ZEROSHOT_TEMPLATES = "80"')
+  gin.parse_config(dp.BINDING_GIN + 'ZEROSHOT_TEMPLATES = "80"')
   assert len(zeroshot.templates()) == 80
   gin.clear_config()
   gin.parse_config('flip_t5x.data.zeroshot.template_set.name = "7"')
@@ -59,7 +60,7 @@ def test_prompt_token_ids(vocab_file):
 
 
 def test_imagenet_zeroshot_with_mock_data(vocab_file):
-  gin.parse_config(f'VOCAB_FILE = "{vocab_file}"')
+  gin.parse_config(dp.BINDING_GIN + f'VOCAB_FILE = "{vocab_file}"')
   with tfds.testing.mock_data(num_examples=6):
     ds = seqio.get_dataset("flip_imagenet1k_zeroshot",
                            task_feature_lengths={"image": S, "targets": L, "label": 1},
@@ -88,7 +89,7 @@ def test_folder_zeroshot(tmp_path, vocab_file):
       Image.fromarray(a).save(root / cls / f"{i}.{'jpg' if i % 2 else 'png'}")
   (root / "dog" / "notes.md").write_text("not an image")
   (root / "dog" / "broken.jpg").write_bytes(b"")
-  gin.parse_config(f'VOCAB_FILE = "{vocab_file}"\nZEROSHOT_FOLDER = "{root}"')
+  gin.parse_config(dp.BINDING_GIN + f'VOCAB_FILE = "{vocab_file}"\nZEROSHOT_FOLDER = "{root}"')
   assert tasks.zeroshot_class_names("flip_folder_zeroshot") == ["cat", "dog", "red fox"]
   ds = seqio.get_dataset("flip_folder_zeroshot",
                          task_feature_lengths={"image": S, "targets": L, "label": 1},
@@ -114,6 +115,6 @@ def test_folder_zeroshot(tmp_path, vocab_file):
 
 
 def test_folder_zeroshot_needs_a_root(vocab_file):
-  gin.parse_config(f'VOCAB_FILE = "{vocab_file}"')
+  gin.parse_config(dp.BINDING_GIN + f'VOCAB_FILE = "{vocab_file}"')
   with pytest.raises(ValueError, match="ZEROSHOT_FOLDER"):
     tasks.zeroshot_class_names("flip_folder_zeroshot")

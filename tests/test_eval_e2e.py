@@ -106,7 +106,7 @@ def _run_binary(d, gin_file, *bindings):
 def binaries(setup):
   """Starts the binary runs first (in parallel); the in-process tests run meanwhile."""
   d = setup["dir"]
-  common = [f"VOCAB_FILE = '{d}/vocab.txt'", "include 'gin_configs/models/flip_tiny.gin'"]
+  common = ["include 'gin_configs/models/flip_tiny.gin'", f"VOCAB_FILE = '{d}/vocab.txt'"]
   zs = _gin_file(d, "zs.gin", common + [
       "include 'gin_configs/runs/eval.gin'", "MIXTURE_OR_TASK_NAME = 'flip_folder_zeroshot'",
       f"ZEROSHOT_FOLDER = '{d}/zeroshot'", "utils.DatasetConfig.batch_size = 4"])

@@ -5,12 +5,10 @@ appended because FLIP's text tower pools position 0 (the first WordPiece). `voca
 number of lines + 1, as in FLIP's configs (30,522-line BERT vocab -> 30,523).
 
 The file is resolved lazily (at first use, not at construction) so tasks can be registered at
-import time before gin is parsed. Where it comes from, in order:
-  1. the `vocab_file` argument;
-  2. gin: `flip_t5x.data.vocabulary.wordpiece_vocab_file.path = "/path/vocab.txt"`;
-  3. gin macro `VOCAB_FILE = "/path/vocab.txt"`;
-  4. the vocabulary FLIP trained on, shipped in the package (`BERT_UNCASED_VOCAB_FILE`: BERT's
-     uncased WordPiece, 30,522 lines, the official repo's `vocab/vocab_bert_base.txt`).
+import time before gin is parsed: the `vocab_file` argument, else `wordpiece_vocab_file`'s `path`,
+which the model file binds to the macro VOCAB_FILE (gin_configs/models/flip_base.gin). None, the
+default, means the vocabulary FLIP trained on, shipped in the package (`BERT_UNCASED_VOCAB_FILE`:
+BERT's uncased WordPiece, 30,522 lines, the official repo's `vocab/vocab_bert_base.txt`).
 """
 from __future__ import annotations
 
@@ -25,32 +23,18 @@ import seqio
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-_UNSET = object()
-
 ASSETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 # FLIP's text vocabulary (input_pipeline_laion.py: md5 64800d5d8528ce344256daf115d4965e).
 BERT_UNCASED_VOCAB_FILE = os.path.join(ASSETS_DIR, "bert_uncased_wordpiece_vocab.txt")
 BERT_UNCASED_VOCAB_MD5 = "64800d5d8528ce344256daf115d4965e"
 
 
-def gin_macro(name: str, default=_UNSET):
-  """Value of the gin macro `name`, or `default` (raises if unset and no default)."""
-  try:
-    return gin.query_parameter(f"%{name}")
-  except ValueError:
-    if default is _UNSET:
-      raise
-    return default
-
-
 @gin.configurable(module="flip_t5x.data.vocabulary")
 def wordpiece_vocab_file(path: Optional[str] = None) -> str:
-  """This binding, else the gin macro VOCAB_FILE, else the shipped BERT uncased vocabulary.
+  """The vocabulary file (gin: VOCAB_FILE); None: the shipped BERT uncased vocabulary.
 
   The default is the file FLIP's released models were trained on, so recipes need no binding.
   """
-  if path is None:
-    path = gin_macro("VOCAB_FILE", None)
   if path is None:
     return BERT_UNCASED_VOCAB_FILE
   if not path:

@@ -4,8 +4,8 @@ The CLIP ImageNet-1K class names (index = TFDS `imagenet2012` label) and the two
 (80 prompts, and the 7 FLIP evaluates with by default) ship as files in `flip_t5x/data/assets`.
 The template set is chosen in gin:
 
-    flip_t5x.data.zeroshot.template_set.name = "80"   # "7" (default), "80", or a file path
-    # or the macro ZEROSHOT_TEMPLATES = "80"
+    ZEROSHOT_TEMPLATES = "80"   # "7" (default), "80", or a file path
+    # the model file binds it: flip_t5x.data.zeroshot.template_set.name = %ZEROSHOT_TEMPLATES
 
 Evaluators build class embeddings from `prompt_token_ids(class_names, templates(), vocab, L)`:
 for each class, every template filled with the class name.
@@ -41,10 +41,8 @@ def imagenet_class_names() -> List[str]:
 
 
 @gin.configurable(module="flip_t5x.data.zeroshot")
-def template_set(name: Optional[str] = None) -> str:
-  """Selected template set: this binding, else the macro ZEROSHOT_TEMPLATES, else "7"."""
-  if name is None:
-    name = vocabulary_lib.gin_macro("ZEROSHOT_TEMPLATES", "7")
+def template_set(name: str = "7") -> str:
+  """Selected template set (gin: ZEROSHOT_TEMPLATES): "7" (FLIP's), "80" or a file path."""
   return str(name)
 
 
