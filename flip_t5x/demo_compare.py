@@ -61,14 +61,18 @@ class Run:
   @property
   def top1(self) -> Series:
     """Zero-shot top-1 (%) against wall-clock seconds."""
-    return wall_time(self.curves, _zeroshot_key(self))
+    curve = wall_time(self.curves, _zeroshot_key(self))
+    if not curve[0]:
+      raise MetricsError(f"{self.model_dir}: no zero-shot evaluation at a step with an uptime "
+                         "record (EVAL_PERIOD should be a multiple of the stats period)")
+    return curve
 
 
 def _zeroshot_key(run: Run) -> str:
   keys = [k for k in run.curves if k.startswith(ZEROSHOT_PREFIX) and k.endswith(TOP1_SUFFIX)]
   if len(keys) != 1:
-    raise MetricsError(f"{run.model_dir}: expected one zero-shot task's top-1, found {keys or 'none'}"
-                       " (the demo's training runs evaluate zero-shot periodically)")
+    raise MetricsError(f"{run.model_dir}: expected one zero-shot task's top-1, found "
+                       f"{keys or 'none'} (the demo's training runs evaluate zero-shot)")
   return keys[0]
 
 
@@ -129,7 +133,7 @@ def _row(run: Run, curve: Series, equal_seconds: Optional[float], steps: int, im
           "zeroshot_top1_at_equal_time": (None if equal_seconds is None
                                           else top1_at(curve, equal_seconds)),
           "zeroshot_top1_final": curve[1][-1],
-          "curve": [[round(t, 3), v] for t, v in zip(*curve)]}
+          "curve": [list(point) for point in zip(*curve)]}
 
 
 def compare(run_dir: str) -> Dict[str, Any]:
@@ -160,9 +164,9 @@ def table(summary: Dict[str, Any]) -> str:
                  f"{'-' if at_value is None else f'{at_value:.1f}':>13}"
                  f"{r['zeroshot_top1_final']:>7.1f}")
   e = summary["equal_time"]
-  lines.append(f"equal time: {e['masked_steps']} masked steps at {e['masked_images_per_second']:.0f}"
-               f" img/s = {e['unmasked_steps']} unmasked steps at "
-               f"{e['unmasked_images_per_second']:.0f} img/s (batch {e['batch_size']})")
+  lines.append(f"equal time: {e['masked_steps']} masked steps at "
+               f"{e['masked_images_per_second']:.0f} img/s = {e['unmasked_steps']} unmasked "
+               f"steps at {e['unmasked_images_per_second']:.0f} img/s (batch {e['batch_size']})")
   return "\n".join(lines)
 
 

@@ -57,11 +57,12 @@ pre_steps=($(steps_args "$pretrain_steps"))
 tun_steps=($(steps_args "$tune_steps"))
 # --compare: the trainer reports throughput and uptime every 5 steps (the equal-time step count
 # and the figure's x axis come from these) and evaluates zero-shot POINTS times per run, at
-# multiples of 5 steps. 300 and 60 are gin_configs/demo/{pretrain,unmasked_tuning}.gin's TRAIN_STEPS.
+# multiples of 5 steps. 300 and 60: TRAIN_STEPS of gin_configs/demo/{pretrain,unmasked_tuning}.gin.
 stats_period=5
 eval_args() {  # STEPS POINTS
   local period=$(( stats_period * ( ($1 + $2 * stats_period / 2) / ($2 * stats_period) ) ))
-  echo "--gin.train_script.train.stats_period=$stats_period --gin.EVAL_PERIOD=$(( period > 0 ? period : stats_period ))"
+  period=$(( period > 0 ? period : stats_period ))
+  echo "--gin.train_script.train.stats_period=$stats_period --gin.EVAL_PERIOD=$period"
 }
 if [ -n "$compare" ]; then
   pre_steps+=($(eval_args "${pretrain_steps:-300}" 6))
@@ -100,7 +101,7 @@ if [ -n "$compare" ]; then
   # Fixed before the run starts (seeded, repeatable): the masked run's training seconds at the
   # unmasked throughput that the tuning measured (the same model, masking off).
   unmasked_steps=$($py -m flip_t5x.demo_compare --run_dir="$run_dir" --equal_time_steps)
-  stage unmasked "unmasked from scratch (MASK_RATIO=0.0), $unmasked_steps steps = the masked run's time" \
+  stage unmasked "unmasked from scratch (MASK_RATIO=0.0), $unmasked_steps steps: equal time" \
   $py -m flip_t5x.train --gin_file=gin_configs/demo/pretrain.gin "${common[@]}" "${train_data[@]}" \
     "${eval_data[@]}" --gin.MODEL_DIR="\"$run_dir/unmasked\"" --gin.MASK_RATIO=0.0 \
     $(steps_args "$unmasked_steps") $(eval_args "$unmasked_steps" 6)

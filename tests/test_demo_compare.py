@@ -161,3 +161,12 @@ def test_a_run_without_reports_is_a_clear_error(tmp_path, missing):
   (path / "metrics.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
   with pytest.raises(demo_compare.MetricsError, match=f"no '{missing}' records"):
     demo_compare.load_run(str(path))
+
+
+def test_an_evaluation_without_wall_time_is_a_clear_error(tmp_path):
+  """A zero-shot record at a step with no uptime report cannot be placed on the time axis."""
+  path = _write_run(str(tmp_path / "run"), 256, [(5, 1.0, 100.0), (10, 2.0, 100.0)], [])
+  with open(os.path.join(path, "metrics.jsonl"), "a", encoding="utf-8") as f:
+    f.write(json.dumps({"step": 7, TOP1: 30.0}) + "\n")
+  with pytest.raises(demo_compare.MetricsError, match="no zero-shot evaluation at a step with"):
+    demo_compare.load_run(path).top1  # pylint: disable=expression-not-assigned
