@@ -5,6 +5,8 @@ r"""Zero-shot labels for images, or images ranked for a text query, from a FLIP 
       --images='photos/*.jpg' --labels=cat,dog,car [--top_k=5] [--format=table|jsonl]
   python -m flip_t5x.predict ... --images=photos/ --labels_file=classes.txt [--templates=80]
   python -m flip_t5x.predict ... --images=photos/ --query="a dog on a beach"
+  python -m flip_t5x.predict --pretrained=flip_vit_l16_laion2b --images=photos/ --labels=cat,dog
+  python -m flip_t5x.predict --pretrained=list
 
 Labels mode prints, per image, the top-k labels with probabilities (softmax of logit_scale *
 cosine over the labels, class embeddings averaged over the prompt templates). Query mode ranks
@@ -32,6 +34,7 @@ import numpy as np
 from flip_t5x import checkpoints
 from flip_t5x import predictor as predictor_lib
 from flip_t5x.data import zeroshot
+from flip_t5x.pretrained import cli as pretrained_cli
 from flip_t5x.runtime import gin_utils
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
@@ -56,6 +59,7 @@ def _define_flags() -> None:
   flags.DEFINE_enum("format", "table", ["table", "jsonl"], "Output format.")
   flags.DEFINE_integer("batch_size", 32, "Images per jitted batch.")
   flags.DEFINE_string("vocab_file", None, "WordPiece vocabulary (default: gin VOCAB_FILE).")
+  pretrained_cli.define_flags()  # --pretrained=NAME instead of --checkpoint and --gin_file
 
 
 def list_images(specs: Sequence[str]) -> List[str]:
@@ -167,11 +171,12 @@ def format_query(query: str, paths: Sequence[str], ok: Sequence[int], cos: np.nd
 
 def main(argv: Sequence[str]) -> None:
   del argv
+  pretrained_cli.list_if_asked()
   modes = [m for m in ("labels", "labels_file", "query") if FLAGS[m].value]
   if len(modes) != 1:
     raise app.UsageError("pass exactly one of --labels, --labels_file, --query")
-  if not FLAGS.checkpoint:
-    raise app.UsageError("--checkpoint is required")
+  if not FLAGS.checkpoint and not FLAGS.pretrained:
+    raise app.UsageError("--checkpoint (or --pretrained) is required")
   if not FLAGS.images:
     raise app.UsageError("--images is required (a directory, glob or file)")
   if FLAGS.top_k < 1:
@@ -182,9 +187,12 @@ def main(argv: Sequence[str]) -> None:
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # stderr is for per-file errors; -v 0 shows the gin
 
+  found = pretrained_cli.resolve_from_flags("predict")
+  checkpoint = found.checkpoint if found else FLAGS.checkpoint
+  gin_files = ([found.gin_file] if found else []) + list(FLAGS.gin_file or [])
   try:
     predictor = predictor_lib.FlipPredictor.from_checkpoint(
-        FLAGS.checkpoint, FLAGS.gin_file, gin_bindings=FLAGS.gin_bindings,
+        checkpoint, gin_files, gin_bindings=FLAGS.gin_bindings,
         vocab_file=FLAGS.vocab_file, batch_size=FLAGS.batch_size)
   except checkpoints.NoCheckpointError as e:  # the path and what is there, exit status 2
     print(f"predict: {e}", file=sys.stderr, flush=True)

@@ -167,6 +167,8 @@ def _import_archive(path: str, sha256: str, url: str, gin_file: str, model_dir: 
     download.write_json_atomic(os.path.join(out, SOURCE_FILE), {
         "url": url, "sha256": sha256, "checkpoint": f"checkpoint_{step}",
         "archive_path": os.path.relpath(ckpt_dir, root)})
+    if _cached_import(model_dir, sha256) is not None:
+      return  # another process finished the same import meanwhile: keep the one it may be reading
     if os.path.isdir(model_dir):  # an older import (another archive): put aside, then replace
       os.rename(model_dir, os.path.join(work, "old"))
     os.rename(out, model_dir)
