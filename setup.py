@@ -6,7 +6,8 @@ Everything installs from PyPI. Bounds (checked on Python 3.11, 2026-11):
 - tensorflow and tensorflow-text move in lock-step (text 2.21.x needs tensorflow 2.21.x); we depend
   on `tensorflow` because tensorflow-text requires that distribution name anyway.
 - seqio 0.0.20 / clu 0.0.12 / orbax-checkpoint 0.12: the versions upstream t5x runs with today.
-- jestimator 0.3.3 imports `PartitionSpec` from its old place; `flip_t5x.compat` patches that once.
+- jestimator 0.3.3 imports `PartitionSpec` from its old place; `flip_t5x.runtime.optimizers`
+  patches that once (amos only).
 - tensorboard: clu.metric_writers needs it to write summaries.
 - matplotlib: `python -m flip_t5x.plot` draws training curves (Agg backend, no display needed).
 Accelerators: install jax for your platform on top, e.g. `pip install -U "jax[cuda12]"` (GPU) or

@@ -1,20 +1,21 @@
 """`FlipModel`: FLIP under t5x's `BaseModel` contract.
 
-The same object runs under upstream `t5x.train`/`t5x.eval` (it subclasses `t5x.models.BaseModel`
-when t5x is importable) and under `flip_t5x.train`/`flip_t5x.eval`. Masking is a training-time
+The same object runs under upstream `t5x.train`/`t5x.eval` and under `flip_t5x.train` /
+`flip_t5x.eval`: `BaseModel` below is t5x's interface, written here so no t5x is needed (t5x only
+calls these methods; it never checks the class). Masking is a training-time
 regulariser driven by `dropout_rng`, exactly as t5x passes randomness: no rng, no masking. The
 same rng feeds the network's 'dropout' collection (dropout, drop-path; off in FLIP's recipes), so
 training with it is stochastic and everything called without it is deterministic.
 """
 from __future__ import annotations
 
+import abc
 from typing import Any, Mapping, MutableMapping, Optional, Tuple
 
 import clu.metrics as clu_metrics
 import jax
 import jax.numpy as jnp
 
-from flip_t5x import compat
 from flip_t5x import losses
 from flip_t5x import network
 from flip_t5x.data.feature_converters import ImageTextFeatureConverter
@@ -23,7 +24,38 @@ Array = jax.Array
 PyTree = Any
 
 
-class FlipModel(compat.BaseModel):
+class BaseModel(abc.ABC):
+  """t5x's `models.BaseModel` interface: what t5x.train / t5x.eval and flip_t5x call."""
+
+  FEATURE_CONVERTER_CLS: Any
+
+  def __init__(self, optimizer_def: Any):
+    self.optimizer_def = optimizer_def
+
+  @abc.abstractmethod
+  def loss_fn(self, params, batch, dropout_rng):
+    ...
+
+  def eval_fn(self, params, batch):
+    return self.loss_fn(params=params, batch=batch, dropout_rng=None)
+
+  def predict_batch(self, params, batch, rng=None):
+    return self.predict_batch_with_aux(params, batch, rng=rng)[0]
+
+  @abc.abstractmethod
+  def predict_batch_with_aux(self, params, batch, rng=None):
+    ...
+
+  @abc.abstractmethod
+  def score_batch(self, params, batch, return_intermediates=False):
+    ...
+
+  @abc.abstractmethod
+  def get_initial_variables(self, rng, input_shapes, input_types=None):
+    ...
+
+
+class FlipModel(BaseModel):
   """Contrastive image-text model with FLIP's random patch masking while training."""
 
   FEATURE_CONVERTER_CLS = ImageTextFeatureConverter

@@ -33,6 +33,8 @@ from flip_t5x import eval as eval_lib
 from flip_t5x.data import preprocessors
 from flip_t5x import checkpoints
 from flip_t5x.runtime import gin_utils
+from flip_t5x.runtime import monitoring
+from flip_t5x.runtime import t5x_interop
 from flip_t5x.runtime import train_state as train_state_lib
 from flip_t5x.runtime import trainer as trainer_lib
 from flip_t5x.runtime import utils
@@ -201,19 +203,16 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
   _validate(model, train_dataset_cfg, checkpoint_cfg, partitioner, model_dir, total_steps,
             eval_period, eval_steps, stats_period, random_seed)
   logging.info("configuration checked; setting up the model and its train state")
-  if (trainer_lib.Trainer is not trainer_lib.FlipTrainer and isinstance(trainer_cls, type)
-      and issubclass(trainer_cls, trainer_lib.Trainer)):
-    # With upstream t5x installed, gin's `@trainer.Trainer` is t5x's class (for t5x.train).
-    trainer_cls = trainer_lib.FlipTrainer
+  trainer_cls = t5x_interop.flip_class(trainer_cls)  # t5x's Trainer (for t5x.train) -> ours
   model_dir = os.fspath(model_dir)
   save_cfg = checkpoint_cfg.save if checkpoint_cfg is not None else None
   restore_cfg = checkpoint_cfg.restore if checkpoint_cfg is not None else None
-  monitor = trainer_lib.monitoring_config()
+  monitor = monitoring.monitoring_config()
   batch_size = int(train_dataset_cfg.batch_size)
   if jax.process_index() == 0:
     os.makedirs(model_dir, exist_ok=True)
   multihost_utils.sync_global_devices("flip_t5x.train: model_dir")
-  writer = trainer_lib.create_writer(model_dir)
+  writer = monitoring.create_writer(model_dir)
 
   # ------------------------------------------------------------ state
   tx = trainer_lib.unwrap_optimizer(model)
@@ -304,9 +303,9 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
                         eval_names=[], summary_dir=model_dir, train_state_axes=layout,
                         rng=step_rng)
   stats_period = stats_period or eval_period or 100
-  throughput = trainer_lib.Throughput(
+  throughput = monitoring.Throughput(
       model, batch_size, total_steps,
-      trainer_lib.peak_flops_per_device(
+      monitoring.peak_flops_per_device(
           jax.devices()[0], monitor.peak_flops_per_device,
           measure_dtype=(getattr(model.module, "dtype", "float32")
                          if monitor.measure_peak_flops else None)),
@@ -322,7 +321,7 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
   meta_base = {"seed": seed, "data_seed": int(data_seed), "batch_size": batch_size,
                "data_position": ("dataset item" if save_dataset
                                  else "batches consumed = step")}
-  accumulator = trainer_lib.MetricsAccumulator()
+  accumulator = monitoring.MetricsAccumulator()
   pending = None  # (step, scalars) whose loss has not been checked yet
   last_saved = latest
 
@@ -358,7 +357,7 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
                total_steps, batch_size, jax.device_count(), dict(partitioner.mesh.shape))
   step = start_step
   t_start = time.time()
-  progress = trainer_lib.ProgressLine(total_steps) if jax.process_index() == 0 else None
+  progress = monitoring.ProgressLine(total_steps) if jax.process_index() == 0 else None
   try:
     for step in range(start_step, total_steps):
       batch = next(batches)
@@ -411,7 +410,7 @@ def _train_eval(trainer, params, cfg, model, partitioner, get_dataset_fn, eval_s
   ds = get_dataset_fn(cfg, layout.shard_id, layout.num_shards, model.FEATURE_CONVERTER_CLS,
                       cfg.batch_size // layout.num_shards)
   ds = ds.take(eval_steps)
-  acc = trainer_lib.MetricsAccumulator()
+  acc = monitoring.MetricsAccumulator()
   for batch in utils.DeviceIterator(ds, partitioner.data_sharding, cfg.batch_size):
     acc.add(trainer.eval_step(params, batch))
   name = cfg.mixture_or_task_name if isinstance(cfg.mixture_or_task_name, str) else "eval"

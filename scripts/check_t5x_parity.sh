@@ -34,7 +34,7 @@
 #   eval_experiment   t5x.eval + gin_configs/eval_zeroshot_imagenet.gin, tiny model and folder task
 #                     swapped in.
 #   flip_train, flip_eval
-#                     flip_t5x's own binaries in the same environment (compat.T5X_AVAILABLE is
+#                     flip_t5x's own binaries in the same environment (t5x_interop.T5X_AVAILABLE is
 #                     True there, so flip_t5x.runtime re-exports t5x's classes).
 #   One checkpoint format (t5x's orbax layout), across runtimes:
 #   t5x_to_flip_eval, t5x_to_flip_predict
@@ -129,7 +129,7 @@ except Exception:  # pylint: disable=broad-except
   pass
 EOF
 export PYTHONPATH="$STUBS${PYTHONPATH:+:$PYTHONPATH}"
-if ! (cd "$ROOT" && "$PY" -c "from flip_t5x import compat; assert compat.T5X_AVAILABLE") \
+if ! (cd "$ROOT" && "$PY" -c "from flip_t5x.runtime import t5x_interop; assert t5x_interop.T5X_AVAILABLE") \
     >"$WORK/import.log" 2>&1; then
   log "t5x does not import in $VENV (see $WORK/import.log)"
   tail -5 "$WORK/import.log" >&2

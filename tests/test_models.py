@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flip_t5x import compat
 from flip_t5x import model_info
 from flip_t5x import models
 from flip_t5x import network
@@ -35,7 +34,7 @@ def load_model(gin_file, bindings=()):
 
 def test_contract_methods_and_outputs():
   model = models.FlipModel(network.FlipTwoTower(**TINY), optimizer_def="opt", mask_ratio=0.5)
-  assert isinstance(model, compat.BaseModel)
+  assert isinstance(model, models.BaseModel)
   assert model.optimizer_def == "opt"
   assert model.FEATURE_CONVERTER_CLS is ImageTextFeatureConverter
   variables = model.get_initial_variables(jax.random.PRNGKey(0),

@@ -4,7 +4,7 @@ import re
 import subprocess
 
 from flip_t5x import _quiet
-from flip_t5x.runtime import trainer as trainer_lib
+from flip_t5x.runtime import monitoring
 import test_train_helpers as helpers
 
 # Printed by TensorFlow/XLA C++ code while it loads (this machine: oneDNN, no CUDA driver).
@@ -31,7 +31,7 @@ def test_quiet_level_follows_verbose_and_the_users_setting():
 
 def test_progress_line_plain_when_not_a_terminal():
   out = io.StringIO()
-  line = trainer_lib.ProgressLine(10, stream=out)
+  line = monitoring.ProgressLine(10, stream=out)
   line.update(1)  # no report yet: nothing in a log
   line.update(5, {"loss": 2.5, "timing/images_per_second": 80.0, "timing/eta_hours": 125 / 3600,
                   "grad_norm": 1.0})
@@ -41,7 +41,7 @@ def test_progress_line_plain_when_not_a_terminal():
 
 def test_progress_line_rewritten_in_place_on_a_terminal():
   out = _Terminal()
-  line = trainer_lib.ProgressLine(4, stream=out, min_interval_s=0.0)
+  line = monitoring.ProgressLine(4, stream=out, min_interval_s=0.0)
   line.update(1)
   line.update(2, {"loss": 3.0, "timing/images_per_second": 10.0, "timing/eta_hours": 1.05})
   line.close(2)

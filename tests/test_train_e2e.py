@@ -158,7 +158,7 @@ def test_profile_steps_write_a_jax_profile(uninterrupted, tmp_path):
   shutil.copytree(os.path.join(uninterrupted, "checkpoint_12"),
                   os.path.join(model_dir, "checkpoint_12"))
   h.run_train(model_dir, 16, ["--gin.PROFILE_STEPS=2",
-                              "--gin.trainer.MonitoringConfig.profile_first_step=1"])
+                              "--gin.monitoring.MonitoringConfig.profile_first_step=1"])
   traces = [os.path.join(d, f) for d, _, fs in os.walk(model_dir) for f in fs
             if f.endswith((".xplane.pb", ".trace.json.gz"))]
   assert traces, sorted(os.listdir(model_dir))

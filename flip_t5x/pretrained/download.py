@@ -22,7 +22,7 @@ from typing import Any, Dict, Optional, TextIO, Tuple
 from absl import logging
 import tensorflow as tf
 
-from flip_t5x.runtime import trainer
+from flip_t5x.runtime import monitoring
 
 CHUNK = 1 << 20
 TIMEOUT_S = 60
@@ -69,7 +69,7 @@ class Progress:
       parts.append(_format_bytes(self.done))
     parts.append(f"{_format_bytes(speed)}/s")
     if self.total and speed > 0:
-      parts.append(f"ETA {trainer.format_duration((self.total - self.done) / speed)}")
+      parts.append(f"ETA {monitoring.format_duration((self.total - self.done) / speed)}")
     return " | ".join(parts)
 
   def update(self, n: int) -> None:

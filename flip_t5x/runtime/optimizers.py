@@ -4,22 +4,21 @@ Gin files bind `OPTIMIZER = @optimizers.adamw()` (or `@optimizers.amos()`), and
 `LEARNING_RATE = @optimizers.warmup_cosine_schedule()` for both the optimizer and the trainer's
 learning-rate summary. Lengths given in "ImageNet epochs", as the official configs give them, become
 steps with `epochs_to_steps` (e.g. `TRAIN_STEPS = @train_steps/optimizers.epochs_to_steps()`).
-When upstream t5x is importable the optimizers come wrapped in `t5x.optimizers.OptaxWrapper`,
-which is what `t5x.train` expects of `model.optimizer_def`, else in `OptaxOptimizer`; `unwrap`
-returns the optax transformation and `hyperparameters` what it was built with, either way.
+`wrap` puts the optax transformation in what `model.optimizer_def` must be (`t5x_interop` decides:
+t5x's `OptaxWrapper` when upstream t5x is importable, for `t5x.train`, else `OptaxOptimizer`);
+`unwrap` returns the transformation and `hyperparameters` what it was built with, either way.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import re
+import types
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
 import optax
-
-from flip_t5x import compat
 
 PyTree = Any
 Schedule = Callable[[Any], Any]
@@ -182,15 +181,10 @@ def _with_clipping(tx: optax.GradientTransformation, grad_clip_norm: Optional[fl
 
 
 def wrap(tx: optax.GradientTransformation, hyperparameters: Hyperparameters) -> Any:
-  """t5x's `OptaxWrapper` around `tx` when upstream t5x is installed, else an `OptaxOptimizer`;
-  either carries `hyperparameters`."""
-  if compat.T5X_AVAILABLE:
-    from t5x import optimizers as t5x_optimizers  # pylint: disable=g-import-not-at-top
-    wrapper = t5x_optimizers.OptaxWrapper(tx)
-    # Not t5x's `hyper_params`: t5x passes those into apply_gradient and replaces them.
-    wrapper.hyperparameters = hyperparameters
-    return wrapper
-  return OptaxOptimizer(tx, hyperparameters)
+  """`tx` as `model.optimizer_def` (t5x's `OptaxWrapper` under upstream t5x, else an
+  `OptaxOptimizer`); either carries `hyperparameters`."""
+  from flip_t5x.runtime import t5x_interop  # pylint: disable=g-import-not-at-top  (it imports us)
+  return t5x_interop.optimizer_def(tx, hyperparameters)
 
 
 def unwrap(optimizer_def: Any) -> optax.GradientTransformation:
@@ -258,12 +252,23 @@ def amos_shape(name: Tuple[str, ...], shape: Tuple[int, ...]) -> Tuple[int, ...]
   return ()
 
 
+def _import_amos() -> types.ModuleType:
+  """`jestimator.amos`, after restoring the `jax.experimental.pjit.PartitionSpec` alias its PyPI
+  release (0.3.3) imports and current jax no longer exports."""
+  import jax.experimental.pjit as pjit_module  # pylint: disable=g-import-not-at-top
+  if not hasattr(pjit_module, "PartitionSpec"):
+    pjit_module.PartitionSpec = jax.sharding.PartitionSpec
+  from jestimator import amos as amos_lib  # pylint: disable=g-import-not-at-top
+  from jestimator import amos_helper  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  return amos_lib
+
+
 def amos(learning_rate: Union[float, Schedule] = 0.01, beta: float = 0.999,
          momentum: Optional[float] = None, clip_value: Optional[float] = None,
          extra_l2: float = 0.0, d_coef: float = 0.25, c_coef: float = 0.25,
          grad_clip_norm: Optional[float] = None) -> Any:
   """jestimator's Amos with FLIP-shaped eta/shape functions (an alternative to AdamW)."""
-  amos_lib = compat.import_amos()
+  amos_lib = _import_amos()
   tx = amos_lib.amos(learning_rate, eta_fn=amos_eta, shape_fn=amos_shape, beta=beta,
                      momentum=momentum, clip_value=clip_value, extra_l2=extra_l2, d_coef=d_coef,
                      c_coef=c_coef)

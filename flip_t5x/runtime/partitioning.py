@@ -1,10 +1,12 @@
 """Device mesh, logical-axis rules and shardings, with t5x's `partitioning` vocabulary.
 
 Gin files say `partitioning.PjitPartitioner(num_partitions=..., logical_axis_rules=
-@partitioning.standard_logical_axis_rules())`. When upstream t5x is importable the partitioner is
-t5x's own class (extended only by FLIP's `partition_states`), so `t5x.train` gets what it expects;
-otherwise it is the implementation below, built directly on `jax.sharding` (Mesh, NamedSharding,
-`jax.jit` with in/out shardings).
+@partitioning.standard_logical_axis_rules())`. This module defines FLIP's partitioner,
+`LocalPjitPartitioner`, built directly on `jax.sharding` (Mesh, NamedSharding, `jax.jit` with
+in/out shardings), and `PartitionerMethods`, what flip_t5x's runtime needs of any partitioner. The
+gin name `PjitPartitioner` is answered by `t5x_interop`: t5x's class (extended by these methods and
+`partition_states`) when upstream t5x is importable, so `t5x.train` gets what it expects, else
+`LocalPjitPartitioner`.
 
 Mesh: all devices of all processes as a 2-D (`data`, `model`) mesh; `num_partitions` (or the
 product of `model_parallel_submesh`) devices form the `model` axis.
@@ -24,7 +26,6 @@ from jax.sharding import PartitionSpec
 import numpy as np
 import optax
 
-from flip_t5x import compat
 from flip_t5x.runtime import xla_options
 
 PyTree = Any
@@ -125,7 +126,7 @@ def _create_mesh_devices(data: int, model: int, devices: Sequence[Any]) -> np.nd
   return np.asarray(ordered, dtype=object).reshape(data, model)
 
 
-class _FlipPartitionerMethods:
+class PartitionerMethods:
   """What flip_t5x's runtime needs of a partitioner beyond t5x's interface (`mesh`,
   `logical_axis_rules`, `partition`, `get_data_layout`): shardings and the parameter/optimizer
   specs. Shared by the local partitioner and the t5x subclass, so flip_t5x.train/eval also run
@@ -220,7 +221,7 @@ class _FlipPartitionerMethods:
     return jax.tree_util.tree_map_with_path(leaf_spec, opt_state)
 
 
-class LocalPjitPartitioner(_FlipPartitionerMethods):
+class LocalPjitPartitioner(PartitionerMethods):
   """Partitions FLIP's state and steps over a (`data`, `model`) device mesh.
 
   Args (t5x's names): num_partitions — size of the `model` axis; model_parallel_submesh — a
@@ -330,32 +331,7 @@ def flax_traverse_unflatten(flat: dict) -> dict:
   return traverse_util.unflatten_dict(flat)
 
 
-if compat.T5X_AVAILABLE:
-  from t5x import partitioning as _t5x_partitioning  # pylint: disable=g-import-not-at-top
-
-  class PjitPartitioner(_FlipPartitionerMethods, _t5x_partitioning.PjitPartitioner):
-    """t5x's PjitPartitioner, plus FLIP's `partition_states` for the optimizer state (and the
-    methods flip_t5x's own runtime calls)."""
-
-    def __init__(self, *args, partition_states: bool = False, **kwargs):
-      super().__init__(*args, **kwargs)
-      self.partition_states = bool(partition_states)
-
-    def get_mesh_axes(self, train_state):
-      mesh_axes = super().get_mesh_axes(train_state)
-      if not self.partition_states:
-        return mesh_axes
-      data_size = self.mesh.shape[DATA_AXIS]
-      flat_axes = traverse_util.flatten_dict(mesh_axes.state_dict(), keep_empty_nodes=True,
-                                              sep="/")
-      flat_state = traverse_util.flatten_dict(train_state.state_dict(), keep_empty_nodes=True,
-                                               sep="/")
-      for k, spec in flat_axes.items():
-        if k.startswith("state/param_states") and isinstance(spec, PartitionSpec):
-          leaf = flat_state[k]  # abstract (ShapeDtypeStruct) or concrete
-          flat_axes[k] = partition_state_spec(spec, tuple(getattr(leaf, "shape", np.shape(leaf))),
-                                              data_size)
-      return mesh_axes.restore_state(traverse_util.unflatten_dict(flat_axes, sep="/"))
-
-else:
-  PjitPartitioner = LocalPjitPartitioner
+def __getattr__(name: str) -> Any:
+  """`PjitPartitioner`, the name gin files use: `t5x_interop` says which class it is."""
+  from flip_t5x.runtime import t5x_interop  # pylint: disable=g-import-not-at-top  (it imports us)
+  return t5x_interop.gin_name(__name__, name)

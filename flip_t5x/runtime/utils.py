@@ -1,8 +1,9 @@
 """Dataset and checkpoint configuration with t5x's `utils` names, and the input pipeline.
 
 Gin files bind `train/utils.DatasetConfig`, `utils.CheckpointConfig`, `utils.SaveCheckpointConfig`
-and `utils.RestoreCheckpointConfig`. With upstream t5x installed these names are t5x's own
-classes; otherwise the dataclasses below, with the same field names (the subset that applies).
+and `utils.RestoreCheckpointConfig`. This module defines FLIP's dataclasses with t5x's field names
+(the subset that applies): `FlipDatasetConfig`, `FlipCheckpointConfig`, ...; `t5x_interop` answers
+the gin names, t5x's own classes when upstream t5x is importable, else these.
 
 Input pipeline: seqio builds each process's shard of the task with the model's feature converter
 and batches it; batches become global `jax.Array`s sharded over `data`
@@ -21,8 +22,6 @@ import jax
 import numpy as np
 import seqio
 import tensorflow as tf
-
-from flip_t5x import compat
 
 PyTree = Any
 
@@ -44,7 +43,7 @@ def is_params_only_assignment_map(assignment_map: Sequence[Tuple[str, Optional[s
 
 
 @dataclasses.dataclass
-class _DatasetConfig:
+class FlipDatasetConfig:
   """A seqio task/mixture, split and batch (t5x's `utils.DatasetConfig` fields)."""
 
   mixture_or_task_name: Union[str, seqio.Task, seqio.Mixture]
@@ -62,7 +61,7 @@ class _DatasetConfig:
 
 
 @dataclasses.dataclass
-class _SaveCheckpointConfig:
+class FlipSaveCheckpointConfig:
   """When and how to save (t5x's names; `dtype` must be float32: FLIP trains in float32)."""
 
   dtype: str = "float32"
@@ -80,7 +79,7 @@ class _SaveCheckpointConfig:
 
 
 @dataclasses.dataclass
-class _RestoreCheckpointConfig:
+class FlipRestoreCheckpointConfig:
   """Where to initialise from (t5x's names). `path` = INITIAL_CHECKPOINT_PATH(s).
 
   mode 'specific': `path` is a checkpoint_<step> directory; 'latest': a MODEL_DIR. Parameters only
@@ -112,22 +111,15 @@ class _RestoreCheckpointConfig:
 
 
 @dataclasses.dataclass
-class _CheckpointConfig:
-  save: Optional[_SaveCheckpointConfig] = None
-  restore: Optional[_RestoreCheckpointConfig] = None
+class FlipCheckpointConfig:
+  save: Optional[FlipSaveCheckpointConfig] = None
+  restore: Optional[FlipRestoreCheckpointConfig] = None
 
 
-if compat.T5X_AVAILABLE:
-  from t5x import utils as _t5x_utils  # pylint: disable=g-import-not-at-top
-  DatasetConfig = _t5x_utils.DatasetConfig
-  SaveCheckpointConfig = _t5x_utils.SaveCheckpointConfig
-  RestoreCheckpointConfig = _t5x_utils.RestoreCheckpointConfig
-  CheckpointConfig = _t5x_utils.CheckpointConfig
-else:
-  DatasetConfig = _DatasetConfig
-  SaveCheckpointConfig = _SaveCheckpointConfig
-  RestoreCheckpointConfig = _RestoreCheckpointConfig
-  CheckpointConfig = _CheckpointConfig
+def __getattr__(name: str) -> Any:
+  """t5x's names gin files use (`DatasetConfig`, ...): `t5x_interop` says which class each is."""
+  from flip_t5x.runtime import t5x_interop  # pylint: disable=g-import-not-at-top  (it imports us)
+  return t5x_interop.gin_name(__name__, name)
 
 
 def import_module(module: Optional[str]) -> None:

@@ -1,0 +1,257 @@
+"""What users see while a run goes: throughput, FLOP utilisation, metric writers, progress line.
+
+FLIP-only options live in `MonitoringConfig` (gin: `monitoring.MonitoringConfig.X`), which t5x
+never sees. Writers: clu's default writer into MODEL_DIR (TensorBoard + console; console only on
+processes other than 0) and `metrics.jsonl`, one JSON object of scalars per line, for scripts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Any, Mapping, Optional, TextIO
+
+from absl import logging
+from clu import metric_writers
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flip_t5x import flops
+
+# Dense bf16 peak FLOP/s per device, for the utilisation estimate (vendor figures).
+PEAK_FLOPS_BY_DEVICE_KIND = (
+    ("TPU v3", 123e12),
+    ("TPU v4", 275e12),
+    ("TPU v5 lite", 197e12),
+    ("TPU v5e", 197e12),
+    ("TPU v5p", 459e12),
+    ("TPU v5", 459e12),
+    ("TPU v6 lite", 918e12),
+    ("TPU v6e", 918e12),
+    ("H200", 989e12),
+    ("H100", 989e12),
+    ("A100", 312e12),
+)
+
+
+@dataclasses.dataclass
+class MonitoringConfig:
+  """FLIP-only run options (gin: `monitoring.MonitoringConfig.X = ...`).
+
+  profile_steps: how many steps to trace with the jax profiler into MODEL_DIR (0 = none), from
+    `profile_first_step` on. peak_flops_per_device: for the FLOP-utilisation estimate (None =
+    looked up from the device kind; for kinds without a vendor figure, e.g. CPU, a matmul in the
+    activation dtype is timed at start-up unless `measure_peak_flops` is False).
+    prefetch_batches: batches put on device ahead of the running step.
+  """
+
+  profile_steps: int = 0
+  profile_first_step: int = 10
+  peak_flops_per_device: Optional[float] = None
+  measure_peak_flops: bool = True
+  prefetch_batches: int = 1
+
+
+def monitoring_config() -> MonitoringConfig:
+  """The gin-configured `MonitoringConfig` (defaults when gin never saw it)."""
+  try:
+    return gin.get_configurable(MonitoringConfig)()
+  except (ValueError, KeyError):
+    return MonitoringConfig()
+
+
+def peak_flops_per_device(device: Any, override: Optional[float] = None,
+                          measure_dtype: Any = None) -> Optional[float]:
+  """The configured peak, else the vendor figure for the device kind, else (if `measure_dtype`)
+  a matmul measured now in that dtype (CPUs, unlisted accelerators), else None."""
+  if override:
+    return float(override)
+  kind = getattr(device, "device_kind", "")
+  for name, value in PEAK_FLOPS_BY_DEVICE_KIND:
+    if name.lower() in kind.lower():
+      return value
+  if measure_dtype is None:
+    return None
+  peak = flops.MatmulPeak(measure_dtype)
+  measured = peak.measure()
+  logging.info("no known peak for %r: measured matmul peak %.1f GFLOP/s (%s, %d^2) for the "
+               "FLOP-utilisation estimate", kind, measured / 1e9, jnp.dtype(measure_dtype).name,
+               peak.size)
+  return measured
+
+
+class JsonlWriter(metric_writers.MetricWriter):
+  """Appends `{"step": s, name: value, ...}` per `write_scalars` call to a JSON-lines file."""
+
+  def __init__(self, path: str):
+    self._path = path
+    self._file = open(path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    row = {"step": int(step)}
+    row.update({k: float(np.asarray(v)) for k, v in scalars.items()})
+    self._file.write(json.dumps(row) + "\n")
+    self._file.flush()
+
+  def write_summaries(self, step, values, metadata=None):
+    del step, values, metadata
+
+  def write_images(self, step, images):
+    del step, images
+
+  def write_videos(self, step, videos):
+    del step, videos
+
+  def write_audios(self, step, audios, *, sample_rate):
+    del step, audios, sample_rate
+
+  def write_texts(self, step, texts):
+    del step, texts
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    del step, arrays, num_buckets
+
+  def write_hparams(self, hparams):
+    del hparams
+
+  def flush(self):
+    self._file.flush()
+
+  def close(self):
+    if not self._file.closed:
+      self._file.close()
+
+
+def create_writer(model_dir: str) -> metric_writers.MetricWriter:
+  """TensorBoard + console on process 0 (console only elsewhere), plus metrics.jsonl on 0."""
+  primary = jax.process_index() == 0
+  writer = metric_writers.create_default_writer(model_dir, just_logging=not primary,
+                                                asynchronous=False)
+  if not primary:
+    return writer
+  return metric_writers.MultiWriter([writer, JsonlWriter(os.path.join(model_dir,
+                                                                      "metrics.jsonl"))])
+
+
+class MetricsAccumulator:
+  """Sums per-step device scalars without syncing; averages them when written."""
+
+  def __init__(self):
+    self._sum = None
+    self._count = 0
+
+  def add(self, scalars: Mapping[str, jax.Array]) -> None:
+    self._sum = dict(scalars) if self._sum is None else jax.tree_util.tree_map(
+        jnp.add, self._sum, dict(scalars))
+    self._count += 1
+
+  def result(self) -> Mapping[str, float]:
+    if not self._count:
+      return {}
+    host = jax.device_get(self._sum)
+    out = {k: float(v) / self._count for k, v in host.items()}
+    self._sum, self._count = None, 0
+    return out
+
+
+class Throughput:
+  """steps/s, images/s, model-FLOP utilisation and ETA between two reports."""
+
+  def __init__(self, model: Any, batch_size: int, total_steps: int,
+               peak_flops: Optional[float], num_devices: int):
+    self.batch_size = batch_size
+    self.total_steps = total_steps
+    self.flops_per_step = batch_size * flops.flops_per_example(
+        model.module, getattr(model, "mask_ratio", 0.0), batch_size)["train"]
+    self.peak = peak_flops * num_devices if peak_flops else None
+    self._last = None
+
+  def start(self, step: int) -> None:
+    self._last = (step, time.perf_counter())
+
+  def report(self, step: int) -> Mapping[str, float]:
+    now = time.perf_counter()
+    if self._last is None or step <= self._last[0]:
+      self._last = (step, now)
+      return {}
+    steps = step - self._last[0]
+    dt = max(now - self._last[1], 1e-9)
+    self._last = (step, now)
+    sps = steps / dt
+    out = {"timing/steps_per_second": sps,
+           "timing/images_per_second": sps * self.batch_size,
+           "timing/seconds_per_step": dt / steps,
+           "timing/eta_hours": (self.total_steps - step) / sps / 3600.0,
+           "timing/tflops_per_second": sps * self.flops_per_step / 1e12}
+    if self.peak:
+      out["timing/mfu"] = sps * self.flops_per_step / self.peak
+    return out
+
+
+def format_duration(seconds: float) -> str:
+  """`1h02m`, `3m05s` or `42s`: an ETA a person reads at a glance."""
+  seconds = max(int(round(seconds)), 0)
+  hours, rest = divmod(seconds, 3600)
+  minutes, secs = divmod(rest, 60)
+  if hours:
+    return f"{hours}h{minutes:02d}m"
+  return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+class ProgressLine:
+  """One terminal line of training progress (step/total, loss, images/s, ETA) on stderr.
+
+  On a terminal the line is rewritten in place (`\r`) as steps finish, at most every
+  `min_interval_s`; elsewhere (a log file, a pipe) one plain line is written per stats report, so
+  logs stay readable. Loss, images/s and ETA are those of the latest report (`Throughput`'s
+  figures); absl logs, TensorBoard and metrics.jsonl still get every scalar.
+  """
+
+  def __init__(self, total_steps: int, stream: Optional[TextIO] = None,
+               min_interval_s: float = 0.5):
+    self.total_steps = total_steps
+    self.stream = sys.stderr if stream is None else stream
+    self.is_tty = bool(getattr(self.stream, "isatty", lambda: False)())
+    self.min_interval_s = min_interval_s
+    self.report: Mapping[str, float] = {}
+    self._last_write = -float("inf")
+    self._shown = False
+
+  def text(self, step: int) -> str:
+    parts = [f"step {step}/{self.total_steps} ({100.0 * step / max(self.total_steps, 1):.0f}%)"]
+    if "loss" in self.report:
+      parts.append(f"loss {self.report['loss']:.4f}")
+    if "timing/images_per_second" in self.report:
+      parts.append(f"{self.report['timing/images_per_second']:.1f} img/s")
+    if "timing/eta_hours" in self.report:
+      parts.append(f"ETA {format_duration(self.report['timing/eta_hours'] * 3600.0)}")
+    return " | ".join(parts)
+
+  def update(self, step: int, report: Optional[Mapping[str, Any]] = None) -> None:
+    """A finished step; `report` (the stats written at this step) refreshes the figures."""
+    if report is not None:
+      self.report = {k: float(v) for k, v in report.items()
+                     if k in ("loss", "timing/images_per_second", "timing/eta_hours")}
+    now = time.monotonic()
+    if self.is_tty:
+      recent = now - self._last_write < self.min_interval_s
+      if report is None and step != self.total_steps and recent:
+        return
+      # Cursor back to column 0 after the text: a log line that follows overwrites it.
+      self.stream.write(f"\r\033[K{self.text(step)}\r")
+    elif report is not None:
+      self.stream.write(self.text(step) + "\n")
+    else:
+      return
+    self.stream.flush()
+    self._last_write, self._shown = now, True
+
+  def close(self, step: int) -> None:
+    """Leaves the last state on its own line on a terminal."""
+    if self.is_tty and self._shown:
+      self.stream.write(f"\r\033[K{self.text(step)}\n")
+      self.stream.flush()
