@@ -1,7 +1,7 @@
 r"""Times FLIP's real jitted train step per mask ratio; the last line printed is one JSON object.
 
   python -m flip_t5x.benchmark --gin_file=gin_configs/models/flip_vit_b16.gin \
-      [--gin.network.FlipTwoTower.image_depth=4] [--batch_size=32] [--openclip_python=PY]
+      [--gin.network.ImageTowerConfig.depth=4] [--batch_size=32] [--openclip_python=PY]
 
 The model is built from gin (`MODEL`), the state and step by the runtime exactly as `flip_t5x.train`
 builds them (`StateLayout` + `FlipTrainer`: partitioned, donated, masking rng folded from the
@@ -122,9 +122,9 @@ def optimizer_of(model: models.FlipModel) -> Any:
 def synthetic_batch(module: network.FlipTwoTower, batch_size: int, seed: int = 0
                     ) -> Dict[str, np.ndarray]:
   rng = np.random.default_rng(seed)
-  s = module.image_size
+  s = module.image.image_size
   return {"images": rng.standard_normal((batch_size, s, s, 3), np.float32),
-          "texts": rng.integers(1, module.vocab_size, (batch_size, module.text_length),
+          "texts": rng.integers(1, module.text.vocab_size, (batch_size, module.text.max_length),
                                 dtype=np.int32)}
 
 
@@ -208,7 +208,7 @@ model = open_clip.model.CLIP(
         pos_embed_type="sin_cos_2d", no_ln_pre=True),
     text_cfg=open_clip.model.CLIPTextCfg(
         context_length=cfg["text_length"], vocab_size=cfg["vocab_size"], width=cfg["text_width"],
-        heads=cfg["text_heads"], layers=cfg["text_depth"], mlp_ratio=cfg["mlp_ratio"],
+        heads=cfg["text_heads"], layers=cfg["text_depth"], mlp_ratio=cfg["text_mlp_ratio"],
         no_causal_mask=True, pool_type="first"),
     output_dict=True)
 model.train()
@@ -251,13 +251,15 @@ class OpenClipWorker:
   """OpenCLIP's train step in a separate Python; idle (blocked on stdin) while JAX runs."""
 
   def __init__(self, python: str, module: network.FlipTwoTower, batch_size: int):
-    cfg = {"batch_size": batch_size, "image_size": module.image_size,
-           "patch_size": module.patch_size, "image_width": module.image_width,
-           "image_depth": module.image_depth, "image_heads": module.image_heads,
-           "text_width": module.text_width, "text_depth": module.text_depth,
-           "text_heads": module.text_heads, "vocab_size": module.vocab_size,
-           "text_length": module.text_length, "embed_dim": module.embed_dim,
-           "mlp_ratio": module.mlp_ratio, "dtype": str(jnp.dtype(module.dtype)),
+    image, text = module.image, module.text
+    cfg = {"batch_size": batch_size, "image_size": image.image_size,
+           "patch_size": image.patch_size, "image_width": image.width,
+           "image_depth": image.depth, "image_heads": image.num_heads,
+           "text_width": text.width, "text_depth": text.depth,
+           "text_heads": text.num_heads, "vocab_size": text.vocab_size,
+           "text_length": text.max_length, "embed_dim": module.embed_dim,
+           "mlp_ratio": image.mlp_ratio, "text_mlp_ratio": text.mlp_ratio,
+           "dtype": str(jnp.dtype(module.dtype)),
            "threads": os.cpu_count() or 1}
     self.proc = subprocess.Popen([python, "-c", OPENCLIP_WORKER, json.dumps(cfg)],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -297,8 +299,8 @@ def environment() -> Dict[str, Any]:
 def abstract_params(module: network.FlipTwoTower) -> Any:
   """The parameter tree's shapes and dtypes, without initialising it."""
   return jax.eval_shape(lambda: module.init(
-      jax.random.PRNGKey(0), jnp.zeros((1, module.image_size, module.image_size, 3)),
-      jnp.zeros((1, module.text_length), jnp.int32))["params"])
+      jax.random.PRNGKey(0), jnp.zeros((1, module.image.image_size, module.image.image_size, 3)),
+      jnp.zeros((1, module.text.max_length), jnp.int32))["params"])
 
 
 def model_summary(module: network.FlipTwoTower) -> Dict[str, Any]:

@@ -431,8 +431,8 @@ def evaluate(*, model: models.FlipModel, dataset_cfg: Any, output_dir: str,
   path = resolve_checkpoint(restore_checkpoint_cfg, checkpoint_path)
   lengths = dict(dataset_cfg.task_feature_lengths or {})
   module = model.module
-  lengths.setdefault("image", module.image_size)
-  lengths.setdefault("targets", module.text_length)
+  lengths.setdefault("image", module.image.image_size)
+  lengths.setdefault("targets", module.text.max_length)
   logging.info("Loading %s", path)
   try:
     params = checkpoints.load_params(path, model, partitioner=partitioner)

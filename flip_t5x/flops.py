@@ -25,17 +25,19 @@ def encoder_flops(tokens: int, width: int, depth: int, mlp_ratio: int) -> float:
 
 
 def image_tower_flops(m: network.FlipTwoTower, mask_ratio: float) -> float:
-  num_patches = (m.image_size // m.patch_size) ** 2
+  c = m.image
+  num_patches = (c.image_size // c.patch_size) ** 2
   kept = network.num_kept_patches(num_patches, mask_ratio) if mask_ratio > 0 else num_patches
-  patch_dim = m.patch_size * m.patch_size * 3
-  return (2.0 * kept * patch_dim * m.image_width
-          + encoder_flops(kept + 1, m.image_width, m.image_depth, m.mlp_ratio)
-          + 2.0 * m.image_width * m.embed_dim)
+  patch_dim = c.patch_size * c.patch_size * 3
+  return (2.0 * kept * patch_dim * c.width
+          + encoder_flops(kept + 1, c.width, c.depth, c.mlp_ratio)
+          + 2.0 * c.width * m.embed_dim)
 
 
 def text_tower_flops(m: network.FlipTwoTower) -> float:
-  return (encoder_flops(m.text_length, m.text_width, m.text_depth, m.mlp_ratio)
-          + 2.0 * m.text_width * m.embed_dim)
+  c = m.text
+  return (encoder_flops(c.max_length, c.width, c.depth, c.mlp_ratio)
+          + 2.0 * c.width * m.embed_dim)
 
 
 def flops_per_example(m: network.FlipTwoTower, mask_ratio: float,
@@ -72,8 +74,7 @@ class MatmulPeak:
     """FLOP/s of the fastest of `reps` matmuls, each timed alone.
 
     On the CPU, matmuls dispatched back to back run concurrently and share the cores, and the
-    first one after idling is slow: timing them as a group read 210-290 GFLOP/s on one 2-core
-    machine, where the fastest single matmul reads 279-287.
+    first one after idling is slow, so a group's time understates the peak (docs/DESIGN.md).
     """
     fastest = math.inf
     for _ in range(self.reps):

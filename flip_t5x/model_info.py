@@ -35,7 +35,8 @@ FLAGS = flags.FLAGS
 def param_shapes(model: models.FlipModel) -> Any:
   """Abstract parameters (ShapeDtypeStructs) of the model, without allocating them."""
   m = model.module
-  shapes = {"images": (1, m.image_size, m.image_size, 3), "texts": (1, m.text_length)}
+  shapes = {"images": (1, m.image.image_size, m.image.image_size, 3),
+            "texts": (1, m.text.max_length)}
   variables = jax.eval_shape(
       lambda rng: model.get_initial_variables(rng, shapes), jax.random.PRNGKey(0))
   return variables["params"]
@@ -95,8 +96,10 @@ def configured_model(gin_search_paths: Sequence[str], gin_files: Sequence[str],
   train_binary.register_train_for_gin()
   model = gin_utils.parse_gin_flags_for_model(gin_search_paths, gin_files, gin_bindings,
                                               finalize_config=False)
-  unset = [f"network.FlipTwoTower.{f.name}" for f in dataclasses.fields(model.module)
-           if getattr(model.module, f.name) is gin.REQUIRED]
+  configs = {"network.FlipTwoTower": model.module, "network.ImageTowerConfig": model.module.image,
+             "network.TextTowerConfig": model.module.text}
+  unset = [f"{name}.{f.name}" for name, c in configs.items() for f in dataclasses.fields(c)
+           if getattr(c, f.name) is gin.REQUIRED]
   unset += ["models.FlipModel.mask_ratio"] if model.mask_ratio is gin.REQUIRED else []
   if unset:
     raise gin_utils.GinConfigError(

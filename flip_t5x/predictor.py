@@ -111,8 +111,8 @@ class FlipPredictor:
     self._vocabulary = vocabulary
     if vocabulary is not None:
       self._check_vocabulary(vocabulary)
-    self.image_size = int(self.module.image_size)
-    self.text_length = int(self.module.text_length)
+    self.image_size = int(self.module.image.image_size)
+    self.text_length = int(self.module.text.max_length)
     self.embed_dim = int(self.module.embed_dim)
     options = xla_options.compiler_options()
     self._image_fn = jax.jit(lambda p, x: model.encode_images(p, x), compiler_options=options)
@@ -155,10 +155,10 @@ class FlipPredictor:
     except (tf.errors.OpError, OSError) as e:
       raise ValueError(f"cannot read the WordPiece vocabulary {vocab.vocab_file!r}: "
                        f"{_tf_error_text(e)}") from e
-    if size > self.module.vocab_size:
+    if size > self.module.text.vocab_size:
       raise ValueError(
           f"vocabulary {vocab.vocab_file} has {size} ids (lines + 1) but the model's "
-          f"text tower has vocab_size {self.module.vocab_size}: wrong VOCAB_FILE or gin file?")
+          f"text tower has vocab_size {self.module.text.vocab_size}: wrong VOCAB_FILE or gin file?")
 
   @property
   def vocabulary(self) -> vocabulary_lib.WordPieceVocabulary:

@@ -76,8 +76,8 @@ def _validate(model, train_dataset_cfg, checkpoint_cfg, partitioner, model_dir, 
          f"expected {{'image': S, 'targets': L}}, got {tfl!r}")
   _check(all(_is_int(v) and v > 0 for v in tfl.values()),
          "TASK_FEATURE_LENGTHS", f"lengths must be positive ints, got {tfl!r}")
-  _check(tfl["targets"] <= model.module.text_length, "TASK_FEATURE_LENGTHS['targets']",
-         f"{tfl['targets']} exceeds the text tower's length {model.module.text_length}")
+  _check(tfl["targets"] <= model.module.text.max_length, "TASK_FEATURE_LENGTHS['targets']",
+         f"{tfl['targets']} exceeds the text tower's length {model.module.text.max_length}")
   _check(isinstance(train_dataset_cfg.mixture_or_task_name, str) or hasattr(
       train_dataset_cfg.mixture_or_task_name, "get_dataset"),
          "train/utils.DatasetConfig.mixture_or_task_name (MIXTURE_OR_TASK_NAME)",

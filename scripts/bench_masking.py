@@ -103,7 +103,7 @@ def tower_cases(batch: int, depth: int, mask_ratio: float) -> Dict[str, Callable
   """
   images = jax.random.normal(jax.random.PRNGKey(0), (batch, 224, 224, 3))
   rng = jax.random.PRNGKey(3)
-  tower = network.ImageTower(depth=depth)
+  tower = network.ImageTower(network.ImageTowerConfig(depth=depth))
   params = jax.jit(tower.init)(jax.random.PRNGKey(1), images[:1])
   cases = {}
   original = network.random_masking

@@ -63,8 +63,8 @@ run() {  # name, then benchmark flags
 }
 
 # ViT-B/16 proportions at depth 4: the CPU reference point (the numbers in the performance issue).
-run vit_b16_depth4_f32 --gin_file="$B16" --gin.network.FlipTwoTower.image_depth=4 \
-  --gin.network.FlipTwoTower.text_depth=4 --batch_size=32 "${openclip_flag[@]}"
+run vit_b16_depth4_f32 --gin_file="$B16" --gin.network.ImageTowerConfig.depth=4 \
+  --gin.network.TextTowerConfig.depth=4 --batch_size=32 "${openclip_flag[@]}"
 
 if [ "$platform" != "cpu" ]; then
   run vit_b16_bf16 --gin_file="$B16" --gin.ACTIVATION_DTYPE="'bfloat16'" --batch_size=256 \

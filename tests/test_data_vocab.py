@@ -171,7 +171,7 @@ def test_ids_equal_flips_official_tokenisation(bert, official_tokenizer, caption
 def test_official_cls_token_is_ours_shifted(bert, official_tokenizer):
   """Official aug.txt.cls_token: [CLS] then the caption truncated to 31 tokens.
 
-  `network.FlipTwoTower.text_cls_token_id` builds the same ids in the text tower: [CLS], then the
+  `network.TextTowerConfig.cls_token_id` builds the same ids in the text tower: [CLS], then the
   first 31 of the pipeline's 32 ids.
   """
   cls = bert.tokens.index("[CLS]")

@@ -21,6 +21,7 @@ import tensorstore as ts
 
 from flip_t5x import checkpoints
 from flip_t5x import import_checkpoint as ic
+from flip_t5x import layers
 from flip_t5x import network
 from flip_t5x.checkpoints import msgpack
 from flip_t5x.checkpoints import release
@@ -158,7 +159,7 @@ def network_gelu_is_approximate():
   """
   x = np.linspace(-3, 3, 8, dtype=np.float32)[None, None]
   eye = {"kernel": np.eye(8, dtype=np.float32), "bias": np.zeros(8, np.float32)}
-  y = np.asarray(network.MlpBlock(mlp_dim=8).apply({"params": {"wi": eye, "wo": eye}}, x))
+  y = np.asarray(layers.MlpBlock(mlp_dim=8).apply({"params": {"wi": eye, "wo": eye}}, x))
   return bool(np.abs(y - gelu(x, approximate=True)).max() < 1e-6)
 
 

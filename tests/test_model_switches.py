@@ -1,9 +1,10 @@
-"""The official model switches (models_flip.py / configs/default.py) as FlipTwoTower fields.
+"""The official model switches (models_flip.py, configs/default.py) as network config fields.
 
 Defaults are the released models' settings and must leave the computation untouched; each switch
 is checked to change what it should: dropout and drop-path only while training, pooling,
 temperature, projection bias and the text [CLS] token.
 """
+import dataclasses
 import os
 
 import gin
@@ -12,19 +13,35 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flip_t5x import layers
 from flip_t5x import models
 from flip_t5x import network
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(image_size=32, patch_size=8, image_width=64, image_depth=2, image_heads=4,
-            text_width=32, text_depth=2, text_heads=4, vocab_size=100, text_length=8,
-            embed_dim=16)
+TINY_IMAGE = network.ImageTowerConfig(image_size=32, patch_size=8, width=64, depth=2, num_heads=4)
+TINY_TEXT = network.TextTowerConfig(vocab_size=100, max_length=8, width=32, depth=2, num_heads=4)
 RATES = ("image_dropout_rate", "image_attention_dropout_rate", "image_droppath_rate",
          "text_dropout_rate", "text_attention_dropout_rate", "text_droppath_rate")
 
 
-def tiny(**overrides):
-  return network.FlipTwoTower(**{**TINY, **overrides})
+def _split(switches):
+  """Flat switch names (image_pooling, text_cls_token_id, ...) -> (image, text, model) fields."""
+  image = {k[len("image_"):]: v for k, v in switches.items() if k.startswith("image_")}
+  text = {k[len("text_"):]: v for k, v in switches.items() if k.startswith("text_")}
+  rest = {k: v for k, v in switches.items() if not k.startswith(("image_", "text_"))}
+  return image, text, rest
+
+
+def tiny(**switches):
+  image, text, rest = _split(switches)
+  return network.FlipTwoTower(image=dataclasses.replace(TINY_IMAGE, **image),
+                              text=dataclasses.replace(TINY_TEXT, **text), embed_dim=16, **rest)
+
+
+def switch(module, name):
+  """The value of a switch given by its flat name."""
+  tower, _, field = name.partition("_")
+  return getattr(getattr(module, tower), field)
 
 
 def tiny_batch(n=4, seed=0):
@@ -58,10 +75,10 @@ def assert_trees_equal(a, b):
 # ------------------------------------------------------------------ defaults
 def test_defaults_are_the_official_configs():
   m = tiny()
-  assert all(getattr(m, r) == 0.0 for r in RATES)  # configs/default.py transformer.*_rate
-  assert (m.image_pooling, m.text_pooling) == ("mean", "first")  # img_avg_token, not txt_avg_token
+  assert all(switch(m, r) == 0.0 for r in RATES)  # configs/default.py transformer.*_rate
+  assert (m.image.pooling, m.text.pooling) == ("mean", "first")  # img_avg_token, not txt_avg_token
   assert m.learn_temperature and m.fixed_temperature == 0.01  # tau_learnable, tau
-  assert m.projection_bias is False and m.text_cls_token_id is None  # proj_out_bias, cls_token
+  assert m.projection_bias is False and m.text.cls_token_id is None  # proj_out_bias, cls_token
 
 
 def test_switches_off_add_nothing_to_the_training_computation(params):
@@ -115,7 +132,7 @@ def test_eval_and_predict_are_deterministic_with_dropout(params):
 
 
 def _encoder_intermediates(droppath_rate=0.0, dropout_rate=0.0, depth=3, batch=400):
-  enc = network.Encoder(depth=depth, num_heads=2, mlp_dim=16, droppath_rate=droppath_rate,
+  enc = layers.Encoder(depth=depth, num_heads=2, mlp_dim=16, droppath_rate=droppath_rate,
                         dropout_rate=dropout_rate, deterministic=False)
   x = jax.random.normal(jax.random.PRNGKey(0), (batch, 3, 8))
   variables = enc.init({"params": jax.random.PRNGKey(1), "dropout": jax.random.PRNGKey(1)}, x)
@@ -157,7 +174,7 @@ def test_attention_dropout_drops_keys_for_every_query():
   k = jax.random.normal(jax.random.PRNGKey(1), (b, length, heads, length))
   # v[s] = one-hot(s): each output row is that query's (dropped, rescaled) probabilities.
   v = jnp.broadcast_to(jnp.eye(length)[None, :, None, :], (b, length, heads, length))
-  out = network.dropout_attention(q, k, v, rate, jax.random.PRNGKey(2))
+  out = layers.dropout_attention(q, k, v, rate, jax.random.PRNGKey(2))
   probs = jax.nn.softmax(jnp.einsum("btnd,bsnd->bnts", q / np.sqrt(length), k), axis=-1)
   probs = np.asarray(jnp.transpose(probs, (0, 2, 1, 3)))  # [b, t, n, s] like out
   out = np.asarray(out)
@@ -284,16 +301,16 @@ def test_switches_bind_from_gin():
   try:
     gin.parse_config_files_and_bindings(
         [os.path.join(ROOT, "gin_configs/models/flip_vit_b16.gin")],
-        ["network.FlipTwoTower.image_pooling = 'cls'", "network.FlipTwoTower.text_pooling = 'mean'",
-         "network.FlipTwoTower.image_droppath_rate = 0.1",
+        ["network.ImageTowerConfig.pooling = 'cls'", "network.TextTowerConfig.pooling = 'mean'",
+         "network.ImageTowerConfig.droppath_rate = 0.1",
          "network.FlipTwoTower.learn_temperature = False",
          "network.FlipTwoTower.fixed_temperature = 0.05",
          "network.FlipTwoTower.projection_bias = True",
-         "network.FlipTwoTower.text_cls_token_id = 101"])
+         "network.TextTowerConfig.cls_token_id = 101"])
     module = gin.query_parameter("%MODEL").scoped_configurable_fn().module
   finally:
     gin.clear_config()
-  assert (module.image_pooling, module.text_pooling, module.image_droppath_rate) == (
+  assert (module.image.pooling, module.text.pooling, module.image.droppath_rate) == (
       "cls", "mean", 0.1)
   assert (module.learn_temperature, module.fixed_temperature, module.projection_bias,
-          module.text_cls_token_id) == (False, 0.05, True, 101)
+          module.text.cls_token_id) == (False, 0.05, True, 101)

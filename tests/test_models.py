@@ -17,8 +17,10 @@ from flip_t5x import network
 from flip_t5x.data.feature_converters import ImageTextFeatureConverter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(image_size=32, patch_size=8, image_width=64, image_depth=2, image_heads=4,
-            text_width=32, text_depth=2, text_heads=4, vocab_size=100, text_length=8,
+TINY = dict(image=network.ImageTowerConfig(image_size=32, patch_size=8, width=64, depth=2,
+                                           num_heads=4),
+            text=network.TextTowerConfig(vocab_size=100, max_length=8, width=32, depth=2,
+                                         num_heads=4),
             embed_dim=16)
 
 

@@ -1,4 +1,5 @@
 """FLIP network: masking, towers, logit_scale, precision and remat variants."""
+import dataclasses
 import re
 
 import flax
@@ -10,13 +11,17 @@ import numpy as np
 import optax
 import pytest
 
+from flip_t5x import backends
+from flip_t5x import layers
 from flip_t5x import losses
 from flip_t5x import models
 from flip_t5x import network
 from flip_t5x.runtime import xla_options
 
-TINY = dict(image_size=32, patch_size=8, image_width=64, image_depth=2, image_heads=4,
-            text_width=32, text_depth=2, text_heads=4, vocab_size=100, text_length=8,
+TINY = dict(image=network.ImageTowerConfig(image_size=32, patch_size=8, width=64, depth=2,
+                                           num_heads=4),
+            text=network.TextTowerConfig(vocab_size=100, max_length=8, width=32, depth=2,
+                                         num_heads=4),
             embed_dim=16)
 
 
@@ -160,7 +165,8 @@ def test_params_axes_cover_every_parameter():
 
 
 def test_initialisers_follow_flip():
-  model = models.FlipModel(network.FlipTwoTower(**{**TINY, "image_width": 256, "image_heads": 4}))
+  model = models.FlipModel(tiny_module(image=dataclasses.replace(TINY["image"], width=256,
+                                                                  num_heads=4)))
   params = jax.jit(lambda rng: model.get_initial_variables(
       rng, {"images": (1, 32, 32, 3), "texts": (1, 8)})["params"])(jax.random.PRNGKey(0))
   img = params["image_tower"]
@@ -248,7 +254,7 @@ def _is_attention_matrix(shape):
 @pytest.mark.parametrize("cpu_backward", [True, False])
 def test_remat_policies_keep_less_and_minimal_keeps_no_attention_matrix(cpu_backward):
   kept = {}
-  for policy in network.REMAT_POLICIES:
+  for policy in layers.REMAT_POLICIES:
     leaves = _residuals(policy, cpu_backward)
     kept[policy] = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in leaves)
     attention = [x.shape for x in leaves if _is_attention_matrix(x.shape)]
@@ -282,7 +288,7 @@ def test_dense_dot_vjp_matches_autodiff(x_shape, k_shape, in_axes):
     contract = tuple(range(x.ndim - in_axes, x.ndim))
     return jax.lax.dot_general(x, kernel, ((contract, tuple(range(in_axes))), ((), ())))
 
-  y, vjp = jax.vjp(lambda a, b: network.dense_dot(a, b, in_axes), x, kernel)
+  y, vjp = jax.vjp(lambda a, b: backends.dense_dot(a, b, in_axes), x, kernel)
   y_ref, vjp_ref = jax.vjp(plain, x, kernel)
   np.testing.assert_allclose(y, y_ref, rtol=1e-6)
   g = jax.random.normal(kg, y.shape)
@@ -295,7 +301,7 @@ def test_dense_dot_kernel_gradient_reads_its_operands_in_place():
   """The kernel gradient contracts the tokens axis of 2-D operands: no transposed copy of x."""
   def loss(kernel, x):
     x = (x - x.mean(-1, keepdims=True)) * 2.0  # an elementwise producer, as LayerNorm is
-    return jnp.sum(jnp.tanh(network.dense_dot(x, kernel, 1)))
+    return jnp.sum(jnp.tanh(backends.dense_dot(x, kernel, 1)))
 
   x, kernel = jnp.ones((4, 50, 64)), jnp.ones((64, 256))
   hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(kernel, x).compile(
@@ -310,7 +316,7 @@ def test_dense_dot_kernel_gradient_reads_its_operands_in_place():
 def test_gelu_tanh_matches_jax_gelu(dtype, tol):
   x = jnp.linspace(-8.0, 8.0, 4001).astype(dtype)
   g = jax.random.normal(jax.random.PRNGKey(0), x.shape).astype(dtype)
-  y, vjp = jax.vjp(network.gelu_tanh, x)
+  y, vjp = jax.vjp(backends.gelu_tanh, x)
   assert y.dtype == vjp(g)[0].dtype == dtype
   np.testing.assert_array_equal(np.float32(y), np.float32(jax.nn.gelu(x, approximate=True)))
   # The reference gradient: autodiff of the formula in float32 on the same inputs.
@@ -322,7 +328,7 @@ def test_gelu_tanh_matches_jax_gelu(dtype, tol):
 def test_gelu_tanh_keeps_only_its_input_for_the_backward_pass():
   """One residual (x), where autodiff of the formula also keeps the tanh."""
   x = jnp.ones((4, 8))
-  ours = jax.vjp(network.gelu_tanh, x)[1]
+  ours = jax.vjp(backends.gelu_tanh, x)[1]
   ref = jax.vjp(lambda t: jax.nn.gelu(t, approximate=True), x)[1]
   big = lambda fn: [l for l in jax.tree_util.tree_leaves(fn) if getattr(l, "shape", ()) == x.shape]
   assert len(big(ours)) == 1 and len(big(ref)) >= 2
@@ -342,7 +348,7 @@ def test_layer_norm_matches_autodiff_of_its_formula(dtype, tol):
   scale = 1.0 + 0.5 * jax.random.normal(ks, (16,))
   bias = jax.random.normal(kb, (16,))
   g = jax.random.normal(kg, (2, 5, 16))
-  y, vjp = jax.vjp(lambda *a: network.layer_norm(*a, 1e-6), x, scale, bias)
+  y, vjp = jax.vjp(lambda *a: backends.layer_norm(*a, 1e-6), x, scale, bias)
   # The reference: autodiff of the formula in float32 on the same (rounded) inputs.
   ref, vjp_ref = jax.vjp(_layer_norm_formula, x.astype(jnp.float32), scale, bias)
   np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
@@ -355,7 +361,7 @@ def test_layer_norm_matches_autodiff_of_its_formula(dtype, tol):
 def test_layer_norm_keeps_its_input_and_two_statistics_per_token():
   """x, mean and 1/std ([tokens, 1]) and scale, where autodiff of the formula also keeps x - mean."""
   x, scale, bias = jnp.ones((4, 8, 16)), jnp.ones((16,)), jnp.zeros((16,))
-  ours = jax.vjp(lambda *a: network.layer_norm(*a, 1e-6), x, scale, bias)[1]
+  ours = jax.vjp(lambda *a: backends.layer_norm(*a, 1e-6), x, scale, bias)[1]
   ref = jax.vjp(_layer_norm_formula, x, scale, bias)[1]
   big = lambda fn: [l for l in jax.tree_util.tree_leaves(fn) if getattr(l, "shape", ()) == x.shape]
   assert len(big(ours)) == 1 and len(big(ref)) >= 2
@@ -366,7 +372,7 @@ def test_attention_core_matches_jax_dot_product_attention(dtype, tol):
   shape = (2, 7, 3, 8)  # batch, length, heads, head_dim
   q, k, v, g = (jax.random.normal(key, shape).astype(dtype)
                 for key in jax.random.split(jax.random.PRNGKey(3), 4))
-  out, vjp = jax.vjp(network.attention_core, q, k, v)
+  out, vjp = jax.vjp(backends.attention_core, q, k, v)
   ref, vjp_ref = jax.vjp(jax.nn.dot_product_attention, q, k, v)
   assert out.dtype == ref.dtype == dtype
   np.testing.assert_allclose(np.float32(out), np.float32(ref), rtol=tol, atol=tol)
@@ -377,9 +383,9 @@ def test_attention_core_matches_jax_dot_product_attention(dtype, tol):
 
 def test_materialize_grad_is_the_identity_in_both_directions():
   x = jnp.array([[1.0, -2.0], [3.0, 4.0]])
-  np.testing.assert_array_equal(network.materialize_grad(x), x)
+  np.testing.assert_array_equal(backends.materialize_grad(x), x)
   for g in (jnp.array([[0.5, 1.0], [-1.0, 2.0]]), jnp.array([[jnp.nan, 1.0], [jnp.inf, 2.0]])):
-    _, vjp = jax.vjp(network.materialize_grad, x)
+    _, vjp = jax.vjp(backends.materialize_grad, x)
     np.testing.assert_array_equal(vjp(g)[0], g)  # NaN/inf cotangents pass through unchanged
 
 
@@ -393,7 +399,7 @@ def test_cpu_backward_puts_conditionals_in_the_compiled_backward(cpu_backward):
   params = model.get_initial_variables(rng, {"images": (4, 32, 32, 3), "texts": (4, 8)})["params"]
   grad = jax.jit(jax.grad(lambda p: model.loss_fn(p, batch, rng)[0]))
   hlo = grad.lower(params).compile().as_text()
-  expected = (TINY["image_depth"] + 1) + (TINY["text_depth"] + 1) if cpu_backward else 0
+  expected = (TINY["image"].depth + 1) + (TINY["text"].depth + 1) if cpu_backward else 0
   assert hlo.count(" conditional(") == expected
 
 
@@ -402,8 +408,8 @@ def test_cpu_backward_defaults_to_the_backend():
   params = tiny_module().init(jax.random.PRNGKey(0), **tiny_batch())
   bound = tiny_module().bind(params)
   expected = jax.default_backend() == "cpu"
-  assert bound.image_tower.cpu_backward is expected
-  assert bound.text_tower.cpu_backward is expected
+  assert bound.image_tower.backend.cpu_backward is expected
+  assert bound.text_tower.backend.cpu_backward is expected
 
 
 def test_bad_options_are_clear_errors(tiny_params):
@@ -435,7 +441,7 @@ def test_even_length_attention_matches_unpadded(length):
   def loss(fn):
     return lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v)))
   plain = loss(lambda q, k, v: jax.nn.dot_product_attention(q, k, v))
-  padded = loss(lambda q, k, v: network.even_length_attention(q, k, v, "xla"))
+  padded = loss(lambda q, k, v: backends.even_length_attention(q, k, v, "xla"))
   np.testing.assert_allclose(padded(q, k, v), plain(q, k, v), rtol=1e-5)
   for a, b in zip(jax.grad(padded, (0, 1, 2))(q, k, v), jax.grad(plain, (0, 1, 2))(q, k, v)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -199,8 +199,9 @@ def test_decay_min_ndim_option_decays_matrices_only():
 def test_adamw_decays_exactly_the_masked_parameters():
   """Zero gradients: Adam's step is 0, so only decayed parameters move (by lr x wd x p)."""
   model = configure(["models/flip_tiny.gin"])
-  shapes = {"images": (1, model.module.image_size, model.module.image_size, 3),
-            "texts": (1, model.module.text_length)}
+  image = model.module.image
+  shapes = {"images": (1, image.image_size, image.image_size, 3),
+            "texts": (1, model.module.text.max_length)}
   params = jax.jit(lambda rng: model.get_initial_variables(rng, shapes))(
       jax.random.PRNGKey(0))["params"]
   tx = optimizers.unwrap(optimizers.adamw(learning_rate=1.0, weight_decay=0.5))
