@@ -135,6 +135,14 @@ def check_pin(actual: str, sha256: Optional[str], what: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+class _RangeNotSatisfiable(Exception):
+  """HTTP 416 for a resume: `total` is the file's size the server gave (None if not given)."""
+
+  def __init__(self, total: Optional[int]):
+    super().__init__(total)
+    self.total = total
+
+
 def _open_http(url: str, offset: int, validator: Optional[str]) -> Any:
   request = urllib.request.Request(url, headers={"User-Agent": "flip_t5x"})
   if offset:
@@ -144,8 +152,9 @@ def _open_http(url: str, offset: int, validator: Optional[str]) -> Any:
   try:
     return urllib.request.urlopen(request, timeout=TIMEOUT_S)
   except urllib.error.HTTPError as e:
-    if e.code == 416 and offset:  # the partial file is not a prefix of this one: start over
-      return None
+    if e.code == 416 and offset:  # nothing from `offset` on: complete already, or another file
+      total = (e.headers.get("Content-Range") or "").rpartition("/")[2]
+      raise _RangeNotSatisfiable(int(total) if total.isdigit() else None) from e
     raise DownloadError(f"cannot download {url}: HTTP {e.code} {e.reason}") from e
   except (urllib.error.URLError, OSError) as e:
     raise DownloadError(f"cannot download {url}: {getattr(e, 'reason', e)} (offline? download "
@@ -157,10 +166,12 @@ def _http_to_part(url: str, part: str, label: str, stream: Optional[TextIO]) -> 
   meta_path = part + ".json"
   meta = _read_json(meta_path) or {}
   offset = os.path.getsize(part) if os.path.exists(part) and meta.get("url") == url else 0
-  response = _open_http(url, offset, meta.get("validator"))
-  if response is None:
-    offset = 0
-    response = _open_http(url, 0, None)
+  try:
+    response = _open_http(url, offset, meta.get("validator"))
+  except _RangeNotSatisfiable as e:
+    if e.total == offset:  # the last run stopped after the last byte, before the rename
+      return
+    offset, response = 0, _open_http(url, 0, None)
   with response:
     total = response.headers.get("Content-Length")
     total = int(total) if total is not None else None
