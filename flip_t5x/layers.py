@@ -100,7 +100,8 @@ class LayerNorm(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     features = x.shape[-1]
-    scale = param_with_axes("scale", nn.initializers.ones, (features,), jnp.float32, axes=("embed",))
+    scale = param_with_axes("scale", nn.initializers.ones, (features,), jnp.float32,
+                            axes=("embed",))
     bias = param_with_axes("bias", nn.initializers.zeros, (features,), jnp.float32, axes=("embed",))
     return backends.layer_norm(x, scale, bias, self.epsilon).astype(self.dtype)
 

@@ -171,9 +171,9 @@ def _encoder(config: Any, tower: nn.Module, deterministic: bool) -> layers.Encod
   """A tower's transformer encoder, from its config and the choices the towers share."""
   return layers.Encoder(
       config.depth, config.num_heads, config.width * config.mlp_ratio,
-      dtype=jnp.dtype(tower.dtype), remat_policy=tower.remat_policy, backend=tower.backend, dropout_rate=config.dropout_rate,
-      attention_dropout_rate=config.attention_dropout_rate, droppath_rate=config.droppath_rate,
-      deterministic=deterministic, name="encoder")
+      dtype=jnp.dtype(tower.dtype), remat_policy=tower.remat_policy, backend=tower.backend,
+      dropout_rate=config.dropout_rate, attention_dropout_rate=config.attention_dropout_rate,
+      droppath_rate=config.droppath_rate, deterministic=deterministic, name="encoder")
 
 
 def _project(tower: nn.Module, pooled: Array) -> Array:
