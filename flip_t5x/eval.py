@@ -8,76 +8,40 @@ Same command line as `t5x.eval`:
     --gin.EVAL_OUTPUT_DIR=\"/tmp/eval\"
 
 Zero-shot (`flip_eval.eval_options.mode = 'zeroshot'`, the default; gin files
-`from flip_t5x import eval as flip_eval`): the class prompts (classes x templates) are embedded
-once with the text tower, then images batch by batch with the unmasked image tower; top-1/top-5
-go to `EVAL_OUTPUT_DIR/zeroshot_metrics.json`. Retrieval (`eval_options.mode = 'retrieval'`, see `gin_configs/runs/eval_retrieval.gin`) embeds an image-text split and writes
-image->text / text->image recall@1/5/10 to `EVAL_OUTPUT_DIR/retrieval_metrics.json`. Either way
-the same JSON is the last line printed.
-
-`zeroshot_evaluate` and `retrieval_evaluate` are gin-free and run in-process (the trainer's
-periodic zero-shot eval calls the former). Batches are sharded over the mesh's data axis when a
-mesh is given; on one device they run as they are. Single-process only (one host).
+`from flip_t5x import eval as flip_eval`): `flip_t5x.evaluation.zeroshot`, top-1/top-5 to
+`EVAL_OUTPUT_DIR/zeroshot_metrics.json`. Retrieval (`eval_options.mode = 'retrieval'`, see
+`gin_configs/runs/eval_retrieval.gin`): `flip_t5x.evaluation.retrieval`, image->text /
+text->image recall@1/5/10 to `EVAL_OUTPUT_DIR/retrieval_metrics.json`. Either way a table ends
+stderr and the same JSON is the last line printed. Single-process only (one host).
 """
 from __future__ import annotations
 
 if __name__ == "__main__":  # a binary: TF/CUDA start-up notices off unless --verbose
   from flip_t5x import _quiet  # pylint: disable=unused-import  (before TensorFlow loads)
 
-import difflib
-import functools
 import json
 import os
 import sys
-import time
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 from absl import flags
 from absl import logging
 import gin
-import jax
-import numpy as np
-import seqio
 import tensorflow as tf
 
-from flip_t5x import evaluation
 from flip_t5x import checkpoints
 from flip_t5x import models
 from flip_t5x.data import zeroshot as zeroshot_lib
+from flip_t5x.evaluation import EvalError
+from flip_t5x.evaluation import datasets
+from flip_t5x.evaluation import retrieval
+from flip_t5x.evaluation import zeroshot
 from flip_t5x.runtime import gin_utils
-from flip_t5x.runtime import xla_options
 # Registers the zero-shot tasks and their gin configurables at import, before gin is locked.
-from tasks import zeroshot_seqio
+from tasks import zeroshot_seqio  # pylint: disable=unused-import
 
-PyTree = Any
 MODES = ("zeroshot", "retrieval")
 METRICS_FILES = {"zeroshot": "zeroshot_metrics.json", "retrieval": "retrieval_metrics.json"}
-
-
-class EvalError(ValueError):
-  """A configuration or input problem, reported without a traceback by the binary."""
-
-
-# ------------------------------------------------------------------------------------ helpers
-def get_task(name: str) -> Union[seqio.Task, seqio.Mixture]:
-  """The registered task or mixture `name`, or an error naming close matches."""
-  try:
-    return seqio.get_mixture_or_task(name)
-  except ValueError:
-    known = list(seqio.TaskRegistry.names()) + list(seqio.MixtureRegistry.names())
-    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
-    hint = f" Did you mean one of {close}?" if close else ""
-    raise EvalError(
-        f"No seqio task or mixture named {name!r} is registered.{hint} Import the module that "
-        "registers it (gin: `import tasks` or DatasetConfig.module).") from None
-
-
-def task_class_names(task_name: str) -> list:
-  """Label-ordered class names of a zero-shot task (its source's, or `tasks`' lookup)."""
-  try:
-    return zeroshot_seqio.class_names(task_name)
-  except ValueError as e:
-    raise EvalError(f"Cannot tell the class names of task {task_name!r} ({e}); pass them with "
-                    "`flip_eval.eval_options.class_names` (a list, or a file with one name per line).") from e
 
 
 def _read_class_names(class_names: Union[str, Sequence[str]]) -> list:
@@ -86,109 +50,6 @@ def _read_class_names(class_names: Union[str, Sequence[str]]) -> list:
       raise EvalError(f"class-names file {class_names!r} does not exist")
     return zeroshot_lib.read_lines(class_names)
   return list(class_names)
-
-
-def _data_sharding(mesh: Optional[jax.sharding.Mesh], data_axis: Any,
-                   batch_size: int) -> Optional[jax.sharding.Sharding]:
-  """Shards the batch dimension over `data_axis` of `mesh` (None: leave placement to jit)."""
-  if mesh is None:
-    return None
-  axes = data_axis if isinstance(data_axis, (tuple, list)) else (data_axis,)
-  n = int(np.prod([mesh.shape[a] for a in axes]))
-  if batch_size % n:
-    raise EvalError(f"eval batch size {batch_size} is not divisible by the {n} shards of mesh "
-                    f"axis {data_axis!r}")
-  spec = jax.sharding.PartitionSpec(tuple(axes) if len(axes) > 1 else axes[0])
-  return jax.sharding.NamedSharding(mesh, spec)
-
-
-@functools.lru_cache(maxsize=8)
-def _encoders(model: models.FlipModel) -> Tuple[Callable, Callable]:
-  """Jitted, unmasked image and text towers (cached, so periodic evals compile once)."""
-  options = xla_options.compiler_options()
-  encode_images = jax.jit(lambda params, images: model.encode_images(params, images),
-                          compiler_options=options)
-  encode_texts = jax.jit(lambda params, texts: model.encode_texts(params, texts),
-                         compiler_options=options)
-  return encode_images, encode_texts
-
-
-def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
-  if x.shape[0] == rows:
-    return x
-  pad = np.zeros((rows - x.shape[0],) + x.shape[1:], x.dtype)
-  return np.concatenate([x, pad])
-
-
-def _run_batched(fn: Callable, params: PyTree, x: np.ndarray, batch_size: int,
-                 sharding: Optional[jax.sharding.Sharding]) -> np.ndarray:
-  """fn(params, x) over fixed-size batches (the last one zero-padded, so one compilation)."""
-  out = []
-  for start in range(0, x.shape[0], batch_size):
-    chunk = x[start:start + batch_size]
-    batch = _pad_rows(chunk, batch_size)
-    if sharding is not None:
-      batch = jax.device_put(batch, sharding)
-    out.append(np.asarray(fn(params, batch))[:chunk.shape[0]])
-  return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-
-
-def _pad_text(ids: tf.Tensor, length: int) -> tf.Tensor:
-  """Truncates or 0-pads token ids to exactly `length`, as the feature converter does."""
-  ids = tf.cast(ids[:length], tf.int32)
-  return tf.ensure_shape(tf.pad(ids, [[0, length - tf.shape(ids)[0]]]), [length])
-
-
-def _numpy_batches(ds: tf.data.Dataset, keys: Sequence[str], batch_size: int,
-                   max_examples: Optional[int]) -> Iterator[Tuple[Dict[str, np.ndarray], int]]:
-  """(batch zero-padded to batch_size, number of real rows), in dataset order."""
-  ds = ds.map(lambda ex: {k: ex[k] for k in keys}, num_parallel_calls=tf.data.AUTOTUNE)
-  if max_examples is not None:
-    ds = ds.take(int(max_examples))
-  ds = ds.batch(batch_size).prefetch(2)
-  for batch in ds.as_numpy_iterator():
-    n = next(iter(batch.values())).shape[0]
-    yield {k: _pad_rows(v, batch_size) for k, v in batch.items()}, n
-
-
-def _task_dataset(task_name: str, split: str, feature_lengths: Mapping[str, int],
-                  required: Sequence[str]) -> tf.data.Dataset:
-  task = get_task(task_name)
-  if split not in task.splits:
-    raise EvalError(f"Task {task_name!r} has no split {split!r} (it has {list(task.splits)})")
-  if jax.process_count() > 1:
-    raise EvalError("flip_t5x.eval runs on one process; multi-host eval is not supported")
-  ds = task.get_dataset(sequence_length=dict(feature_lengths), split=split, shuffle=False,
-                        num_epochs=1, use_cached=False)
-  missing = [k for k in required if k not in ds.element_spec]
-  if missing:
-    raise EvalError(f"Task {task_name!r} examples lack {missing} (they have "
-                    f"{sorted(ds.element_spec)})")
-  return ds
-
-
-class _Progress:
-  """Logs images/s every `every_s` seconds."""
-
-  def __init__(self, what: str, every_s: float):
-    self.what, self.every_s = what, every_s
-    self.start = self.last = time.time()
-    self.count = 0
-
-  def update(self, n: int) -> None:
-    self.count += n
-    now = time.time()
-    if now - self.last >= self.every_s:
-      self.last = now
-      logging.info("%s: %d images, %.1f images/s", self.what, self.count, self.rate)
-
-  @property
-  def seconds(self) -> float:
-    return time.time() - self.start
-
-  @property
-  def rate(self) -> float:
-    return self.count / max(self.seconds, 1e-9)
 
 
 def eval_options(mode: str = "zeroshot", max_examples: Optional[int] = None,
@@ -218,137 +79,6 @@ def _gin_eval_options() -> Dict[str, Any]:
   except (ValueError, KeyError):
     configured = fn
   return configured()
-
-
-# --------------------------------------------------------------------------- in-process evals
-def class_embeddings(model: models.FlipModel, params: PyTree, class_names: Sequence[str],
-                     templates: Sequence[str], vocabulary: seqio.Vocabulary, text_length: int,
-                     batch_size: int = 256, mesh: Optional[jax.sharding.Mesh] = None,
-                     data_axis: Any = "data") -> np.ndarray:
-  """[num_classes, embed_dim] zero-shot classifier: every prompt embedded once, in batches."""
-  if not class_names:
-    raise EvalError("zero-shot eval needs at least one class name")
-  if not templates:
-    raise EvalError("zero-shot eval needs at least one prompt template")
-  ids = zeroshot_lib.prompt_token_ids(class_names, templates, vocabulary, text_length)
-  ids = ids.reshape(-1, text_length)
-  _, encode_texts = _encoders(model)
-  sharding = _data_sharding(mesh, data_axis, batch_size)
-  prompt_emb = _run_batched(encode_texts, params, ids, batch_size, sharding)
-  return evaluation.class_embeddings_from_prompts(prompt_emb, len(class_names))
-
-
-def zeroshot_evaluate(model: models.FlipModel, params: PyTree, *, task_name: str, split: str,
-                      feature_lengths: Mapping[str, int], batch_size: int,
-                      class_names: Optional[Sequence[str]] = None,
-                      templates: Optional[Sequence[str]] = None,
-                      vocabulary: Optional[seqio.Vocabulary] = None,
-                      max_examples: Optional[int] = None,
-                      mesh: Optional[jax.sharding.Mesh] = None, data_axis: Any = "data",
-                      text_batch_size: Optional[int] = None,
-                      log_every_s: float = 30.0) -> Dict[str, Any]:
-  """Zero-shot top-1/top-5 (%) of `params` on a labelled seqio task; no gin involved.
-
-  Args:
-    model: the FlipModel (its towers are jitted once per model and reused across calls).
-    params: model parameters (host arrays or already placed on `mesh`).
-    task_name: seqio task/mixture whose examples have `image` and `label`.
-    split: e.g. "validation".
-    feature_lengths: task feature lengths, {"image": S, "targets": L}; L is the prompt length.
-    batch_size: images per step (a multiple of the data-axis size when `mesh` is given).
-    class_names: label-ordered names; default: the task source's `class_names()`.
-    templates: prompt templates ('{}' = class name); default: the gin-selected set
-      (`flip_t5x.data.zeroshot.templates()`, FLIP's 7 unless configured).
-    vocabulary: tokenizer of the prompts; default: the task's `targets` vocabulary.
-    max_examples: evaluate only the first N images (periodic evals during training).
-    mesh, data_axis: shard every batch over this mesh axis (None: one device / jit's choice).
-    text_batch_size: prompts per text-tower step (default `batch_size`).
-    log_every_s: seconds between progress lines.
-
-  Returns:
-    {"task", "split", "top1", "top5", "num_examples", "num_classes", "num_templates",
-     "images_per_second", "seconds", "worst_classes"}; `worst_classes` lists the five classes
-    of lowest top-1 as {"class", "top1", "num_examples"}, lowest first.
-  """
-  t0 = time.time()
-  task = get_task(task_name)
-  class_names = task_class_names(task_name) if class_names is None else list(class_names)
-  templates = zeroshot_lib.templates() if templates is None else list(templates)
-  if vocabulary is None:
-    if "targets" not in task.output_features:
-      raise EvalError(f"Task {task_name!r} has no `targets` feature to take the vocabulary "
-                      "from; pass `vocabulary`")
-    vocabulary = task.output_features["targets"].vocabulary
-  ds = _task_dataset(task_name, split, feature_lengths, ("image", "label"))
-  class_emb = class_embeddings(model, params, class_names, templates, vocabulary,
-                               int(feature_lengths["targets"]), text_batch_size or batch_size,
-                               mesh, data_axis)
-  logging.info("Embedded %d prompts (%d classes x %d templates) in %.1fs",
-               len(class_names) * len(templates), len(class_names), len(templates),
-               time.time() - t0)
-  encode_images, _ = _encoders(model)
-  sharding = _data_sharding(mesh, data_axis, batch_size)
-  acc = evaluation.ZeroShotAccumulator(class_emb, ks=(1, 5))
-  progress = _Progress(f"zero-shot {task_name}", log_every_s)
-  for batch, n in _numpy_batches(ds, ("image", "label"), batch_size, max_examples):
-    images = batch["image"]
-    if sharding is not None:
-      images = jax.device_put(images, sharding)
-    emb = np.asarray(encode_images(params, images))[:n]
-    labels = batch["label"][:n]
-    if labels.size and (labels.min() < 0 or labels.max() >= len(class_names)):
-      raise EvalError(f"label {int(labels.max())} outside the {len(class_names)} class names")
-    acc.update(emb, labels)
-    progress.update(n)
-  if not acc.num_examples:
-    raise EvalError(f"Task {task_name!r} split {split!r} yielded no examples")
-  result = {"task": task_name, "split": split}
-  result.update(acc.result())
-  result.update(num_templates=len(templates), images_per_second=progress.rate,
-                seconds=time.time() - t0)
-  result["worst_classes"] = [{"class": class_names[i], "top1": top1, "num_examples": n}
-                             for i, top1, n in acc.worst_classes(5)]
-  logging.info("zero-shot %s: top1 %.2f top5 %.2f over %d images (%.1f images/s)", task_name,
-               result["top1"], result.get("top5", float("nan")), result["num_examples"],
-               progress.rate)
-  return result
-
-
-def retrieval_evaluate(model: models.FlipModel, params: PyTree, *, task_name: str, split: str,
-                       feature_lengths: Mapping[str, int], batch_size: int,
-                       max_examples: Optional[int] = None,
-                       mesh: Optional[jax.sharding.Mesh] = None, data_axis: Any = "data",
-                       ks: Sequence[int] = (1, 5, 10), log_every_s: float = 30.0
-                       ) -> Dict[str, Any]:
-  """Image->text and text->image recall@k (%) on an image-text split (`image` + `targets`).
-
-  Each example's caption is its image's only match (img2dataset shards: one caption per image).
-  All embeddings are kept on the host: meant for eval splits of up to tens of thousands of pairs.
-  """
-  t0 = time.time()
-  ds = _task_dataset(task_name, split, feature_lengths, ("image", "targets"))
-  length = int(feature_lengths["targets"])
-  ds = ds.map(lambda ex: dict(ex, targets=_pad_text(ex["targets"], length)))
-  encode_images, encode_texts = _encoders(model)
-  sharding = _data_sharding(mesh, data_axis, batch_size)
-  image_emb, text_emb = [], []
-  progress = _Progress(f"retrieval {task_name}", log_every_s)
-  for batch, n in _numpy_batches(ds, ("image", "targets"), batch_size, max_examples):
-    images, texts = batch["image"], batch["targets"].astype(np.int32)
-    if sharding is not None:
-      images, texts = jax.device_put(images, sharding), jax.device_put(texts, sharding)
-    image_emb.append(np.asarray(encode_images(params, images))[:n])
-    text_emb.append(np.asarray(encode_texts(params, texts))[:n])
-    progress.update(n)
-  if not image_emb:
-    raise EvalError(f"Task {task_name!r} split {split!r} yielded no examples")
-  result = {"task": task_name, "split": split}
-  result.update(evaluation.retrieval_recall(np.concatenate(image_emb), np.concatenate(text_emb),
-                                            ks))
-  result.update(num_examples=progress.count, images_per_second=progress.rate,
-                seconds=time.time() - t0)
-  logging.info("retrieval %s: %s", task_name, result)
-  return result
 
 
 # ------------------------------------------------------------------------------ the binary
@@ -427,12 +157,12 @@ def evaluate(*, model: models.FlipModel, dataset_cfg: Any, output_dir: str,
   if getattr(dataset_cfg, "module", None):
     __import__(dataset_cfg.module)
   task_name = dataset_cfg.mixture_or_task_name
-  get_task(task_name)  # fail on an unknown task before loading a large checkpoint
+  datasets.get_task(task_name)  # fail on an unknown task before loading a large checkpoint
   path = resolve_checkpoint(restore_checkpoint_cfg, checkpoint_path)
   lengths = dict(dataset_cfg.task_feature_lengths or {})
-  module = model.module
-  lengths.setdefault("image", module.image.image_size)
-  lengths.setdefault("targets", module.text.max_length)
+  shapes = model.input_shapes()
+  lengths.setdefault("image", shapes["images"][1])
+  lengths.setdefault("targets", shapes["texts"][1])
   logging.info("Loading %s", path)
   try:
     params = checkpoints.load_params(path, model, partitioner=partitioner)
@@ -447,12 +177,12 @@ def evaluate(*, model: models.FlipModel, dataset_cfg: Any, output_dir: str,
   if mode == "zeroshot":
     name = zeroshot_lib.template_set() if template_set is None else str(template_set)
     templates = zeroshot_lib.templates(name)
-    metrics = zeroshot_evaluate(
+    metrics = zeroshot.zeroshot_evaluate(
         model, params, class_names=None if class_names is None else _read_class_names(
             class_names), templates=templates, text_batch_size=text_batch_size, **common)
     metrics["templates"] = name
   else:
-    metrics = retrieval_evaluate(model, params, **common)
+    metrics = retrieval.retrieval_evaluate(model, params, **common)
   metrics.update(checkpoint_step=step, checkpoint_path=path, mode=mode)
   out = write_metrics(output_dir, METRICS_FILES[mode], metrics)
   logging.info("Wrote %s", out)

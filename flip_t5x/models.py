@@ -10,7 +10,7 @@ training with it is stochastic and everything called without it is deterministic
 from __future__ import annotations
 
 import abc
-from typing import Any, Mapping, MutableMapping, Optional, Tuple
+from typing import Any, Dict, Mapping, MutableMapping, Optional, Tuple
 
 import clu.metrics as clu_metrics
 import jax
@@ -68,6 +68,12 @@ class FlipModel(BaseModel):
     self.mask_ratio = float(mask_ratio)
 
   # ---------------------------------------------------------------- variables
+  def input_shapes(self, batch_size: int = 1) -> Dict[str, Tuple[int, ...]]:
+    """Model-feature shapes (`images` [B, S, S, 3], `texts` [B, L]) from the network's sizes."""
+    m = self.module
+    return {"images": (batch_size, m.image.image_size, m.image.image_size, 3),
+            "texts": (batch_size, m.text.max_length)}
+
   def get_initial_variables(self, rng: Array, input_shapes: Mapping[str, Tuple[int, ...]],
                             input_types: Optional[Mapping[str, Any]] = None
                             ) -> MutableMapping[str, PyTree]:

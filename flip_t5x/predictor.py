@@ -8,8 +8,9 @@
     cos = predictor.similarity(["cat.jpg"], ["a photo of a cat"])         # [1, 1]
 
 Images get the evaluation preprocessing of the data pipeline (`preprocessors.eval_image`: the
-official centre crop, TF1 bicubic resize, ImageNet mean/std), so predictions match `flip_t5x.eval`. Both towers run jitted at a fixed batch size (the last batch is padded), so a
-predictor compiles each tower once whatever the number of inputs, on CPU or accelerators.
+official centre crop, TF1 bicubic resize, ImageNet mean/std), and the towers run through the
+evaluation library's encoder (`flip_t5x.evaluation.encoder`: jitted once, fixed-size padded
+batches), so predictions match `flip_t5x.eval`'s.
 """
 from __future__ import annotations
 
@@ -23,15 +24,16 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from flip_t5x import evaluation
 from flip_t5x import checkpoints
 from flip_t5x import models
 from flip_t5x import network
 from flip_t5x.data import preprocessors
 from flip_t5x.data import vocabulary as vocabulary_lib
 from flip_t5x.data import zeroshot
+from flip_t5x.evaluation import encoder as encoder_lib
+from flip_t5x.evaluation import scoring
+from flip_t5x.evaluation import zeroshot as zeroshot_lib
 from flip_t5x.runtime import gin_utils
-from flip_t5x.runtime import xla_options
 
 PyTree = Any
 # A path (str/PathLike), encoded bytes, a PIL image, or pixels [H, W], [H, W, 1|3|4] in [0, 255].
@@ -111,12 +113,11 @@ class FlipPredictor:
     self._vocabulary = vocabulary
     if vocabulary is not None:
       self._check_vocabulary(vocabulary)
-    self.image_size = int(self.module.image.image_size)
-    self.text_length = int(self.module.text.max_length)
+    shapes = model.input_shapes()
+    self.image_size = int(shapes["images"][1])
+    self.text_length = int(shapes["texts"][1])
     self.embed_dim = int(self.module.embed_dim)
-    options = xla_options.compiler_options()
-    self._image_fn = jax.jit(lambda p, x: model.encode_images(p, x), compiler_options=options)
-    self._text_fn = jax.jit(lambda p, t: model.encode_texts(p, t), compiler_options=options)
+    self._encoder = encoder_lib.encoder_for(model)
     self.logit_scale = float(self.module.apply({"params": self.params},
                                                method=network.FlipTwoTower.scale))
     size = self.image_size
@@ -210,7 +211,7 @@ class FlipPredictor:
     if pixels.ndim != 4 or pixels.shape[1:] != want:
       raise ValueError(f"encode_pixels expects [N, {want[0]}, {want[1]}, 3] preprocessed images, "
                        f"got {pixels.shape}")
-    return self._batched(self._image_fn, pixels, self.batch_size)
+    return self._encoder.encode_images(self.params, pixels, self.batch_size)
 
   def encode_images(self, images: Union[ImageLike, Iterable[ImageLike]]) -> np.ndarray:
     """Images (paths, bytes, PIL images or uint8 pixel arrays) -> embeddings [N, E].
@@ -241,7 +242,7 @@ class FlipPredictor:
     tokens = np.asarray(tokens, np.int32)
     if tokens.ndim != 2 or tokens.shape[1] != self.text_length:
       raise ValueError(f"encode_tokens expects [N, {self.text_length}] ids, got {tokens.shape}")
-    return self._batched(self._text_fn, tokens, self.text_batch_size)
+    return self._encoder.encode_texts(self.params, tokens, self.text_batch_size)
 
   def encode_texts(self, texts: Union[str, Sequence[str]]) -> np.ndarray:
     """Strings -> L2-normalised embeddings [N, E]."""
@@ -255,15 +256,15 @@ class FlipPredictor:
                       ([templates] if isinstance(templates, str) else templates))
     key = (tuple(class_names), templates)
     if key not in self._class_embedding_cache:
-      self._class_embedding_cache[key] = evaluation.class_embeddings(
+      self._class_embedding_cache[key] = zeroshot_lib.class_embeddings(
           self.encode_texts, list(class_names), list(templates))
     return self._class_embedding_cache[key]
 
   def probabilities(self, image_embeddings: np.ndarray, other_embeddings: np.ndarray,
                     axis: int = -1) -> np.ndarray:
     """softmax(logit_scale * cosine) over `axis` (-1: over the texts/classes of each image)."""
-    logits = self.logit_scale * (evaluation.l2_normalize(image_embeddings)
-                                 @ evaluation.l2_normalize(other_embeddings).T)
+    logits = self.logit_scale * (scoring.l2_normalize(image_embeddings)
+                                 @ scoring.l2_normalize(other_embeddings).T)
     logits = logits - logits.max(axis=axis, keepdims=True)
     e = np.exp(logits)
     return e / e.sum(axis=axis, keepdims=True)
@@ -280,18 +281,6 @@ class FlipPredictor:
                  texts: Union[str, Sequence[str]]) -> np.ndarray:
     """[N_images, N_texts] cosine similarities."""
     return self.encode_images(images) @ self.encode_texts(texts).T
-
-  # ------------------------------------------------------------------------------------- helpers
-  def _batched(self, fn, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """Runs `fn` on fixed-size batches (the last one zero-padded) so it compiles once."""
-    out = []
-    for start in range(0, x.shape[0], batch_size):
-      chunk = x[start:start + batch_size]
-      n = chunk.shape[0]
-      if n < batch_size:
-        chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
-      out.append(np.asarray(jax.device_get(fn(self.params, chunk)), np.float32)[:n])
-    return np.concatenate(out) if out else np.zeros((0, self.embed_dim), np.float32)
 
 
 def top_k(probs: np.ndarray, k: int) -> List[List[Tuple[int, float]]]:

@@ -29,7 +29,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from flip_t5x import eval as eval_lib
+from flip_t5x.evaluation import zeroshot
 from flip_t5x.data import preprocessors
 from flip_t5x import checkpoints
 from flip_t5x.runtime import gin_utils
@@ -342,7 +342,7 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
     if infer_eval_dataset_cfg is not None:
       cfg = infer_eval_dataset_cfg
       lengths = cfg.task_feature_lengths or train_dataset_cfg.task_feature_lengths
-      res = eval_lib.zeroshot_evaluate(model, params, task_name=cfg.mixture_or_task_name, split=cfg.split,
+      res = zeroshot.zeroshot_evaluate(model, params, task_name=cfg.mixture_or_task_name, split=cfg.split,
                      feature_lengths=lengths, batch_size=cfg.batch_size,
                      max_examples=(eval_steps * cfg.batch_size) if eval_steps else None,
                      mesh=partitioner.mesh)

@@ -9,7 +9,7 @@ For each zero-shot task of `tasks` (`flip_imagenet1k_zeroshot`, `flip_folder_zer
 
 The evaluator embeds every row once with `FlipModel.predict_batch_with_aux`; the task's
 `postprocess_fn` turns each target into `{label, is_prompt}` and its metric
-(`flip_t5x.seqio_metrics.zeroshot_metric`) builds the class embeddings from the prompt rows and
+(`flip_t5x.evaluation.metrics.zeroshot_metric`) builds the class embeddings from the prompt rows and
 scores the image rows, giving the same top-1/top-5 as `flip_t5x.eval`.
 
     python -m t5x.eval --gin_file=gin_configs/models/flip_vit_b16.gin \
@@ -42,7 +42,7 @@ import seqio
 import tensorflow as tf
 
 import tasks
-from flip_t5x import seqio_metrics
+from flip_t5x.evaluation import metrics as seqio_metrics
 from flip_t5x.data import preprocessors
 from flip_t5x.data import sources
 from flip_t5x.data import zeroshot

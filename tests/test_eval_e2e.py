@@ -21,7 +21,8 @@ import tensorflow as tf
 import tasks
 from tasks import zeroshot_seqio
 from flip_t5x import eval as flip_eval
-from flip_t5x import evaluation
+from flip_t5x.evaluation import EvalError
+from flip_t5x.evaluation import zeroshot as zeroshot_eval
 from flip_t5x.data import shards
 from flip_t5x.data import zeroshot
 from flip_t5x import checkpoints
@@ -150,7 +151,7 @@ def _bruteforce_class_embeddings(model, params, class_names, templates):
 @pytest.fixture(scope="module")
 def own_zeroshot(setup):
   """flip_t5x.eval's in-process zero-shot result (computed once: building the dataset is slow)."""
-  return flip_eval.zeroshot_evaluate(
+  return zeroshot_eval.zeroshot_evaluate(
       setup["model"], setup["params"], task_name="flip_folder_zeroshot", split="validation",
       feature_lengths=LENGTHS, batch_size=5, templates=zeroshot.templates("7"))
 
@@ -207,8 +208,8 @@ def test_zeroshot_seqio_path_and_bruteforce_agree(setup, binaries, own_zeroshot)
   emb = emb.reshape(len(names), len(templates), -1).mean(axis=1)
   class_emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
   np.testing.assert_allclose(
-      flip_eval.class_embeddings(model, params, names, templates, vocab, LENGTHS["targets"],
-                                 batch_size=8), class_emb, atol=1e-5)
+      zeroshot_eval.model_class_embeddings(model, params, names, templates, vocab,
+                                           LENGTHS["targets"], batch_size=8), class_emb, atol=1e-5)
   images = np.stack([r["image"] for r in rows[42:]])
   labels = np.array([r["label"] for r in rows[42:]])
   img = np.asarray(model.encode_images(params, images))
@@ -238,13 +239,13 @@ def test_bad_inputs_in_process(setup, binaries):
     module = None
 
   out = str(setup["dir"] / "out_inproc")
-  with pytest.raises(flip_eval.EvalError, match="Checkpoint not found"):
+  with pytest.raises(EvalError, match="Checkpoint not found"):
     flip_eval.evaluate(model=model, dataset_cfg=Cfg, output_dir=out,
                        checkpoint_path=str(setup["dir"] / "missing"))
   Cfg.mixture_or_task_name = "flip_folder_zeroshott"
-  with pytest.raises(flip_eval.EvalError, match="flip_folder_zeroshot"):
+  with pytest.raises(EvalError, match="flip_folder_zeroshot"):
     flip_eval.evaluate(model=model, dataset_cfg=Cfg, output_dir=out, checkpoint_path=setup["ckpt"])
-  with pytest.raises(flip_eval.EvalError, match="mode"):
+  with pytest.raises(EvalError, match="mode"):
     flip_eval.evaluate(model=model, dataset_cfg=Cfg, output_dir=out,
                        checkpoint_path=setup["ckpt"], mode="bogus")
 

@@ -2,35 +2,37 @@
 import numpy as np
 import pytest
 
-from flip_t5x import evaluation
-from flip_t5x import seqio_metrics
+from flip_t5x.evaluation import metrics
+from flip_t5x.evaluation import retrieval
+from flip_t5x.evaluation import scoring
+from flip_t5x.evaluation import zeroshot
 
 
 def _unit(rng, *shape):
-  return evaluation.l2_normalize(rng.randn(*shape))
+  return scoring.l2_normalize(rng.randn(*shape))
 
 
 def test_labeled_prompts_match_class_major_prompts_in_any_order():
   rng = np.random.RandomState(0)
   prompts = rng.randn(5 * 3, 8)  # 5 classes x 3 templates, class-major
   labels = np.repeat(np.arange(5), 3)
-  expected = evaluation.class_embeddings_from_prompts(prompts, 5)
+  expected = zeroshot.class_embeddings_from_prompts(prompts, 5)
   perm = rng.permutation(len(labels))
-  got = evaluation.class_embeddings_from_labeled_prompts(prompts[perm], labels[perm], 5)
+  got = zeroshot.class_embeddings_from_labeled_prompts(prompts[perm], labels[perm], 5)
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match="no prompt embeddings for classes"):
-    evaluation.class_embeddings_from_labeled_prompts(prompts[:3], labels[:3], 5)
+    zeroshot.class_embeddings_from_labeled_prompts(prompts[:3], labels[:3], 5)
 
 
 def test_accumulator_streams_like_one_shot_accuracy():
   rng = np.random.RandomState(1)
   classes, images = _unit(rng, 7, 8), rng.randn(23, 8)
   labels = rng.randint(0, 7, size=23)
-  acc = evaluation.ZeroShotAccumulator(classes)
+  acc = zeroshot.ZeroShotAccumulator(classes)
   for s in range(0, 23, 5):
     acc.update(images[s:s + 5], labels[s:s + 5])
   result = acc.result()
-  expected = evaluation.zeroshot_accuracy(images, classes, labels)
+  expected = zeroshot.zeroshot_accuracy(images, classes, labels)
   assert result["top1"] == pytest.approx(expected["top1"])
   assert result["top5"] == pytest.approx(expected["top5"])
   assert (result["num_examples"], result["num_classes"]) == (23, 7)
@@ -57,17 +59,17 @@ def test_seqio_zeroshot_metric_scores_image_rows_against_prompt_rows():
   image_col = np.concatenate([np.zeros((c * t, e)), image_emb])
   examples = ([{"label": i // t, "is_prompt": True} for i in range(c * t)] +
               [{"label": l, "is_prompt": False} for l in labels])
-  targets = [seqio_metrics.zeroshot_postprocess("", example=ex, is_target=True) for ex in examples]
-  assert seqio_metrics.zeroshot_postprocess("text", example=examples[0]) == "text"
-  got = seqio_metrics.zeroshot_metric(
+  targets = [metrics.zeroshot_postprocess("", example=ex, is_target=True) for ex in examples]
+  assert metrics.zeroshot_postprocess("text", example=examples[0]) == "text"
+  got = metrics.zeroshot_metric(
       targets, [""] * len(targets), {"image_embedding": image_col, "text_embedding": text_col})
-  class_emb = evaluation.class_embeddings_from_prompts(prompt_text, c)
-  expected = evaluation.zeroshot_accuracy(image_emb, class_emb, labels)
+  class_emb = zeroshot.class_embeddings_from_prompts(prompt_text, c)
+  expected = zeroshot.zeroshot_accuracy(image_emb, class_emb, labels)
   assert got["top1"] == pytest.approx(expected["top1"])
   assert got["top5"] == pytest.approx(expected["top5"])
   assert got["num_examples"] == n and got["num_classes"] == c
   with pytest.raises(ValueError, match="no prompt rows"):
-    seqio_metrics.zeroshot_metric(targets[c * t:], [], {"image_embedding": image_emb,
+    metrics.zeroshot_metric(targets[c * t:], [], {"image_embedding": image_emb,
                                                         "text_embedding": image_emb})
 
 
@@ -75,7 +77,7 @@ def test_seqio_retrieval_metric():
   rng = np.random.RandomState(3)
   img = rng.randn(12, 8)
   txt = img + 0.01 * rng.randn(12, 8)  # every caption closest to its own image
-  got = seqio_metrics.retrieval_metric([""] * 12, [""] * 12,
+  got = metrics.retrieval_metric([""] * 12, [""] * 12,
                                        {"image_embedding": img, "text_embedding": txt})
   assert got["image_to_text/recall@1"] == 100.0 and got["text_to_image/recall@1"] == 100.0
   assert got["num_examples"] == 12
@@ -83,7 +85,7 @@ def test_seqio_retrieval_metric():
 
 def bruteforce_recall(image_emb, text_emb, ks=(1, 5, 10)):
   """Recall@k by counting, pair by pair: query i hits when fewer than k candidates score above
-  its own match (cosine similarity, plain loops; independent of evaluation.py)."""
+  its own match (cosine similarity, plain loops; independent of flip_t5x.evaluation)."""
   def unit(x):
     return [np.asarray(v, np.float64) / np.sqrt(np.dot(v, v)) for v in x]
 
@@ -105,7 +107,7 @@ def test_retrieval_recall_matches_bruteforce_both_directions():
   n, d = 40, 6
   images = rng.randn(n, d)
   texts = images + 1.2 * rng.randn(n, d)  # noisy matches: recalls strictly between 0 and 100
-  got = evaluation.retrieval_recall(images, texts)
+  got = retrieval.retrieval_recall(images, texts)
   want = bruteforce_recall(images, texts)
   assert sorted(got) == sorted(want) and len(got) == 6
   for key, value in want.items():

@@ -9,10 +9,10 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-from flip_t5x import evaluation
 from flip_t5x import predictor as predictor_lib
 from flip_t5x.data import preprocessors
 from flip_t5x.data import vocabulary as vocabulary_lib
+from flip_t5x.evaluation import zeroshot as zeroshot_eval
 from flip_t5x import checkpoints
 import test_train_helpers as h
 
@@ -99,8 +99,8 @@ def test_fixed_batches_compile_once(setup):
   np.testing.assert_allclose(z5[4], z1[0], atol=1e-6)
   t = pred.encode_texts(["a cat", "a dog", "a car"])
   pred.encode_texts(["a red car"])
-  assert pred._image_fn._cache_size() == 1
-  assert pred._text_fn._cache_size() == 1
+  assert pred._encoder.image_fn._cache_size() == 1
+  assert pred._encoder.text_fn._cache_size() == 1
   assert t.shape == (3, 32)
 
 
@@ -124,7 +124,7 @@ def test_zero_shot_and_similarity(setup):
   assert probs.shape == (3, 3)
   np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
   z = pred.encode_images(paths)
-  cls = evaluation.class_embeddings(pred.encode_texts, names, templates)
+  cls = zeroshot_eval.class_embeddings(pred.encode_texts, names, templates)
   logits = pred.logit_scale * z @ cls.T
   expected = np.exp(logits - logits.max(-1, keepdims=True))
   np.testing.assert_allclose(probs, expected / expected.sum(-1, keepdims=True), atol=1e-5)

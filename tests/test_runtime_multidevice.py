@@ -14,7 +14,8 @@ import test_train_helpers as h
 
 SCRIPT = r'''
 import sys, gin, jax, numpy as np
-from flip_t5x import eval as flip_eval
+from flip_t5x.evaluation import encoder as encoder_lib
+from flip_t5x.evaluation import zeroshot as zeroshot_eval
 from flip_t5x.data import vocabulary as vocabulary_lib
 from flip_t5x.runtime import optimizers, partitioning, train_state, trainer
 assert jax.device_count() == 8
@@ -48,10 +49,10 @@ for name, parts, pstates in (("1x1", None, False), ("8x1", 1, False), ("4x2", 2,
   loss, grads = grad_fn(state.params, gb)
   eval_loss = t.eval_step(state.params, gb)["loss"]
   # The eval binary's paths: prompts (text tower) and images (image tower) sharded over `data`.
-  class_emb = flip_eval.class_embeddings(model, state.params, ["cat", "dog", "car"],
-                                         ["a {}", "the {}"], vocab, 16, batch_size=8,
-                                         mesh=part.mesh)
-  image_emb = flip_eval._encoders(model)[0](state.params, gb["images"])
+  class_emb = zeroshot_eval.model_class_embeddings(model, state.params, ["cat", "dog", "car"],
+                                                   ["a {}", "the {}"], vocab, 16, batch_size=8,
+                                                   mesh=part.mesh)
+  image_emb = encoder_lib.encoder_for(model).image_fn(state.params, gb["images"])
   new_state, scalars = t.train_step(state, gb)
   out[f"{name}/mesh"] = np.array([part.mesh.shape["data"], part.mesh.shape["model"]])
   out[f"{name}/mu_shard"] = np.array(new_state.opt_state[0].mu["text_tower"]["token_embedding"]

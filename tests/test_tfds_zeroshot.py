@@ -15,7 +15,7 @@ import seqio
 import tensorflow_datasets as tfds
 
 import tasks  # registers the tasks  # noqa: F401
-from flip_t5x import eval as flip_eval
+from flip_t5x.evaluation import zeroshot as zeroshot_eval
 from flip_t5x.data import vocabulary as vocabulary_lib
 from flip_t5x.data import zeroshot
 
@@ -74,7 +74,7 @@ def test_flip_tfds_zeroshot_on_mock_cifar10(model_and_params, vocab, clean_gin_a
   with tfds.testing.mock_data(num_examples=12):
     class_names = tasks.zeroshot_class_names("flip_tfds_zeroshot")
     assert class_names == tfds.builder("cifar10").info.features["label"].names
-    result = flip_eval.zeroshot_evaluate(
+    result = zeroshot_eval.zeroshot_evaluate(
         model, params, task_name="flip_tfds_zeroshot", split="validation",
         feature_lengths=LENGTHS, batch_size=8, templates=TEMPLATES, vocabulary=vocab)
     top1, n = bruteforce_top1(model, params, vocab, "flip_tfds_zeroshot", class_names)
@@ -91,7 +91,7 @@ def test_flip_imagenet1k_zeroshot_on_mock_imagenet2012(model_and_params, vocab,
     class_names = tasks.zeroshot_class_names("flip_imagenet1k_zeroshot")
     assert class_names == zeroshot.imagenet_class_names() and len(class_names) == 1000
     assert class_names[:2] == ["tench", "goldfish"]
-    result = flip_eval.zeroshot_evaluate(
+    result = zeroshot_eval.zeroshot_evaluate(
         model, params, task_name="flip_imagenet1k_zeroshot", split="validation",
         feature_lengths=LENGTHS, batch_size=8, templates=TEMPLATES, vocabulary=vocab)
     top1, n = bruteforce_top1(model, params, vocab, "flip_imagenet1k_zeroshot", class_names)

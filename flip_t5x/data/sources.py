@@ -141,6 +141,10 @@ class FolderSource(seqio.DataSource):
   def list_shards(self, split: str) -> Sequence[str]:
     return list_image_folder(self._root_fn(), self._class_names_file_fn())[0]
 
+  def class_names(self) -> List[str]:
+    """Label-ordered class names (the zero-shot classifier's rows)."""
+    return zeroshot.folder_classes(self._root_fn(), self._class_names_file_fn())[1]
+
   def get_dataset(self, split: str = "validation", shuffle: bool = False,
                   seed: Optional[int] = None, shard_info: Optional[seqio.ShardInfo] = None, *,
                   sequence_length=None, use_cached: bool = False,

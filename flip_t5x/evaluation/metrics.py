@@ -1,4 +1,4 @@
-"""seqio metric and postprocessor that score FLIP embeddings, for running under `t5x.eval`.
+"""seqio metric functions and postprocessor that score FLIP embeddings under upstream `t5x.eval`.
 
 seqio 0.0.20 routes a task's `metric_fns` by their positional parameter names. A
 `(targets, predictions)` metric only ever sees predictions after `vocabulary.decode`, which would
@@ -17,7 +17,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
-from flip_t5x import evaluation
+from flip_t5x.evaluation import retrieval
+from flip_t5x.evaluation import zeroshot
 
 
 def zeroshot_postprocess(output: Any, example: Optional[Mapping[str, Any]] = None,
@@ -44,7 +45,7 @@ def zeroshot_metric(targets: Sequence[Mapping[str, Any]], predictions: Sequence[
   """Zero-shot top-k accuracy (%) from one pass over prompt rows followed by image rows.
 
   Class embeddings come from the text embeddings of the prompt rows (grouped by label: normalise,
-  average, normalise); image rows are scored against them, exactly as `flip_t5x.eval` does.
+  average, normalise); image rows are scored against them, as `zeroshot.zeroshot_evaluate` does.
   """
   del predictions  # decoded text of the embeddings: meaningless, the embeddings are in aux_values
   labels = np.array([t["label"] for t in targets], np.int64)
@@ -56,9 +57,9 @@ def zeroshot_metric(targets: Sequence[Mapping[str, Any]], predictions: Sequence[
   text_emb = _embedding(aux_values, "text_embedding")
   image_emb = _embedding(aux_values, "image_embedding")
   num_classes = int(labels[is_prompt].max()) + 1
-  class_emb = evaluation.class_embeddings_from_labeled_prompts(
+  class_emb = zeroshot.class_embeddings_from_labeled_prompts(
       text_emb[is_prompt], labels[is_prompt], num_classes)
-  acc = evaluation.ZeroShotAccumulator(class_emb, ks)
+  acc = zeroshot.ZeroShotAccumulator(class_emb, ks)
   acc.update(image_emb[~is_prompt], labels[~is_prompt])
   return acc.result()
 
@@ -72,6 +73,6 @@ def retrieval_metric(targets: Sequence[Any], predictions: Sequence[Any],
   text_emb = _embedding(aux_values, "text_embedding")
   if len(targets) != image_emb.shape[0]:
     raise ValueError(f"{len(targets)} targets for {image_emb.shape[0]} embeddings")
-  out = evaluation.retrieval_recall(image_emb, text_emb, ks)
+  out = retrieval.retrieval_recall(image_emb, text_emb, ks)
   out["num_examples"] = int(image_emb.shape[0])
   return out
