@@ -9,7 +9,8 @@ import gin
 import jax
 import pytest
 
-from flip_t5x import benchmark
+from flip_t5x.benchmarking import cases
+from flip_t5x.benchmarking import memory
 from flip_t5x.runtime import gin_utils
 from flip_t5x.runtime import xla_options
 
@@ -17,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_timing_summary():
-  t = benchmark._timing([2.0, 1.0, 4.0])  # pylint: disable=protected-access
+  t = cases.timing_summary([2.0, 1.0, 4.0])
   assert t["step_time_median_s"] == 2.0 and t["step_time_min_s"] == 1.0
   assert t["step_time_spread"] == pytest.approx(1.5) and t["samples"] == 3
 
@@ -65,8 +66,8 @@ def test_saved_activations_shrink_with_remat_and_batch(clean_gin_and_counters):
         [f"REMAT_POLICY = '{policy}'"])
     for batch_size in (4, 8):
       batch = {k: jax.ShapeDtypeStruct((batch_size,) + v.shape[1:], v.dtype)
-               for k, v in benchmark.synthetic_batch(model.module, 1).items()}
-      kept[policy, batch_size] = benchmark.saved_activation_bytes(model, batch)
+               for k, v in cases.synthetic_batch(model.module, 1).items()}
+      kept[policy, batch_size] = memory.saved_activation_bytes(model, batch)
   for policy in ("none", "full"):  # parameters are kept once; activations grow with the batch
     assert kept[policy, 8] > kept[policy, 4]
   assert kept["none", 8] - kept["none", 4] > 2 * (kept["full", 8] - kept["full", 4]), kept
@@ -88,7 +89,7 @@ HAS_CUDA_PLUGIN = _has_cuda_plugin()
 @pytest.mark.skipif(HAS_CUDA_PLUGIN, reason="on an accelerator machine (jax's CUDA plugin is installed here)")
 def test_target_config_without_the_cuda_plugin_says_what_to_install():
   with pytest.raises(RuntimeError, match=r"pip install 'jax\[cuda13\]"):
-    benchmark.described_gpus(H100)
+    memory.described_gpus(H100)
 
 
 @pytest.mark.skipif(not HAS_CUDA_PLUGIN,
