@@ -6,6 +6,7 @@ that does not is layered on the tiny model, as users layer run files on a model 
 are also parsed with runs/unmasked_tuning.gin, as the README's tuning command does. Data paths and
 MODEL_DIR stay unset: parsing must not need them (the recipe values are test_recipes.py's job).
 """
+import ast
 import glob
 import os
 import sys
@@ -88,3 +89,18 @@ def test_parses_and_builds_the_model_from_shapes(files):
   assert {"image_tower", "text_tower"} <= set(params)
   if TUNING in files:
     assert model.mask_ratio == 0.0
+
+
+def test_no_library_code_looks_gin_up_by_name():
+  """Values reach flip_t5x/ and tasks/ by binding (e.g. tasks.gin's
+  `tasks.train_data_pattern.pattern = %TRAIN_DATA_PATTERN`), never by `gin.query_parameter`."""
+  files = [p for d in ("flip_t5x", "tasks")
+           for p in glob.glob(os.path.join(ROOT, d, "**", "*.py"), recursive=True)]
+  assert len(files) > 20
+  lookups = []
+  for path in files:
+    with open(path, encoding="utf-8") as f:
+      tree = ast.parse(f.read(), path)
+    lookups += [f"{os.path.relpath(path, ROOT)}:{node.lineno}" for node in ast.walk(tree)
+                if isinstance(node, ast.Attribute) and node.attr == "query_parameter"]
+  assert not lookups
