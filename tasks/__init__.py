@@ -76,7 +76,7 @@ def tfds_manual_dir(path: Optional[str] = None) -> Optional[str]:
 
 @gin.configurable(module="tasks")
 def zeroshot_folder(root: Optional[str] = None, class_names_file: Optional[str] = None) -> tuple:
-  """(root, class_names_file) of flip_folder_zeroshot (gin: ZEROSHOT_FOLDER, ZEROSHOT_CLASS_NAMES)."""
+  """(root, class_names_file) of flip_folder_zeroshot (gin: ZEROSHOT_FOLDER, _CLASS_NAMES)."""
   if not root:
     raise ValueError("flip_folder_zeroshot needs ZEROSHOT_FOLDER = \"/path/root\" in gin "
                      "(images in root/CLASS_NAME/*.jpg).")
