@@ -34,9 +34,7 @@ FLAGS = flags.FLAGS
 
 def param_shapes(model: models.FlipModel) -> Any:
   """Abstract parameters (ShapeDtypeStructs) of the model, without allocating them."""
-  m = model.module
-  shapes = {"images": (1, m.image.image_size, m.image.image_size, 3),
-            "texts": (1, m.text.max_length)}
+  shapes = model.input_shapes()
   variables = jax.eval_shape(
       lambda rng: model.get_initial_variables(rng, shapes), jax.random.PRNGKey(0))
   return variables["params"]

@@ -123,9 +123,7 @@ class MappingEntry:
 
 def _our_shapes(model: models.FlipModel) -> Dict[OurPath, Tuple[int, ...]]:
   """Parameter shapes from `jax.eval_shape` (nothing is allocated, even for ViT-H)."""
-  m = model.module
-  shapes = {"images": (1, m.image.image_size, m.image.image_size, 3),
-            "texts": (1, m.text.max_length)}
+  shapes = model.input_shapes()
   variables = jax.eval_shape(lambda rng: model.get_initial_variables(rng, shapes),
                              jax.random.PRNGKey(0))
   flat = traverse_util.flatten_dict(variables["params"])

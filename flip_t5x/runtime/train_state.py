@@ -28,10 +28,8 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def model_input_shapes(model: Any, batch_size: int = 1) -> Mapping[str, Tuple[int, ...]]:
-  """Model-feature shapes from the module's sizes (what `get_initial_variables` needs)."""
-  m = model.module
-  return {"images": (batch_size, m.image.image_size, m.image.image_size, 3),
-          "texts": (batch_size, m.text.max_length)}
+  """Model-feature shapes (what `get_initial_variables` needs): `FlipModel.input_shapes`."""
+  return model.input_shapes(batch_size)
 
 
 def init_params_fn(model: Any, input_shapes: Mapping[str, Tuple[int, ...]]):
