@@ -24,10 +24,10 @@ import numpy as np
 
 from flip_t5x import flops
 from flip_t5x import models
-from flip_t5x import train as train_binary
 from flip_t5x.data import preprocessors
 from flip_t5x.runtime import gin_utils
 from flip_t5x.runtime import optimizers
+from flip_t5x.runtime import train_loop
 
 FLAGS = flags.FLAGS
 
@@ -91,7 +91,7 @@ def configured_model(gin_search_paths: Sequence[str], gin_files: Sequence[str],
   """`%MODEL` from model or experiment files. The run files bind `train_script.train`, so the
   train binary's `train` is registered first; the config is not finalized, so required data
   and output paths may stay unset."""
-  train_binary.register_train_for_gin()
+  train_loop.register_train_for_gin()
   model = gin_utils.parse_gin_flags_for_model(gin_search_paths, gin_files, gin_bindings,
                                               finalize_config=False)
   configs = {"network.FlipTwoTower": model.module, "network.ImageTowerConfig": model.module.image,

@@ -15,9 +15,9 @@ import optax
 import pytest
 
 from flip_t5x import model_info
-from flip_t5x import train as train_binary
 from flip_t5x.runtime import gin_utils
 from flip_t5x.runtime import optimizers
+from flip_t5x.runtime import train_loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -91,7 +91,7 @@ def test_experiment_recipe_is_the_official_one(experiment):
   assert (r["total_steps"], r["warmup_steps"]) == (total_steps, warmup_steps)
   assert r["peak_learning_rate"] == pytest.approx(peak, rel=1e-12)
   # The number upstream t5x.train and flip_t5x.train receive as train(total_steps=...).
-  total = gin.get_bindings(train_binary.train)["total_steps"]
+  total = gin.get_bindings(train_loop.train)["total_steps"]
   assert total == total_steps and isinstance(total, int)
 
 
@@ -101,13 +101,13 @@ def test_unmasked_tuning_recipe_is_the_official_one(experiment):
   expected = {**OFFICIAL_COMMON, **OFFICIAL_UNMASKED}
   for key, value in expected.items():
     assert r[key] == pytest.approx(value, rel=1e-12), key
-  assert gin.get_bindings(train_binary.train)["total_steps"] == OFFICIAL_UNMASKED["total_steps"]
+  assert gin.get_bindings(train_loop.train)["total_steps"] == OFFICIAL_UNMASKED["total_steps"]
 
 
 def test_steps_given_later_win_over_epochs():
   r = resolved(["flip_vit_l.gin"], ["TRAIN_STEPS = 2", "WARMUP_STEPS = 1"])
   assert (r["total_steps"], r["warmup_steps"]) == (2, 1)
-  assert gin.get_bindings(train_binary.train)["total_steps"] == 2
+  assert gin.get_bindings(train_loop.train)["total_steps"] == 2
   gin.clear_config()
   r = resolved(["flip_vit_l.gin"], ["TRAIN_EPOCHS = 3", "WARMUP_EPOCHS = 1"])
   assert (r["total_steps"], r["warmup_steps"]) == (57, 19)

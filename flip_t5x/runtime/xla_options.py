@@ -24,11 +24,9 @@ class XlaOptions:
   """Which XLA options the runtime compiles with.
 
   cpu_dot_library: the library that runs matmuls on XLA:CPU. "eigen": Eigen's contraction kernels,
-    with YNNPACK kept for reductions (XLA's own reduce-window lowering is ~10% of a CPU step);
-    "xla_default": XLA's default (in jax 0.10, YNNPACK for every matmul). Measured with
-    flip_t5x.benchmark on a 2-core AVX-512 CPU (docs/DESIGN.md, "CPU matmul library"): Eigen runs
-    the step's [6304, 768] x [768, 3072] matmuls at 150-160 GFLOP/s per core where YNNPACK reads
-    120-135, and batched attention matmuls ~1.2x faster. Ignored on other platforms.
+    with YNNPACK kept for reductions (XLA's own lowering of them is slower); "xla_default": XLA's
+    default (in jax 0.10, YNNPACK for every matmul). Eigen is the faster on the CPUs measured
+    (docs/DESIGN.md, "CPU matmul library"). Ignored on other platforms.
   """
 
   cpu_dot_library: str = "eigen"
