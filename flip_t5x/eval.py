@@ -6,6 +6,8 @@ Same command line as `t5x.eval`:
     --gin_file=gin_configs/eval_zeroshot_imagenet.gin \
     --gin.CHECKPOINT_PATH=\"/models/flip_l16/checkpoint_100000\" \
     --gin.EVAL_OUTPUT_DIR=\"/tmp/eval\"
+  python -m flip_t5x.eval --pretrained=flip_vit_l16_laion2b \
+    --gin_file=gin_configs/eval_zeroshot_imagenet.gin --gin.EVAL_OUTPUT_DIR=\"/tmp/eval\"
 
 Zero-shot (`flip_eval.eval_options.mode = 'zeroshot'`, the default; gin files
 `from flip_t5x import eval as flip_eval`): `flip_t5x.evaluation.zeroshot`, top-1/top-5 to
@@ -36,6 +38,7 @@ from flip_t5x.evaluation import EvalError
 from flip_t5x.evaluation import datasets
 from flip_t5x.evaluation import retrieval
 from flip_t5x.evaluation import zeroshot
+from flip_t5x.pretrained import cli as pretrained_cli
 from flip_t5x.runtime import gin_utils
 # Registers the zero-shot tasks and their gin configurables at import, before gin is locked.
 from tasks import zeroshot_seqio  # pylint: disable=unused-import
@@ -195,9 +198,13 @@ def main(argv: Sequence[str]) -> None:
   # Like t5x.eval: the gin-configurable `evaluate` is registered under this module's name
   # (`__main__.evaluate` when run as a binary; gin files `import __main__ as eval_script`).
   evaluate_using_gin = gin.configurable(evaluate)
+  gin_files, gin_bindings = list(flags.FLAGS.gin_file or []), list(flags.FLAGS.gin_bindings)
+  found = pretrained_cli.resolve_from_flags("flip_t5x.eval")
+  if found:  # its model file after the eval files (the sizes it sets win), and its checkpoint
+    gin_files.append(found.gin_file)
+    gin_bindings.insert(0, f"CHECKPOINT_PATH = {found.checkpoint!r}")
   try:
-    gin_utils.parse_gin_flags(flags.FLAGS.gin_search_paths, flags.FLAGS.gin_file,
-                              flags.FLAGS.gin_bindings)
+    gin_utils.parse_gin_flags(flags.FLAGS.gin_search_paths, gin_files, gin_bindings)
   except gin_utils.GinConfigError:
     raise
   except ValueError as e:  # gin.finalize(): e.g. a %gin.REQUIRED macro left unset
@@ -242,4 +249,5 @@ def _main_reporting_errors(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   gin_utils.define_gin_flags()
+  pretrained_cli.define_flags()  # --pretrained=NAME sets CHECKPOINT_PATH and the model gin file
   gin_utils.run(_main_reporting_errors)

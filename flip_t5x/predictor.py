@@ -27,6 +27,7 @@ import tensorflow as tf
 from flip_t5x import checkpoints
 from flip_t5x import models
 from flip_t5x import network
+from flip_t5x import pretrained
 from flip_t5x.data import preprocessors
 from flip_t5x.data import vocabulary as vocabulary_lib
 from flip_t5x.data import zeroshot
@@ -148,6 +149,15 @@ class FlipPredictor:
     vocab = vocabulary_lib.WordPieceVocabulary(vocab_file) if vocab_file else None
     params = checkpoints.load_params(path, model)
     return cls(model, params, vocab, batch_size=batch_size, text_batch_size=text_batch_size)
+
+  @classmethod
+  def from_pretrained(cls, name: str, cache_dir: Optional[str] = None,
+                      sha256: Optional[str] = None, **kwargs: Any) -> "FlipPredictor":
+    """A predictor for a released model (`pretrained.list_models()`) or its archive's path,
+    downloaded and imported into the cache on first use; `kwargs` go to `from_checkpoint`.
+    """
+    found = pretrained.resolve(name, cache_dir=cache_dir, sha256=sha256)
+    return cls.from_checkpoint(found.checkpoint, found.gin_file, **kwargs)
 
   def _check_vocabulary(self, vocab: vocabulary_lib.WordPieceVocabulary) -> None:
     """Ids beyond the embedding table would be clamped silently by the gather: refuse them."""
