@@ -9,10 +9,13 @@ released models do.
 import hashlib
 import http.server
 import io
+import json
 import os
 import re
 import shutil
 import stat
+import subprocess
+import sys
 import tarfile
 import threading
 import zipfile
@@ -46,6 +49,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       return
     rng = self.headers.get("Range")
     start = int(rng[len("bytes="):].split("-")[0]) if rng else 0
+    if start >= len(data):
+      self.send_response(416)
+      self.send_header("Content-Range", f"bytes */{len(data)}")
+      self.send_header("Content-Length", "0")
+      self.end_headers()
+      return
     self.send_response(206 if rng else 200)
     if rng:
       self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
@@ -138,7 +147,8 @@ def test_resolve_downloads_imports_and_reuses(registered, server, release, tmp_p
                                           f"checkpoint_{release['step']}")
   assert found.gin_file == release["gin_file"]
   # The cached import holds the same parameters as a direct import, and predicts the same.
-  pred = predictor_lib.FlipPredictor.from_checkpoint(found.checkpoint, found.gin_file)
+  pred = predictor_lib.FlipPredictor.from_pretrained("flip_tiny_test", cache_dir=cache)
+  assert len(_gets(server)) == 1
   jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(pred.params),
                          release["params"])
   direct = predictor_lib.FlipPredictor.from_checkpoint(release["direct"], release["gin_file"])
@@ -186,6 +196,16 @@ def test_interrupted_download_resumes(registered, server, release, tmp_path):
   found = pretrained.resolve("flip_tiny_test", cache_dir=cache, stream=io.StringIO())
   assert _gets(server)[-1][1:] == (f"bytes={have}-", "Wed, 01 Jan 2025 00:00:00 GMT")
   assert server.bytes_sent == len(release["data"])  # each byte sent once
+  assert os.path.isdir(found.checkpoint) and not os.path.exists(part)
+  # Stopped after the last byte but before the rename: the complete .part is not fetched again.
+  shutil.rmtree(os.path.join(cache, "models"))
+  os.rename(os.path.join(downloads, ARCHIVE), part)
+  with open(part + ".json", "w") as f:
+    json.dump({"url": registered.url, "validator": "Wed, 01 Jan 2025 00:00:00 GMT"}, f)
+  os.remove(os.path.join(downloads, ARCHIVE + ".json"))
+  server.bytes_sent = 0
+  found = pretrained.resolve("flip_tiny_test", cache_dir=cache, stream=io.StringIO())
+  assert _gets(server)[-1][1] == f"bytes={len(release['data'])}-" and server.bytes_sent == 0
   assert os.path.isdir(found.checkpoint) and not os.path.exists(part)
 
 
@@ -316,3 +336,70 @@ def test_gfile_source_is_copied_into_the_cache(release, tmp_path):
   with open(tmp_path / "downloads" / ARCHIVE, "rb") as f:
     assert f.read() == release["data"]
   assert os.path.isdir(found.checkpoint)
+
+
+def test_cli_lists_the_models(tmp_path):
+  proc = h.run_binary("predict", ["--pretrained=list", f"--pretrained_cache_dir={tmp_path}"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = proc.stdout.splitlines()
+  assert lines[0].split()[0] == "name"
+  rows = {l.split()[0]: l for l in lines[1:]}
+  assert set(rows) == {"flip_vit_h14_laion2b", "flip_vit_l16_laion2b"}
+  assert "76.4" in rows["flip_vit_l16_laion2b"] and "78.5" in rows["flip_vit_h14_laion2b"]
+  assert re.split(r"\s{2,}", rows["flip_vit_l16_laion2b"])[3] == "no"
+
+
+def test_cli_unknown_name_is_one_line(tmp_path):
+  (tmp_path / "a.png").write_bytes(b"not read: the name fails first")
+  proc = h.run_binary("predict", ["--pretrained=flip_vit_x99", f"--pretrained_cache_dir={tmp_path}",
+                                  f"--images={tmp_path}", "--labels=cat,dog"])
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("predict: 'flip_vit_x99' is neither") and "flip_vit_l16_laion2b" in last
+  assert "Traceback" not in proc.stderr
+
+
+# A user's registration, then the eval binary as `python -m` runs it.
+_EVAL_WITH_REGISTERED_MODEL = """
+import runpy, sys
+from flip_t5x import pretrained
+pretrained.register(pretrained.PretrainedModel("flip_tiny_test", sys.argv[1], sys.argv[2]))
+sys.argv = ["flip_t5x.eval"] + sys.argv[3:]
+runpy.run_module("flip_t5x.eval", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_eval_scores_a_named_model_as_its_checkpoint(release, tmp_path):
+  """`flip_t5x.eval --pretrained=NAME` = the same eval given the imported checkpoint by hand."""
+  for i, name in enumerate(("cat", "dog", "car")):
+    (tmp_path / "zeroshot" / name).mkdir(parents=True)
+    for j in range(2):
+      pixels = np.random.default_rng(10 * i + j).integers(0, 256, (40, 36, 3), dtype=np.uint8)
+      tf.io.write_file(str(tmp_path / "zeroshot" / name / f"{j}.png"),
+                       tf.io.encode_png(pixels))
+  eval_gin = tmp_path / "eval.gin"
+  eval_gin.write_text(f"include '{h.ROOT}/gin_configs/runs/eval.gin'\n"
+                      "MIXTURE_OR_TASK_NAME = 'flip_folder_zeroshot'\n"
+                      f"ZEROSHOT_FOLDER = '{tmp_path / 'zeroshot'}'\n"
+                      "utils.DatasetConfig.batch_size = 4\n")
+  run = dict(cwd=h.ROOT, env=h.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  named = subprocess.Popen(
+      [sys.executable, "-c", _EVAL_WITH_REGISTERED_MODEL, release["zip"], release["gin_file"],
+       "--pretrained=flip_tiny_test", f"--pretrained_cache_dir={tmp_path / 'cache'}",
+       f"--gin_file={eval_gin}", f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'named'}'"], **run)
+  by_hand = subprocess.Popen(
+      [sys.executable, "-m", "flip_t5x.eval", f"--gin_file={eval_gin}",
+       f"--gin_file={release['gin_file']}", f"--gin.CHECKPOINT_PATH='{release['direct']}'",
+       f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'by_hand'}'"], **run)
+  results = []
+  for proc in (named, by_hand):
+    out, err = proc.communicate(timeout=400)
+    assert proc.returncode == 0, err[-4000:]
+    results.append(json.loads(out.strip().splitlines()[-1]))
+  assert results[0]["checkpoint_path"].startswith(str(tmp_path / "cache" / "models"))
+  assert results[0]["num_examples"] == 6
+  assert "top1" in results[0]
+  timing = ("checkpoint_path", "seconds", "images_per_second")
+  named_metrics, hand_metrics = ({k: v for k, v in r.items() if k not in timing}
+                                 for r in results)
+  assert named_metrics == hand_metrics
