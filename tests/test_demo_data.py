@@ -1,4 +1,4 @@
-"""Tests for flip_t5x.demo_data: Fashion-MNIST -> captioned shards + zero-shot folder tree."""
+"""flip_t5x.data.demo (demo_data's library): Fashion-MNIST -> captioned shards + zero-shot tree."""
 import glob
 import json
 import os
@@ -13,7 +13,7 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-from flip_t5x import demo_data
+from flip_t5x.data import demo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(num_train=200, num_eval_per_class=3, examples_per_shard=64, vocab_size=0)
@@ -22,7 +22,7 @@ SMALL = dict(num_train=200, num_eval_per_class=3, examples_per_shard=64, vocab_s
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
   output_dir = str(tmp_path_factory.mktemp("demo"))
-  return demo_data.prepare(output_dir, **SMALL)
+  return demo.prepare(output_dir, **SMALL)
 
 
 def test_training_shards(prepared):
@@ -51,14 +51,14 @@ def test_training_shards(prepared):
   # Varied captions: mostly distinct sentences, each naming its own class somehow.
   assert len(set(captions)) > 150
   for caption, label in zip(captions, labels):
-    nouns = [n for n, _ in demo_data._NOUNS[demo_data.CLASS_NAMES[label]]]
+    nouns = [n for n, _ in demo._NOUNS[demo.CLASS_NAMES[label]]]
     assert any(n in caption.lower() for n in nouns), caption
 
 
 def test_zeroshot_tree(prepared):
   classes = sorted(d for d in os.listdir(prepared.zeroshot_dir)
                    if os.path.isdir(os.path.join(prepared.zeroshot_dir, d)))
-  assert classes == list(demo_data.CLASS_NAMES)
+  assert classes == list(demo.CLASS_NAMES)
   assert len(classes) == 10 and "ankle boot" in classes and "t-shirt" in classes
   with open(prepared.class_names_file, encoding="utf-8") as f:
     assert f.read().splitlines() == classes
@@ -74,33 +74,33 @@ def test_zeroshot_tree(prepared):
 
 
 def test_second_run_is_cached_and_new_settings_rebuild(prepared):
-  marker = os.path.join(prepared.output_dir, demo_data.MARKER)
+  marker = os.path.join(prepared.output_dir, demo.MARKER)
   mtimes = {f: os.path.getmtime(f) for f in prepared.train_files + [marker]}
   start = time.time()
-  again = demo_data.prepare(prepared.output_dir, **SMALL)
+  again = demo.prepare(prepared.output_dir, **SMALL)
   assert again.cached and time.time() - start < 1.0
   assert again.train_files == prepared.train_files
   assert {f: os.path.getmtime(f) for f in mtimes} == mtimes
   # Different settings rebuild in place and leave nothing stale behind.
-  rebuilt = demo_data.prepare(prepared.output_dir, **dict(SMALL, num_eval_per_class=2,
-                                                         examples_per_shard=100))
+  rebuilt = demo.prepare(prepared.output_dir, **dict(SMALL, num_eval_per_class=2,
+                                                  examples_per_shard=100))
   assert not rebuilt.cached and len(rebuilt.train_files) == 2
   assert len(glob.glob(rebuilt.train_pattern)) == 2
   assert len(glob.glob(os.path.join(rebuilt.zeroshot_dir, "*", "*.png"))) == 20
-  demo_data.prepare(prepared.output_dir, **SMALL)  # Back, for the other tests.
+  demo.prepare(prepared.output_dir, **SMALL)  # Back, for the other tests.
 
 
 def test_vocab(tmp_path):
-  data = demo_data.prepare(str(tmp_path), **dict(SMALL, vocab_size=200))
+  data = demo.prepare(str(tmp_path), **dict(SMALL, vocab_size=200))
   with open(data.vocab_file, encoding="utf-8") as f:
     vocab = f.read().splitlines()
   assert 20 < len(vocab) <= 200 and "shirt" in vocab
 
 
 def test_missing_source_says_how_to_install(tmp_path):
-  with pytest.raises(FileNotFoundError, match=re.escape(demo_data.APT_INSTALL)):
-    demo_data.prepare(str(tmp_path / "out"), source_dir=str(tmp_path / "nope"), **SMALL)
-  assert not os.path.exists(tmp_path / "out" / demo_data.MARKER)
+  with pytest.raises(FileNotFoundError, match=re.escape(demo.APT_INSTALL)):
+    demo.prepare(str(tmp_path / "out"), source_dir=str(tmp_path / "nope"), **SMALL)
+  assert not os.path.exists(tmp_path / "out" / demo.MARKER)
 
 
 def test_captions_never_name_another_class():
@@ -110,24 +110,24 @@ def test_captions_never_name_another_class():
   def mentions(noun, caption):
     return re.search(rf"(?<![\w-]){re.escape(noun)}(?![\w-])", caption.lower()) is not None
 
-  for name in demo_data.CLASS_NAMES:
-    captions = [demo_data.make_caption(name, rng) for _ in range(300)]
+  for name in demo.CLASS_NAMES:
+    captions = [demo.make_caption(name, rng) for _ in range(300)]
     assert len(set(captions)) > 200
     assert sum(mentions(name, c) for c in captions) > 90  # The prompt's own word is common.
-    for other in demo_data.CLASS_NAMES:
+    for other in demo.CLASS_NAMES:
       if other == name:
         continue
-      for noun, _ in demo_data._NOUNS[other]:
+      for noun, _ in demo._NOUNS[other]:
         leaks = [c for c in captions if mentions(noun, c)]
         assert not leaks, (name, noun, leaks[:3])
 
 
 def test_prepare_image_pads_to_32():
   image = np.full((28, 28), 255, np.uint8)
-  padded = demo_data.prepare_image(image, 32)
+  padded = demo.prepare_image(image, 32)
   assert padded.shape == (32, 32) and padded[:2].max() == 0 and padded[2:30, 2:30].min() == 255
-  assert demo_data.prepare_image(image, 28) is image
-  assert demo_data.prepare_image(image, 64).shape == (64, 64)
+  assert demo.prepare_image(image, 28) is image
+  assert demo.prepare_image(image, 64).shape == (64, 64)
 
 
 def _run_cli(*args):
@@ -142,7 +142,7 @@ def test_cli_prints_json_summary_and_folder_can_move(tmp_path):
   summary = json.loads(result.stdout.strip().splitlines()[-1])
   assert summary["num_train"] == 50 and summary["num_eval"] == 10 and not summary["cached"]
   os.rename(tmp_path / "a", tmp_path / "b")
-  moved = demo_data.prepare(str(tmp_path / "b"), num_train=50, num_eval_per_class=1,
+  moved = demo.prepare(str(tmp_path / "b"), num_train=50, num_eval_per_class=1,
                             vocab_size=0)
   assert moved.cached and moved.train_files[0].startswith(str(tmp_path / "b"))
 
@@ -150,4 +150,4 @@ def test_cli_prints_json_summary_and_folder_can_move(tmp_path):
 def test_cli_without_fashion_mnist_names_the_apt_command(tmp_path):
   result = _run_cli(f"--output_dir={tmp_path}", f"--source_dir={tmp_path / 'nope'}")
   assert result.returncode != 0
-  assert demo_data.APT_INSTALL in result.stderr and "Traceback" not in result.stderr
+  assert demo.APT_INSTALL in result.stderr and "Traceback" not in result.stderr
