@@ -89,7 +89,7 @@ def model_info(model: models.FlipModel) -> Dict[str, Any]:
 def configured_model(gin_search_paths: Sequence[str], gin_files: Sequence[str],
                      gin_bindings: Sequence[str]) -> models.FlipModel:
   """`%MODEL` from model or experiment files. The run files bind `train_script.train`, so the
-  train binary's `train` is registered first; the config is not finalized, so required data
+  train loop's `train` is registered first; the config is not finalized, so required data
   and output paths may stay unset."""
   train_loop.register_train_for_gin()
   model = gin_utils.parse_gin_flags_for_model(gin_search_paths, gin_files, gin_bindings,
