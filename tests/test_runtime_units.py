@@ -1,6 +1,7 @@
 """Fast in-process checks: LR schedule, decay mask, sharding rules, checkpoint helpers."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import gin
@@ -89,7 +90,9 @@ def test_save_load_resize_and_errors(model, tmp_path):
   assert checkpoints.checkpoint_step(str(tmp_path)) == 7 == checkpoints.checkpoint_step(path)
   loaded = checkpoints.load_params(str(tmp_path), model, part)
   jax.tree_util.tree_map(np.testing.assert_array_equal, params, loaded)
-  shorter = type(model)(model.module.clone(text_length=8), mask_ratio=0.5)
+  shorter = type(model)(
+      model.module.clone(text=dataclasses.replace(model.module.text, max_length=8)),
+      mask_ratio=0.5)
   resized = checkpoints.load_params(path, shorter)
   assert resized["text_tower"]["pos_embedding"].shape == (8, 32)
   narrower = type(model)(model.module.clone(embed_dim=16), mask_ratio=0.5)
