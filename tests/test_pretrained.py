@@ -28,6 +28,7 @@ import tensorflow as tf
 from flip_t5x import import_checkpoint as ic
 from flip_t5x import pretrained
 from flip_t5x import predictor as predictor_lib
+from flip_t5x.checkpoints import release as release_lib
 from flip_t5x.pretrained import archive
 from flip_t5x.pretrained import download
 import test_import_checkpoint as tic
@@ -223,14 +224,18 @@ def test_sha256_pin(registered, server, release, tmp_path):
     pretrained.resolve("flip_tiny_test", cache_dir=cache, sha256="1" * 64, stream=io.StringIO())
 
 
-def test_offline_archive_path_and_tar(registered, server, release, tmp_path):
+def test_offline_archive_path_and_tar(registered, server, release, tmp_path, monkeypatch):
   """A path to the downloaded archive (as released, or a tar of it) needs no server."""
   local = tmp_path / "elsewhere" / ARCHIVE
   local.parent.mkdir()
   shutil.copy(release["zip"], local)
-  found = pretrained.resolve(str(local), cache_dir=str(tmp_path / "a"), stream=io.StringIO())
-  assert found.name == "flip_tiny_test" and os.path.isdir(found.checkpoint)
-  assert not os.path.exists(tmp_path / "a" / "downloads")  # read in place, not copied
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # the default cache_dir
+  found = pretrained.resolve(str(local), stream=io.StringIO())
+  assert found.name == "flip_tiny_test"
+  cache = tmp_path / "xdg" / "flip_t5x"
+  assert found.checkpoint.startswith(str(cache / "models" / "flip_tiny_test"))
+  assert os.path.isdir(found.checkpoint)
+  assert not os.path.exists(cache / "downloads")  # read in place, not copied
   tar_path = tmp_path / "flip_tiny_test.tar.gz"
   with tarfile.open(tar_path, "w:gz") as tf:
     tf.add(release["tmp"] / "tree" / "flip_tiny", arcname="some/dir")
@@ -303,6 +308,15 @@ def test_archive_without_checkpoint_and_unknown_names(release, tmp_path):
       pretrained.resolve("flip_empty", cache_dir=str(tmp_path / "cache"), stream=io.StringIO())
   finally:
     pretrained.unregister("flip_empty")
+  assert os.listdir(tmp_path / "cache" / "models") == []
+  # A failed import (the archive does not fit the gin model) leaves no import either.
+  pretrained.register(pretrained.PretrainedModel(
+      "flip_wrong_size", release["zip"], os.path.join(h.ROOT, tic.TINY_GIN)))  # VOCAB_SIZE 1000
+  try:
+    with pytest.raises(release_lib.CheckpointMismatchError, match="token_embedding"):
+      pretrained.resolve("flip_wrong_size", cache_dir=str(tmp_path / "cache"), stream=io.StringIO())
+  finally:
+    pretrained.unregister("flip_wrong_size")
   assert os.listdir(tmp_path / "cache" / "models") == []
   with pytest.raises(pretrained.PretrainedError, match="flip_vit_l16_laion2b"):
     pretrained.resolve("flip_vit_x99", cache_dir=str(tmp_path / "cache"))
