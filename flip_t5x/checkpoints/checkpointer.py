@@ -8,7 +8,8 @@ What `flip_t5x.train` and `save_params` write is what `t5x.train` (orbax) writes
     state/    an orbax PyTree (ocdbt) of t5x's state dict:
               {"target": params,
                "state": {"step": int32, "param_states": the optax state as t5x's OptaxWrapper
-                         stores it (flax state dict: tuples -> "0", "1", ...; empty states dropped)}}
+                         stores it (flax state dict: tuples -> "0", "1", ...; empty states
+                         dropped)}}
               A params-only checkpoint (`save_params`) holds {"target", "state": {"step"}}, as
               t5x's InferenceState does.
     dataset/  the input position (`position.DatasetHandler`).

@@ -259,7 +259,7 @@ def _import_amos() -> types.ModuleType:
   if not hasattr(pjit_module, "PartitionSpec"):
     pjit_module.PartitionSpec = jax.sharding.PartitionSpec
   from jestimator import amos as amos_lib  # pylint: disable=g-import-not-at-top
-  from jestimator import amos_helper  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  from jestimator import amos_helper  # noqa: F401  pylint: disable=unused-import
   return amos_lib
 
 

@@ -48,8 +48,8 @@ def _initial_checkpoint_path(restore_cfg: Any) -> Optional[str]:
     return None
   paths = [restore_cfg.path] if isinstance(restore_cfg.path, str) else list(restore_cfg.path)
   if len(paths) != 1:
-    raise train_checks.TrainConfigError(f"utils.RestoreCheckpointConfig.path: one checkpoint expected, got "
-                           f"{paths}")
+    raise train_checks.TrainConfigError(
+        f"utils.RestoreCheckpointConfig.path: one checkpoint expected, got {paths}")
   return paths[0]
 
 
@@ -67,6 +67,37 @@ def _skipped_counts() -> Mapping[str, float]:
 def _batch_shapes(cfg: Any) -> Mapping[str, Tuple[int, ...]]:
   s, length = cfg.task_feature_lengths["image"], cfg.task_feature_lengths["targets"]
   return {"images": (cfg.batch_size, s, s, 3), "texts": (cfg.batch_size, length)}
+
+
+def _restore_or_start(ckpt: checkpoints.TrainCheckpointer, layout: train_state_lib.StateLayout,
+                      model: Any, model_dir: str, restore_cfg: Any, random_seed: Optional[int]
+                      ) -> Tuple[Optional[int], train_state_lib.TrainState, Mapping[str, Any], int]:
+  """(latest step, state, its metadata, seed): MODEL_DIR's latest checkpoint if there is one,
+  else parameters from INITIAL_CHECKPOINT_PATH (fresh optimizer, step 0) or a fresh init."""
+  latest = ckpt.latest_step()
+  meta = {}
+  if latest is not None:
+    state, meta = ckpt.restore(latest)
+    if "seed" not in meta:  # written by upstream t5x.train: no FLIP seeds in it
+      logging.warning("checkpoint_%d carries no flip_t5x seeds (written by t5x?): masks and "
+                      "augmentation continue from RANDOM_SEED or a new seed", latest)
+    seed = int(meta.get("seed", random_seed if random_seed is not None else _draw_seed()))
+    logging.info("resumed from %s/checkpoint_%d", model_dir, latest)
+  else:
+    seed = int(random_seed) if random_seed is not None else _draw_seed()
+    init_rng = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
+    init_path = _initial_checkpoint_path(restore_cfg)
+    if init_path is not None:
+      # Unmasked tuning / imported weights: parameters only, fresh optimizer, step 0.
+      found = checkpoints.locate(init_path)  # a checkpoint_<step> dir or a MODEL_DIR
+      params = checkpoints.restore_params(found, layout.abstract.params,
+                                          layout.shardings.params, model)
+      state = layout.from_params(params, step=0)
+      logging.info("initialised parameters from %s (%s checkpoint, step %s); optimizer state is "
+                   "fresh", found.path, found.format, found.step)
+    else:
+      state = layout.initialize(init_rng)
+  return latest, state, meta, seed
 
 
 def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = None,
@@ -92,11 +123,12 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
   del inference_evaluator_cls, concurrent_metrics, train_eval_get_dataset_fn
   del train_state_initializer_cls, use_orbax, verify_matching_vocabs_fn, gc_period
   if actions:
-    raise train_checks.TrainConfigError("train.actions: t5x trainer actions are not supported by flip_t5x")
+    raise train_checks.TrainConfigError(
+        "train.actions: t5x trainer actions are not supported by flip_t5x")
   if use_hardware_rng:
     logging.info("use_hardware_rng ignored: FLIP's masks come from threefry (mesh-invariant)")
-  train_checks.validate(model, train_dataset_cfg, checkpoint_cfg, partitioner, model_dir, total_steps,
-            eval_period, eval_steps, stats_period, random_seed)
+  train_checks.validate(model, train_dataset_cfg, checkpoint_cfg, partitioner, model_dir,
+                        total_steps, eval_period, eval_steps, stats_period, random_seed)
   logging.info("configuration checked; setting up the model and its train state")
   trainer_cls = t5x_interop.flip_class(trainer_cls)  # t5x's Trainer (for t5x.train) -> ours
   model_dir = os.fspath(model_dir)
@@ -118,29 +150,8 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
                                        enable_async=getattr(save_cfg, "use_async", True),
                                        shard_id=data_layout.shard_id,
                                        num_shards=data_layout.num_shards)
-  latest = ckpt.latest_step()
-  meta = {}
-  if latest is not None:
-    state, meta = ckpt.restore(latest)
-    if "seed" not in meta:  # written by upstream t5x.train: no FLIP seeds in it
-      logging.warning("checkpoint_%d carries no flip_t5x seeds (written by t5x?): masks and "
-                      "augmentation continue from RANDOM_SEED or a new seed", latest)
-    seed = int(meta.get("seed", random_seed if random_seed is not None else _draw_seed()))
-    logging.info("resumed from %s/checkpoint_%d", model_dir, latest)
-  else:
-    seed = int(random_seed) if random_seed is not None else _draw_seed()
-    init_rng = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
-    init_path = _initial_checkpoint_path(restore_cfg)
-    if init_path is not None:
-      # Unmasked tuning / imported weights: parameters only, fresh optimizer, step 0.
-      found = checkpoints.locate(init_path)  # a checkpoint_<step> dir or a MODEL_DIR
-      params = checkpoints.restore_params(found, layout.abstract.params,
-                                          layout.shardings.params, model)
-      state = layout.from_params(params, step=0)
-      logging.info("initialised parameters from %s (%s checkpoint, step %s); optimizer state is "
-                   "fresh", found.path, found.format, found.step)
-    else:
-      state = layout.initialize(init_rng)
+  latest, state, meta, seed = _restore_or_start(ckpt, layout, model, model_dir, restore_cfg,
+                                                  random_seed)
   if relative_steps:
     total_steps = int(state.step) + int(relative_steps)
   start_step = int(state.step)
@@ -237,10 +248,11 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
     if infer_eval_dataset_cfg is not None:
       cfg = infer_eval_dataset_cfg
       lengths = cfg.task_feature_lengths or train_dataset_cfg.task_feature_lengths
-      res = zeroshot.zeroshot_evaluate(model, params, task_name=cfg.mixture_or_task_name, split=cfg.split,
-                     feature_lengths=lengths, batch_size=cfg.batch_size,
-                     max_examples=(eval_steps * cfg.batch_size) if eval_steps else None,
-                     mesh=partitioner.mesh)
+      res = zeroshot.zeroshot_evaluate(
+          model, params, task_name=cfg.mixture_or_task_name, split=cfg.split,
+          feature_lengths=lengths, batch_size=cfg.batch_size,
+          max_examples=(eval_steps * cfg.batch_size) if eval_steps else None,
+          mesh=partitioner.mesh)
       name = cfg.mixture_or_task_name
       writer.write_scalars(step, {f"zeroshot/{name}/top1": res["top1"],
                                   f"zeroshot/{name}/top5": res.get("top5", float("nan"))})
