@@ -11,6 +11,9 @@ so id 0 is padding. Point gin's VOCAB_FILE at the output; the model's vocab_size
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # a binary: TF/CUDA start-up notices off unless --verbose
+  from flip_t5x import _quiet  # pylint: disable=unused-import  (before TensorFlow loads)
+
 from typing import Sequence
 
 from absl import app
@@ -18,6 +21,7 @@ from absl import flags
 from absl import logging
 
 from flip_t5x.data import vocab_builder
+from flip_t5x.runtime import gin_utils
 
 
 def define_flags() -> None:
@@ -46,4 +50,5 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
+  gin_utils.define_verbose_flag()
   app.run(main)

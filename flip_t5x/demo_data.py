@@ -27,6 +27,11 @@ writes (once; a rerun with the same settings returns at once):
 Images are padded with black (the photos' own background) from 28 to 32 pixels so
 patch sizes of 4 or 8 divide the side, then resized if --image_size is not 32.
 """
+from __future__ import annotations
+
+if __name__ == "__main__":  # a binary: TF/CUDA start-up notices off unless --verbose
+  from flip_t5x import _quiet  # pylint: disable=unused-import  (before TensorFlow loads)
+
 import dataclasses
 import json
 import sys
@@ -36,6 +41,7 @@ from absl import app
 from absl import flags
 
 from flip_t5x.data import demo
+from flip_t5x.runtime import gin_utils
 
 FLAGS = flags.FLAGS
 
@@ -61,7 +67,8 @@ def main(argv: Sequence[str]) -> None:
     data = demo.prepare(FLAGS.output_dir, num_train=FLAGS.num_train,
                         num_eval_per_class=FLAGS.num_eval_per_class, image_size=FLAGS.image_size,
                         seed=FLAGS.seed, examples_per_shard=FLAGS.examples_per_shard,
-                        vocab_size=FLAGS.vocab_size, source_dir=FLAGS.source_dir)
+                        vocab_size=FLAGS.vocab_size, source_dir=FLAGS.source_dir,
+                        progress_stream=sys.stderr)
   except (OSError, ValueError) as e:
     sys.exit(f"demo_data: error: {e}")
   summary = dataclasses.asdict(data)
@@ -71,4 +78,5 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
+  gin_utils.define_verbose_flag()
   app.run(main)

@@ -22,57 +22,17 @@ if __name__ == "__main__":  # a binary: TF/CUDA start-up notices off unless --ve
   from flip_t5x import _quiet  # pylint: disable=unused-import  (before TensorFlow loads)
 
 import sys
-from typing import Any, Optional, Sequence, Tuple
+from typing import Sequence
 
 from absl import app
 from absl import flags
-from absl import logging
-import jax
 
 from flip_t5x import checkpoints
-from flip_t5x import models
+from flip_t5x.checkpoints import importer
 from flip_t5x.checkpoints import msgpack
 from flip_t5x.checkpoints import release
 from flip_t5x.data import vocabulary as vocabulary_lib
 from flip_t5x.runtime import gin_utils
-
-PyTree = Any
-
-
-# ------------------------------------------------------------------------------------------------
-# Import.
-def import_checkpoint(source: str, model: models.FlipModel, output: Optional[str],
-                      step: Optional[int] = None) -> Tuple[PyTree, int]:
-  """Reads, checks and converts `source`; writes `output/checkpoint_<step>` (unless None).
-
-  `source`: the official release (t5x msgpack, official names), or anything else
-  `checkpoints.locate` reads (t5x's orbax layout, a msgpack checkpoint of this project's names,
-  an earlier flip_t5x layout), whose parameters are copied after the same shape checks.
-  Returns (params, step); `step` defaults to the checkpoint's optimizer step (0 if absent), so
-  the imported weights keep the step they were trained for.
-
-  Raises:
-    checkpoints.NoCheckpointError: nothing readable at `source`.
-  """
-  found = checkpoints.locate(source)
-  ckpt = msgpack.read_t5x_checkpoint(source) if found.format == checkpoints.T5X_MSGPACK else None
-  if ckpt is not None and release.has_official_names(ckpt.target):
-    logging.info("read t5x checkpoint %s (version %s, step %s, %d arrays)", ckpt.path,
-                 ckpt.version, ckpt.step, len(ckpt.target))
-    params = release.convert_params(ckpt, model)
-    stored_step = ckpt.step
-  else:
-    params = jax.device_get(checkpoints.load_params(source, model))
-    stored_step = checkpoints.checkpoint_step(source)
-    logging.info("read %s checkpoint %s (step %s)", found.format, found.path, stored_step)
-  if step is None:
-    step = stored_step if stored_step is not None else 0
-  if output is not None:
-    path = checkpoints.save_params(params, output, step)
-    logging.info("wrote flip_t5x checkpoint %s", path)
-  return params, step
-
-
 
 FLAGS = flags.FLAGS
 
@@ -102,8 +62,8 @@ def main(argv: Sequence[str]) -> None:
     for e in release.mapping_table(model):
       print(f"{e.official} {e.official_shape} -> {e.ours} {e.our_shape}")
   try:
-    _, step = import_checkpoint(FLAGS.source, model, None if FLAGS.dry_run else FLAGS.output,
-                                FLAGS.step)
+    _, step = importer.import_checkpoint(FLAGS.source, model,
+                                         None if FLAGS.dry_run else FLAGS.output, FLAGS.step)
   except checkpoints.NoCheckpointError as e:  # the path and what is there, exit status 2
     print(f"import_checkpoint: {e}", file=sys.stderr, flush=True)
     sys.exit(2)

@@ -29,6 +29,11 @@ Shards are written under hidden temporary names and renamed to
 `PREFIX-00000-of-0000K.tfrecord` only once all of them are complete, so an interrupted
 run never leaves a shard set that looks finished.
 """
+from __future__ import annotations
+
+if __name__ == "__main__":  # a binary: TF/CUDA start-up notices off unless --verbose
+  from flip_t5x import _quiet  # pylint: disable=unused-import  (before TensorFlow loads)
+
 import sys
 from typing import Sequence
 
@@ -37,6 +42,7 @@ from absl import flags
 from absl import logging
 
 from flip_t5x.data import shards
+from flip_t5x.runtime import gin_utils
 
 
 FLAGS = flags.FLAGS
@@ -83,7 +89,8 @@ def main(argv: Sequence[str]) -> None:
     summary = shards.write_shards(items, FLAGS.output_dir, prefix=FLAGS.prefix,
                            examples_per_shard=FLAGS.examples_per_shard,
                            image_format=FLAGS.image_format, max_side=FLAGS.max_side,
-                           quality=FLAGS.jpeg_quality, overwrite=FLAGS.overwrite)
+                           quality=FLAGS.jpeg_quality, overwrite=FLAGS.overwrite,
+                           progress_stream=sys.stderr)
   except (OSError, ValueError, ImportError) as e:
     sys.exit(f"make_shards: error: {e}")
   if summary.written == 0:
@@ -95,4 +102,5 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
+  gin_utils.define_verbose_flag()
   app.run(main)

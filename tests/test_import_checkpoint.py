@@ -20,7 +20,7 @@ from scipy import special
 import tensorstore as ts
 
 from flip_t5x import checkpoints
-from flip_t5x import import_checkpoint as ic
+from flip_t5x.checkpoints import importer as ic
 from flip_t5x import layers
 from flip_t5x import network
 from flip_t5x.checkpoints import msgpack

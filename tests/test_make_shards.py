@@ -2,6 +2,7 @@
 import csv
 import io
 import json
+import re
 import os
 import subprocess
 import sys
@@ -208,6 +209,11 @@ def test_cli_prints_json_summary_and_reports_skips(images_dir, tmp_path):
   assert "broken.jpg (unreadable_image)" in result.stderr
   assert "nocaption.jpg (missing_caption)" in result.stderr
   assert _files(tmp_path / "out") == ["cli-00000-of-00001.tfrecord"]
+  # Progress (inputs read of 7, rate, ETA): plain lines, since stderr is not a terminal; no
+  # TensorFlow start-up notices.
+  assert re.search(r"^writing shards to \S+ \| 7 inputs / 7 inputs \(100%\) \| [\d,]+ inputs/s "
+                   r"\| ETA 0s$", result.stderr, re.M), result.stderr[-2000:]
+  assert "oneDNN" not in result.stderr and "absl::InitializeLog" not in result.stderr
 
 
 def test_cli_missing_input_is_a_clear_error(tmp_path):

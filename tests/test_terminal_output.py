@@ -4,6 +4,7 @@ import re
 import subprocess
 
 from flip_t5x import _quiet
+from flip_t5x import progress as progress_lib
 from flip_t5x.runtime import monitoring
 import test_train_helpers as helpers
 
@@ -65,3 +66,29 @@ def test_train_binary_shows_progress_and_no_start_up_noise(tmp_path):
   assert "\r" not in proc.stderr  # not a terminal: plain lines only
   assert not START_UP_NOISE.search(proc.stderr), START_UP_NOISE.search(proc.stderr).group(0)
   assert "training steps 0..4" in proc.stderr  # absl logs still reach stderr
+
+
+def test_job_progress_in_tenths_in_a_log_and_in_place_on_a_terminal():
+  """Downloads and shard writing: done / total, rate and ETA; a log gets one line per tenth."""
+  out = io.StringIO()
+  bar = progress_lib.Progress("download x.zip", total=100, format_value=progress_lib.format_bytes,
+                              stream=out)
+  for _ in range(40):
+    bar.update(1)
+  bar.close()
+  lines = out.getvalue().splitlines()
+  assert [l.split(" | ")[1] for l in lines] == [
+      "1 B / 100 B (1%)", "10 B / 100 B (10%)", "20 B / 100 B (20%)", "30 B / 100 B (30%)",
+      "40 B / 100 B (40%)", "40 B / 100 B (40%)"]
+  assert all(re.fullmatch(r"download x\.zip \| .* \| [\d.]+ \S*B/s \| ETA \S+", l) for l in lines)
+
+  tty = _Terminal()
+  bar = progress_lib.Progress("writing shards to /out", stream=tty, min_interval_s=0.0,
+                              format_value=progress_lib.format_count("inputs"))
+  bar.update(1234)
+  bar.close()
+  assert tty.getvalue().count("\n") == 1 and "\r\033[Kwriting shards to /out | 1,234 inputs" in (
+      tty.getvalue())
+  assert "ETA" not in tty.getvalue()  # no total, no ETA
+  assert progress_lib.format_duration(3725) == "1h02m" and progress_lib.format_bytes(3 << 20) == (
+      "3.0 MiB")

@@ -6,6 +6,7 @@
   release       the official release's parameter names and layouts -> ours
   position      the input position (t5x's `dataset` item: tf.data iterator + FLIP's counters)
   checkpointer  the writer (`save_params`, `TrainCheckpointer`: save/resume the train state)
+  importer      `import_checkpoint`: read, check, convert once, write (import binary, pretrained cache)
 
 The names below are what the rest of flip_t5x uses (`checkpoints.locate(path)`, ...).
 """

@@ -15,7 +15,7 @@ import os
 import random
 import shutil
 import time
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, TextIO, Tuple
 
 from absl import logging
 import numpy as np
@@ -219,7 +219,8 @@ def prepare(output_dir: str,
             seed: int = 0,
             examples_per_shard: int = 5000,
             vocab_size: int = 1000,
-            source_dir: str = FASHION_MNIST_DIR) -> DemoData:
+            source_dir: str = FASHION_MNIST_DIR,
+            progress_stream: Optional[TextIO] = None) -> DemoData:
   """Builds the demo data set in `output_dir` unless it is already there with these settings.
 
   Args:
@@ -232,6 +233,7 @@ def prepare(output_dir: str,
     examples_per_shard: records per TFRecord shard.
     vocab_size: target size of vocab.txt; 0 skips building it.
     source_dir: folder of the Fashion-MNIST idx(.gz) files.
+    progress_stream: where to show the shard writer's progress; None shows none.
 
   Returns:
     A DemoData with the paths; `cached` says whether nothing had to be done.
@@ -287,12 +289,13 @@ def prepare(output_dir: str,
   rng = random.Random(seed)
   chosen = np.random.default_rng(seed).permutation(len(train_labels))[:num_train]
   captions = [make_caption(CLASS_NAMES[train_labels[i]], rng) for i in chosen]
-  items = (shards.Item(image=prepare_image(train_images[i], image_size), caption=caption,
+  items = [shards.Item(image=prepare_image(train_images[i], image_size), caption=caption,
                        source=f"fashion-mnist train image {i}",
                        extra={"label": int(train_labels[i])})
-           for i, caption in zip(chosen, captions))
+           for i, caption in zip(chosen, captions)]  # a list: the progress line knows the total
   summary = shards.write_shards(items, train_dir, prefix=TRAIN_PREFIX,
-                                examples_per_shard=examples_per_shard, image_format="jpeg")
+                                examples_per_shard=examples_per_shard, image_format="jpeg",
+                                progress_stream=progress_stream)
   if summary.written != num_train:
     raise RuntimeError(
         f"wrote {summary.written} of {num_train} training examples: {summary.skipped}")

@@ -18,12 +18,15 @@ import io
 import json
 import os
 import random
-from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from collections.abc import Sized
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, TextIO, Tuple, Union
 
 from absl import logging
 import numpy as np
 from PIL import Image
 import tensorflow as tf
+
+from flip_t5x import progress as progress_lib
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 JPEG_QUALITY = 95
@@ -302,7 +305,8 @@ def write_shards(items: Iterable[Item],
                  image_format: str = "jpeg",
                  max_side: Optional[int] = None,
                  quality: int = JPEG_QUALITY,
-                 overwrite: bool = False) -> Summary:
+                 overwrite: bool = False,
+                 progress_stream: Optional[TextIO] = None) -> Summary:
   """Encodes `items` into `output_dir/PREFIX-xxxxx-of-yyyyy.tfrecord`.
 
   An item's `key` is its position in `items` (9 decimal digits, like img2dataset), so
@@ -319,6 +323,8 @@ def write_shards(items: Iterable[Item],
     quality: JPEG quality.
     overwrite: replace existing `PREFIX-*-of-*.tfrecord` shards in `output_dir`;
       without it their presence is an error (a different shard count would mix sets).
+    progress_stream: where to show progress (inputs read, rate, ETA when `items` has a
+      length); None shows none.
 
   Returns:
     A Summary; `files` lists the shard paths.
@@ -338,8 +344,16 @@ def write_shards(items: Iterable[Item],
   tmp_paths: List[str] = []
   writer = None
   written = 0
+  progress = None
+  if progress_stream is not None:
+    total = len(items) if isinstance(items, Sized) else None
+    progress = progress_lib.Progress(f"writing shards to {output_dir}", total,
+                                     format_value=progress_lib.format_count("inputs"),
+                                     stream=progress_stream)
   try:
     for index, item in enumerate(items):
+      if progress is not None:
+        progress.update(1)
       try:
         caption = (item.caption or "").strip()
         if item.caption_error:
@@ -365,6 +379,8 @@ def write_shards(items: Iterable[Item],
     if writer is not None:
       writer.close()
       writer = None
+    if progress is not None:
+      progress.close()
   except BaseException:
     if writer is not None:
       writer.close()

@@ -8,7 +8,7 @@
 The first use downloads the release archive (`download.fetch`: http(s) with a progress line and
 resume, gs://, or a local path used in place), extracts it (`archive.extract`, refusing members
 that would land outside its folder), finds the t5x msgpack checkpoint wherever it lies, and
-imports it (`checkpoints.release.convert_params`, as `flip_t5x.import_checkpoint` does) into the
+imports it (`checkpoints.importer`, as `flip_t5x.import_checkpoint` does) into the
 cache in this project's checkpoint format (t5x's orbax layout). Later uses read that import and
 touch neither network nor archive.
 The released models use FLIP's BERT vocabulary, the default `VOCAB_FILE`. Cache layout, under
@@ -34,8 +34,7 @@ from typing import Dict, List, Optional, TextIO
 import gin
 
 from flip_t5x import checkpoints
-from flip_t5x.checkpoints import msgpack
-from flip_t5x.checkpoints import release
+from flip_t5x.checkpoints import importer
 from flip_t5x.pretrained import archive
 from flip_t5x.pretrained import download
 from flip_t5x.runtime import gin_utils
@@ -144,17 +143,6 @@ def _model(gin_file: str):
     gin.clear_config()
 
 
-def _import_release(ckpt_dir: str, model, output: str) -> int:
-  """Converts the release's msgpack checkpoint (official names) into `output`; returns its step."""
-  ckpt = msgpack.read_t5x_checkpoint(ckpt_dir)
-  if not release.has_official_names(ckpt.target):
-    raise archive.ArchiveError(f"the checkpoint in the archive ({ckpt_dir}) does not hold the "
-                               "official FLIP parameter names")
-  step = ckpt.step or 0
-  checkpoints.save_params(release.convert_params(ckpt, model), output, step)
-  return step
-
-
 def _import_archive(path: str, sha256: str, url: str, gin_file: str, model_dir: str) -> None:
   """Extracts the archive, imports its checkpoint, and renames the result to `model_dir`."""
   work = os.path.join(os.path.dirname(model_dir), f".tmp-{uuid.uuid4().hex[:8]}")
@@ -163,7 +151,7 @@ def _import_archive(path: str, sha256: str, url: str, gin_file: str, model_dir: 
     root = archive.extract(path, os.path.join(work, "extracted"))
     ckpt_dir = archive.find_t5x_checkpoint(root)
     out = os.path.join(work, "model")
-    step = _import_release(ckpt_dir, _model(gin_file), out)
+    _, step = importer.import_checkpoint(ckpt_dir, _model(gin_file), out, official_only=True)
     download.write_json_atomic(os.path.join(out, SOURCE_FILE), {
         "url": url, "sha256": sha256, "checkpoint": f"checkpoint_{step}",
         "archive_path": os.path.relpath(ckpt_dir, root)})

@@ -13,7 +13,6 @@ import http.client
 import json
 import os
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,7 +21,7 @@ from typing import Any, Dict, Optional, TextIO, Tuple
 from absl import logging
 import tensorflow as tf
 
-from flip_t5x.runtime import monitoring
+from flip_t5x import progress as progress_lib
 
 CHUNK = 1 << 20
 TIMEOUT_S = 60
@@ -30,67 +29,6 @@ TIMEOUT_S = 60
 
 class DownloadError(RuntimeError):
   """A download or a cached archive that cannot be used; the message says why and what to do."""
-
-
-# ------------------------------------------------------------------------------------------------
-def _format_bytes(n: float) -> str:
-  for unit in ("B", "KiB", "MiB", "GiB"):
-    if abs(n) < 1024 or unit == "GiB":
-      return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-    n /= 1024.0
-  return f"{n:.1f} GiB"
-
-
-class Progress:
-  """A download's progress on stderr: bytes / total (percent), speed and ETA.
-
-  On a terminal one line is rewritten in place (`\r`); elsewhere (a log file, a pipe) a plain
-  line is written at each tenth of the total and at the end, so logs stay short.
-  """
-
-  def __init__(self, label: str, total: Optional[int], done: int = 0,
-               stream: Optional[TextIO] = None, min_interval_s: float = 0.2):
-    self.label, self.total, self.done = label, total, done
-    self.stream = sys.stderr if stream is None else stream
-    self.is_tty = bool(getattr(self.stream, "isatty", lambda: False)())
-    self.min_interval_s = min_interval_s
-    self._start_done, self._start = done, time.monotonic()
-    self._last_write = -float("inf")
-    self._last_tenth = -1
-
-  def text(self) -> str:
-    elapsed = max(time.monotonic() - self._start, 1e-9)
-    speed = (self.done - self._start_done) / elapsed
-    parts = [self.label]
-    if self.total:
-      parts.append(f"{_format_bytes(self.done)} / {_format_bytes(self.total)} "
-                   f"({100.0 * self.done / self.total:.0f}%)")
-    else:
-      parts.append(_format_bytes(self.done))
-    parts.append(f"{_format_bytes(speed)}/s")
-    if self.total and speed > 0:
-      parts.append(f"ETA {monitoring.format_duration((self.total - self.done) / speed)}")
-    return " | ".join(parts)
-
-  def update(self, n: int) -> None:
-    self.done += n
-    now = time.monotonic()
-    if self.is_tty:
-      if now - self._last_write < self.min_interval_s:
-        return
-      self.stream.write(f"\r\033[K{self.text()}")
-    else:
-      tenth = int(10 * self.done / self.total) if self.total else -1
-      if tenth <= self._last_tenth:
-        return
-      self._last_tenth = tenth
-      self.stream.write(self.text() + "\n")
-    self.stream.flush()
-    self._last_write = now
-
-  def close(self) -> None:
-    self.stream.write((f"\r\033[K{self.text()}\n" if self.is_tty else self.text() + "\n"))
-    self.stream.flush()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -185,7 +123,7 @@ def _http_to_part(url: str, part: str, label: str, stream: Optional[TextIO]) -> 
       offset = 0  # the server sent the whole file
       validator = response.headers.get("ETag") or response.headers.get("Last-Modified")
       write_json_atomic(meta_path, {"url": url, "validator": validator})
-    progress = Progress(label, total, offset, stream)
+    progress = progress_lib.Progress(label, total, offset, progress_lib.format_bytes, stream)
     with open(part, "ab" if offset else "wb") as f:
       try:
         for block in iter(lambda: response.read(CHUNK), b""):
@@ -216,7 +154,7 @@ def _gfile_to_part(source: str, part: str, label: str, stream: Optional[TextIO])
     offset = 0
   if not offset:
     write_json_atomic(meta_path, {"url": source, "validator": None})
-  progress = Progress(label, total, offset, stream)
+  progress = progress_lib.Progress(label, total, offset, progress_lib.format_bytes, stream)
   with tf.io.gfile.GFile(source, "rb") as src, open(part, "ab" if offset else "wb") as f:
     src.seek(offset)
     for block in iter(lambda: src.read(CHUNK), b""):

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flip_t5x import flops
+from flip_t5x import progress
 
 # Dense bf16 peak FLOP/s per device, for the utilisation estimate (vendor figures).
 PEAK_FLOPS_BY_DEVICE_KIND = (
@@ -192,16 +193,6 @@ class Throughput:
     return out
 
 
-def format_duration(seconds: float) -> str:
-  """`1h02m`, `3m05s` or `42s`: an ETA a person reads at a glance."""
-  seconds = max(int(round(seconds)), 0)
-  hours, rest = divmod(seconds, 3600)
-  minutes, secs = divmod(rest, 60)
-  if hours:
-    return f"{hours}h{minutes:02d}m"
-  return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
 class ProgressLine:
   """One terminal line of training progress (step/total, loss, images/s, ETA) on stderr.
 
@@ -228,7 +219,7 @@ class ProgressLine:
     if "timing/images_per_second" in self.report:
       parts.append(f"{self.report['timing/images_per_second']:.1f} img/s")
     if "timing/eta_hours" in self.report:
-      parts.append(f"ETA {format_duration(self.report['timing/eta_hours'] * 3600.0)}")
+      parts.append(f"ETA {progress.format_duration(self.report['timing/eta_hours'] * 3600.0)}")
     return " | ".join(parts)
 
   def update(self, step: int, report: Optional[Mapping[str, Any]] = None) -> None:
