@@ -52,6 +52,7 @@ class Progress:
     self._start_done, self._start = done, time.monotonic()
     self._last_write = self._start if not self.is_tty else -float("inf")
     self._last_tenth = -1
+    self._written_at = None  # `done` when a plain line was last written
 
   def text(self) -> str:
     elapsed = max(time.monotonic() - self._start, 1e-9)
@@ -86,9 +87,12 @@ class Progress:
         return
       self.stream.write(self.text() + "\n")
     self.stream.flush()
-    self._last_write = now
+    self._last_write, self._written_at = now, self.done
 
   def close(self) -> None:
-    """The final figures, on their own line."""
-    self.stream.write((f"\r\033[K{self.text()}\n" if self.is_tty else self.text() + "\n"))
+    """The final figures, on their own line (in a log, unless the last line already had them)."""
+    if self.is_tty:
+      self.stream.write(f"\r\033[K{self.text()}\n")
+    elif self._written_at != self.done:
+      self.stream.write(self.text() + "\n")
     self.stream.flush()

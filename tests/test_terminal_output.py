@@ -73,13 +73,18 @@ def test_job_progress_in_tenths_in_a_log_and_in_place_on_a_terminal():
   out = io.StringIO()
   bar = progress_lib.Progress("download x.zip", total=100, format_value=progress_lib.format_bytes,
                               stream=out)
-  for _ in range(40):
+  for _ in range(41):
     bar.update(1)
   bar.close()
   lines = out.getvalue().splitlines()
   assert [l.split(" | ")[1] for l in lines] == [
       "1 B / 100 B (1%)", "10 B / 100 B (10%)", "20 B / 100 B (20%)", "30 B / 100 B (30%)",
-      "40 B / 100 B (40%)", "40 B / 100 B (40%)"]
+      "40 B / 100 B (40%)", "41 B / 100 B (41%)"]  # close: the last figures, not a repeat
+  done = io.StringIO()
+  bar = progress_lib.Progress("x", total=10, stream=done)
+  bar.update(10)
+  bar.close()
+  assert len(done.getvalue().splitlines()) == 1  # 100% is written once
   assert all(re.fullmatch(r"download x\.zip \| .* \| [\d.]+ \S*B/s \| ETA \S+", l) for l in lines)
 
   tty = _Terminal()
