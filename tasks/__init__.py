@@ -150,11 +150,7 @@ if "flip_tfds_zeroshot" not in seqio.TaskRegistry.names():
 
 def zeroshot_class_names(task_name: str) -> list:
   """Class names (label order) of a registered zero-shot task, for building the classifier."""
-  task = seqio.get_mixture_or_task(task_name)
-  source = task.source
-  if isinstance(source, sources.FolderSource):
-    root, names_file = zeroshot_folder()
-    return zeroshot.folder_classes(root, names_file)[1]
-  if isinstance(source, sources.TfdsSource):
-    return source.class_names()
-  raise ValueError(f"{task_name} is not a zero-shot task.")
+  class_names = getattr(seqio.get_mixture_or_task(task_name).source, "class_names", None)
+  if not callable(class_names):
+    raise ValueError(f"{task_name} is not a zero-shot task.")
+  return list(class_names())

@@ -53,12 +53,8 @@ BASE_TASKS = ("flip_imagenet1k_zeroshot", "flip_folder_zeroshot", "flip_tfds_zer
 
 
 def class_names(task_name: str) -> List[str]:
-  """Label-ordered class names of a zero-shot task (from its source when it can tell them)."""
-  task = seqio.get_mixture_or_task(task_name)
-  fn = getattr(getattr(task, "source", None), "class_names", None)
-  if callable(fn):
-    return list(fn())
-  return list(tasks.zeroshot_class_names(task_name))
+  """Label-ordered class names of a zero-shot task (`tasks.zeroshot_class_names`)."""
+  return tasks.zeroshot_class_names(task_name)
 
 
 def prepend_prompts(dataset: tf.data.Dataset,
