@@ -322,7 +322,7 @@ if [ -d "$RUNS/pretrain/checkpoint_5" ] && run t5x_to_flip_eval "$PY" -m flip_t5
     "${FLIP_EVAL_ARGS[@]}" --gin.EVAL_OUTPUT_DIR="\"$RUNS/t5x_to_flip_eval\"" \
     --gin.CHECKPOINT_PATH="\"$RUNS/pretrain\"" \
     && grep -q '"checkpoint_step": 5' "$RUNS/t5x_to_flip_eval/zeroshot_metrics.json"; then
-  record t5x_to_flip_eval PASS "t5x.train's checkpoint_5: $(grep -o '"top1": [0-9.]*' "$RUNS/t5x_to_flip_eval/zeroshot_metrics.json")"
+  record t5x_to_flip_eval PASS "t5x.train's checkpoint_5: $(grep -o '"top1": [0-9.]*' "$RUNS/t5x_to_flip_eval/zeroshot_metrics.json" | head -n 1)"
 else
   record t5x_to_flip_eval FAIL "$(fail_detail t5x_to_flip_eval)"
 fi
