@@ -86,7 +86,7 @@ def layout(model):
   tx = optimizers.unwrap(optimizers.adamw(lambda step: 1e-3))
   return train_state.StateLayout(model, tx,
                                  partitioning.PjitPartitioner(),
-                                 train_state.model_input_shapes(model, 4))
+                                 model.input_shapes(4))
 
 
 def test_locate_names_the_path_and_what_is_there(tmp_path):

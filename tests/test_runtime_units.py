@@ -48,7 +48,7 @@ def test_schedule_linear_scaling_warmup_cosine():
 def test_decay_mask(model):
   """The official mask (utils/opt_util.py): biases, LayerNorm scales and position embeddings are
   exempt; the CLS token and logit_scale decay. decay_min_ndim=2 keeps only matrices."""
-  shapes = train_state.abstract_params_and_axes(model, train_state.model_input_shapes(model))[0]
+  shapes = train_state.abstract_params_and_axes(model, model.input_shapes())[0]
   mask = optimizers.weight_decay_mask(shapes)
   assert mask["text_tower"]["token_embedding"] and mask["image_tower"]["projection"]["kernel"]
   assert not mask["text_tower"]["pos_embedding"]
@@ -74,7 +74,7 @@ def test_rules_and_state_partitioning():
 def test_amos_builds_and_updates(model):
   tx = optimizers.unwrap(optimizers.amos(learning_rate=0.01))
   part = partitioning.PjitPartitioner()
-  layout = train_state.StateLayout(model, tx, part, train_state.model_input_shapes(model, 2))
+  layout = train_state.StateLayout(model, tx, part, model.input_shapes(2))
   state = layout.initialize(jax.random.PRNGKey(0))
   grads = jax.tree_util.tree_map(np.ones_like, state.params)
   updates, _ = tx.update(grads, state.opt_state, state.params)
@@ -84,7 +84,7 @@ def test_amos_builds_and_updates(model):
 def test_save_load_resize_and_errors(model, tmp_path):
   part = partitioning.PjitPartitioner()
   layout = train_state.StateLayout(model, optimizers.unwrap(optimizers.adamw(1e-3)), part,
-                                   train_state.model_input_shapes(model))
+                                   model.input_shapes())
   params = layout.initialize(jax.random.PRNGKey(0)).params
   path = checkpoints.save_params(params, str(tmp_path), step=7)
   assert checkpoints.checkpoint_step(str(tmp_path)) == 7 == checkpoints.checkpoint_step(path)

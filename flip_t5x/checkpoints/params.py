@@ -193,7 +193,7 @@ def load_params(checkpoint_path: str, model: Any, partitioner: Any = None) -> Py
   Sharded by the partitioner's rules if one is given, else on the first local device.
   """
   loc = layout.locate(checkpoint_path)
-  shapes = train_state_lib.model_input_shapes(model)
+  shapes = model.input_shapes()
   if partitioner is not None:
     abstract, specs = train_state_lib.params_specs(model, partitioner, shapes)
     shardings = jax.tree_util.tree_map(

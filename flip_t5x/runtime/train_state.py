@@ -27,11 +27,6 @@ class TrainState(flax.struct.PyTreeNode):
     return {"step": self.step, "params": self.params, "opt_state": self.opt_state}
 
 
-def model_input_shapes(model: Any, batch_size: int = 1) -> Mapping[str, Tuple[int, ...]]:
-  """Model-feature shapes (what `get_initial_variables` needs): `FlipModel.input_shapes`."""
-  return model.input_shapes(batch_size)
-
-
 def init_params_fn(model: Any, input_shapes: Mapping[str, Tuple[int, ...]]):
   def init(rng):
     return model.get_initial_variables(rng, input_shapes)["params"]
