@@ -219,6 +219,10 @@ def summary_table(metrics: Mapping[str, Any]) -> str:
   lines = [f"{metrics.get('mode', 'zeroshot')} {metrics.get('task')} ({metrics.get('split')}), "
            f"checkpoint step {metrics.get('checkpoint_step')}, "
            f"{metrics.get('num_examples')} images"]
+  skipped = metrics.get("skipped") or {}
+  if skipped:
+    lines.append(f"  skipped {sum(skipped.values())} unreadable images (not scored): "
+                 + ", ".join(f"{reason} {n}" for reason, n in sorted(skipped.items())))
   if metrics.get("mode") == "retrieval":
     for direction in ("image_to_text", "text_to_image"):
       recalls = "  ".join(f"R@{k} {metrics[f'{direction}/recall@{k}']:6.2f}"

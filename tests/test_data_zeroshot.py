@@ -2,6 +2,7 @@
 import os
 
 import gin
+import jax
 import numpy as np
 from PIL import Image
 import pytest
@@ -11,10 +12,14 @@ import tensorflow_datasets as tfds
 
 import tasks
 import test_data_pipeline as dp
+from flip_t5x import eval as flip_eval
+from flip_t5x import models
+from flip_t5x import network
 from flip_t5x.data import feature_converters
 from flip_t5x.data import preprocessors
 from flip_t5x.data import vocabulary
 from flip_t5x.data import zeroshot
+from flip_t5x.evaluation import zeroshot as zeroshot_eval
 
 S, L = 32, 8
 
@@ -89,6 +94,7 @@ def test_folder_zeroshot(tmp_path, vocab_file):
       Image.fromarray(a).save(root / cls / f"{i}.{'jpg' if i % 2 else 'png'}")
   (root / "dog" / "notes.md").write_text("not an image")
   (root / "dog" / "broken.jpg").write_bytes(b"")
+  os.symlink(root / "nowhere.jpg", root / "cat" / "gone.jpg")  # listed, but cannot be read
   gin.parse_config(dp.BINDING_GIN + f'VOCAB_FILE = "{vocab_file}"\nZEROSHOT_FOLDER = "{root}"')
   assert tasks.zeroshot_class_names("flip_folder_zeroshot") == ["cat", "dog", "red fox"]
   ds = seqio.get_dataset("flip_folder_zeroshot",
@@ -97,7 +103,7 @@ def test_folder_zeroshot(tmp_path, vocab_file):
                          feature_converter=_converter())
   examples = list(ds.as_numpy_iterator())
   assert [int(e["label"]) for e in examples] == [0, 0, 1, 1, 1, 2, 2, 2, 2]
-  assert preprocessors.skipped_counts("eval")["empty_image"] == 1
+  assert preprocessors.skipped_counts("eval")["empty_image"] == 2  # counted, not dropped unseen
   vocab = vocabulary.WordPieceVocabulary(vocab_file)
   assert vocab.decode(examples[-1]["texts"]) == "red fox"
   # Two hosts see disjoint halves.
@@ -105,6 +111,20 @@ def test_folder_zeroshot(tmp_path, vocab_file):
       {"image": S, "targets": L}, split="test", shuffle=False,
       shard_info=seqio.ShardInfo(i, 2)).as_numpy_iterator()) for i in range(2)]
   assert len(parts[0]) + len(parts[1]) == 9
+
+  # Scored with a (random) tiny model, the eval's result and end table report the two images it
+  # could not read instead of scoring fewer images silently.
+  model = models.FlipModel(network.FlipTwoTower(
+      image=network.ImageTowerConfig(image_size=S, patch_size=8, width=32, depth=1, num_heads=2),
+      text=network.TextTowerConfig(vocab_size=vocab.vocab_size, max_length=L, width=32, depth=1,
+                                   num_heads=2), embed_dim=16), mask_ratio=0.0)
+  params = model.get_initial_variables(jax.random.PRNGKey(0), model.input_shapes())["params"]
+  result = zeroshot_eval.zeroshot_evaluate(
+      model, params, task_name="flip_folder_zeroshot", split="test",
+      feature_lengths={"image": S, "targets": L}, batch_size=4, templates=["a photo of the {}."])
+  assert result["num_examples"] == 9 and result["skipped"] == {"empty_image": 2}
+  assert "skipped 2 unreadable images (not scored): empty_image 2" in flip_eval.summary_table(
+      dict(result, mode="zeroshot"))
 
   names = tmp_path / "names.txt"
   names.write_text("dog\tdomestic dog\ncat\ttabby cat\nred_fox\tred fox\n")

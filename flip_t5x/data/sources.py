@@ -16,6 +16,7 @@ import functools
 import os
 from typing import Callable, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from absl import logging
 import gin
 import numpy as np
 import seqio
@@ -158,8 +159,25 @@ class FolderSource(seqio.DataSource):
       ds = ds.shard(shard_info.num_shards, shard_info.index)
     if shuffle:
       ds = ds.shuffle(len(files), seed=seed)
-    return ds.map(lambda f, l, n: {"image": tf.io.read_file(f), "text": n, "label": l},
-                  num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(log_warning=True)
+    def read(f, l, n):
+      data = tf.py_function(_read_or_empty, [f], tf.string)
+      return {"image": tf.ensure_shape(data, []), "text": n, "label": l}
+    return ds.map(read, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _read_or_empty(path: tf.Tensor) -> bytes:
+  """A file's bytes, or b"" when it cannot be read (vanished, a dangling link, no permission).
+
+  Empty bytes reach the preprocessor, which counts them (`empty_image`) instead of the record
+  vanishing uncounted; the warning names the file.
+  """
+  name = path.numpy().decode("utf-8", "replace")
+  try:
+    with tf.io.gfile.GFile(name, "rb") as f:
+      return f.read()
+  except (OSError, tf.errors.OpError) as e:
+    logging.warning("skipping unreadable image %s: %s", name, e)
+    return b""
 
 
 class TfdsSource(seqio.DataSource):

@@ -11,6 +11,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from flip_t5x.data import preprocessors
 from flip_t5x.evaluation import EvalError
 
 
@@ -71,6 +72,22 @@ def numpy_batches(ds: tf.data.Dataset, keys: Sequence[str], batch_size: int,
   if max_examples is not None:
     ds = ds.take(int(max_examples))
   return ds.batch(batch_size).prefetch(2).as_numpy_iterator()
+
+
+def skipped_counts() -> Dict[str, int]:
+  """Records the eval preprocessor has skipped so far in this process, by reason (cumulative)."""
+  return preprocessors.skipped_counts("eval")
+
+
+def skipped_since(before: Mapping[str, int]) -> Dict[str, int]:
+  """{reason: records skipped} since `before` (a `skipped_counts()`), reasons with none left out.
+
+  Unreadable, empty or undecodable images are left out of the scores, not fatal: the report says
+  how many, so a score over fewer images than the split holds is never silent.
+  """
+  now = skipped_counts()
+  return {reason: n - before.get(reason, 0) for reason, n in now.items()
+          if n - before.get(reason, 0) > 0}
 
 
 class Progress:

@@ -44,6 +44,7 @@ def retrieval_evaluate(model: models.FlipModel, params: PyTree, *, task_name: st
   ds = datasets.task_dataset(task_name, split, feature_lengths, ("image", "targets"))
   length = int(feature_lengths["targets"])
   ds = ds.map(lambda ex: dict(ex, targets=datasets.pad_text(ex["targets"], length)))
+  skipped_before = datasets.skipped_counts()
   encoder = encoder_lib.encoder_for(model)
   sharding = encoder_lib.data_sharding(mesh, data_axis, batch_size)
   image_emb, text_emb = [], []
@@ -57,6 +58,6 @@ def retrieval_evaluate(model: models.FlipModel, params: PyTree, *, task_name: st
   result = {"task": task_name, "split": split}
   result.update(retrieval_recall(np.concatenate(image_emb), np.concatenate(text_emb), ks))
   result.update(num_examples=progress.count, images_per_second=progress.rate,
-                seconds=time.time() - t0)
+                seconds=time.time() - t0, skipped=datasets.skipped_since(skipped_before))
   logging.info("retrieval %s: %s", task_name, result)
   return result

@@ -177,14 +177,16 @@ def zeroshot_evaluate(model: models.FlipModel, params: PyTree, *, task_name: str
 
   Returns:
     {"task", "split", "top1", "top5", "num_examples", "num_classes", "num_templates",
-     "images_per_second", "seconds", "worst_classes"}; `worst_classes` lists the five classes
-    of lowest top-1 as {"class", "top1", "num_examples"}, lowest first.
+     "images_per_second", "seconds", "skipped", "worst_classes"}; `skipped` counts the images left
+    out as unreadable, by reason (`datasets.skipped_since`); `worst_classes` lists the five
+    classes of lowest top-1 as {"class", "top1", "num_examples"}, lowest first.
   """
   t0 = time.time()
   names = datasets.task_class_names(task_name) if class_names is None else list(class_names)
   templates = zeroshot_data.templates() if templates is None else list(templates)
   vocabulary = _task_vocabulary(task_name) if vocabulary is None else vocabulary
   ds = datasets.task_dataset(task_name, split, feature_lengths, ("image", "label"))
+  skipped_before = datasets.skipped_counts()
   class_emb = model_class_embeddings(model, params, names, templates, vocabulary,
                                      int(feature_lengths["targets"]),
                                      text_batch_size or batch_size, mesh, data_axis)
@@ -205,7 +207,7 @@ def zeroshot_evaluate(model: models.FlipModel, params: PyTree, *, task_name: str
   result = {"task": task_name, "split": split}
   result.update(acc.result())
   result.update(num_templates=len(templates), images_per_second=progress.rate,
-                seconds=time.time() - t0)
+                seconds=time.time() - t0, skipped=datasets.skipped_since(skipped_before))
   result["worst_classes"] = [{"class": names[i], "top1": top1, "num_examples": n}
                              for i, top1, n in acc.worst_classes(5)]
   logging.info("zero-shot %s: top1 %.2f top5 %.2f over %d images (%.1f images/s)", task_name,
