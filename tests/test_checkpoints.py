@@ -201,16 +201,21 @@ def test_t5x_msgpack_checkpoints_our_names_and_the_official_release(model, tmp_p
     checkpoints.load_params(str(tmp_path / "official"), narrower)
 
 
-def test_earlier_flip_t5x_layout_still_loads_and_resumes(layout, model, tmp_path):
-  fresh = layout.initialize(jax.random.PRNGKey(3))
+def _save_earlier_layout(path, state, step: int, seed: int) -> None:
+  """Writes `state` as earlier flip_t5x releases did: params/ opt_state/ meta/ items."""
   handlers = {"params": ocp.StandardCheckpointHandler(),
               "opt_state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
-  with ocp.CheckpointManager(tmp_path, item_handlers=handlers, options=ocp.CheckpointManagerOptions(
+  with ocp.CheckpointManager(path, item_handlers=handlers, options=ocp.CheckpointManagerOptions(
       step_prefix="checkpoint", enable_async_checkpointing=False)) as manager:
-    manager.save(6, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(fresh.params),
-        opt_state=ocp.args.StandardSave(fresh.opt_state),
-        meta=ocp.args.JsonSave({"step": 6, "seed": 11, "data_seed": 11})))
+    manager.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(state.params),
+        opt_state=ocp.args.StandardSave(state.opt_state),
+        meta=ocp.args.JsonSave({"step": step, "seed": seed, "data_seed": seed})))
+
+
+def test_earlier_flip_t5x_layout_still_loads_and_resumes(layout, model, tmp_path):
+  fresh = layout.initialize(jax.random.PRNGKey(3))
+  _save_earlier_layout(tmp_path, fresh, step=6, seed=11)
   assert checkpoints.locate(str(tmp_path)).format == checkpoints.FLIP_ITEMS
   jax.tree_util.tree_map(np.testing.assert_array_equal,
                          checkpoints.load_params(str(tmp_path), model), fresh.params)
@@ -226,14 +231,7 @@ def test_earlier_flip_t5x_input_position_still_restores(layout, tmp_path):
   counters in one tf checkpoint) beside params/ opt_state/ meta/: resuming reads it."""
   from flip_t5x.data import preprocessors  # pylint: disable=g-import-not-at-top
   fresh = layout.initialize(jax.random.PRNGKey(3))
-  handlers = {"params": ocp.StandardCheckpointHandler(),
-              "opt_state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
-  with ocp.CheckpointManager(tmp_path, item_handlers=handlers, options=ocp.CheckpointManagerOptions(
-      step_prefix="checkpoint", enable_async_checkpointing=False)) as manager:
-    manager.save(4, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(fresh.params),
-        opt_state=ocp.args.StandardSave(fresh.opt_state),
-        meta=ocp.args.JsonSave({"step": 4, "seed": 2, "data_seed": 2})))
+  _save_earlier_layout(tmp_path, fresh, step=4, seed=2)
   saved = iter(tf.data.Dataset.range(10))
   for _ in range(4):
     next(saved)
