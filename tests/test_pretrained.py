@@ -6,6 +6,7 @@ FLIP release was (`test_import_checkpoint.write_t5x_checkpoint`). The tiny model
 the size of FLIP's BERT vocabulary, so the predictor runs with the default VOCAB_FILE, as the
 released models do.
 """
+import fcntl
 import hashlib
 import http.server
 import io
@@ -14,6 +15,7 @@ import os
 import re
 import shutil
 import stat
+import struct
 import subprocess
 import sys
 import tarfile
@@ -300,6 +302,127 @@ def test_malicious_archives_are_refused(kind, release, tmp_path):
   assert os.listdir(cache / "models") == []  # no half-extracted folder, no import
 
 
+MIB = 1 << 20
+
+
+def _zip_bomb(path, size, declared=None):
+  """A real zip of `size` zero bytes (deflate packs ~1000 into 1); `declared`: what its headers
+  claim instead (local header and central directory both rewritten)."""
+  with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+    zf.writestr("release/zeros.bin", bytes(size))
+  if declared is not None:
+    with open(path, "rb") as f:
+      data = bytearray(f.read())
+    for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+      at = data.index(signature) + offset
+      assert struct.unpack_from("<I", data, at) == (size,)
+      struct.pack_into("<I", data, at, declared)
+    with open(path, "wb") as f:
+      f.write(data)
+
+
+def _tar_bomb(path, size):
+  with tarfile.open(path, "w:gz") as tf:
+    info = tarfile.TarInfo("release/zeros.bin")
+    info.size = size
+    tf.addfile(info, io.BytesIO(bytes(size)))
+
+
+def _refused(path, release, tmp_path, max_extract_bytes=None):
+  """The one-line ArchiveError `resolve` gives for the archive at `path`; checks nothing is left."""
+  cache = tmp_path / "cache"
+  pretrained.register(pretrained.PretrainedModel("flip_bomb", str(path), release["gin_file"]))
+  try:
+    with pytest.raises(archive.ArchiveError) as e:
+      pretrained.resolve("flip_bomb", cache_dir=str(cache), stream=io.StringIO(),
+                         max_extract_bytes=max_extract_bytes)
+  finally:
+    pretrained.unregister("flip_bomb")
+  assert os.listdir(cache / "models") == []  # no import, no half-extracted folder
+  assert sorted(os.listdir(tmp_path)) == sorted(["cache", os.path.basename(path)])
+  message = str(e.value)
+  assert "\n" not in message and message.startswith(f"{path} "), message
+  return message
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_archive_expanding_past_the_limit_is_refused(kind, release, tmp_path):
+  path = tmp_path / f"bomb.{kind}"
+  (_zip_bomb if kind == "zip" else _tar_bomb)(path, 4 * MIB)
+  assert os.path.getsize(path) < 64 << 10  # it is a bomb: 4 MiB out of a few KiB
+  message = _refused(path, release, tmp_path, max_extract_bytes=MIB)
+  assert message.endswith("would expand to 4.0 MiB (4194304 bytes), past the limit of 1.0 MiB "
+                          "(1048576 bytes): refusing the archive (a zip bomb?); if you trust it, "
+                          "raise max_extract_bytes (pretrained.resolve) or extract it yourself "
+                          "for flip_t5x.import_checkpoint"), message
+  # The limit is what refused it: at exactly its size, it extracts.
+  out = archive.extract(str(path), str(tmp_path / "out"), max_extract_bytes=4 * MIB)
+  assert os.path.getsize(os.path.join(out, "release", "zeros.bin")) == 4 * MIB
+
+
+def test_zip_whose_headers_lie_is_refused(release, tmp_path):
+  # Claiming more than the default limit (10x the archive, at least 1 GiB): refused from the
+  # headers alone, before anything is written.
+  path = tmp_path / "claims_2gib.zip"
+  _zip_bomb(path, MIB, declared=2 << 30)
+  message = _refused(path, release, tmp_path)
+  assert "would expand to 2.0 GiB (2147483648 bytes), past the limit of 1.0 GiB (1073741824 " \
+         "bytes)" in message, message
+  os.remove(path)
+  # Claiming less than it holds: never more than the claim is written; the member is refused.
+  path = tmp_path / "claims_100b.zip"
+  _zip_bomb(path, MIB, declared=100)
+  message = _refused(path, release, tmp_path, max_extract_bytes=1000)
+  assert "is damaged or its headers lie (Bad CRC-32 for file 'release/zeros.bin')" in message
+
+
+def test_copy_member_stops_at_the_declared_size():
+  """The guard for readers that would yield more than a member's header claims."""
+  out = io.BytesIO()
+  with pytest.raises(archive.ArchiveError, match=r"^a.zip: member 'x' expands past its declared "
+                     r"size of 4 bytes: refusing the archive$"):
+    archive.copy_member(io.BytesIO(b"0123456789"), out, "a.zip: member 'x'", 4)
+  assert out.getvalue() == b""  # the block that overran was not written
+  assert archive.copy_member(io.BytesIO(b"0123456789"), out, "a.zip: member 'x'", 10) == 10
+  assert out.getvalue() == b"0123456789"
+
+
+# Imports a registered model into a cache, as two users' processes would at once.
+_RESOLVE_REGISTERED_MODEL = """
+import sys
+from flip_t5x import pretrained
+pretrained.register(pretrained.PretrainedModel("flip_tiny_test", sys.argv[1], sys.argv[2]))
+print(pretrained.resolve("flip_tiny_test", cache_dir=sys.argv[3]).checkpoint, flush=True)
+"""
+
+
+def test_two_processes_importing_at_once_make_one_import(release, tmp_path):
+  """Both wait for the import lock (held here until both are at it), one imports, both succeed."""
+  cache = tmp_path / "cache"
+  (cache / "locks").mkdir(parents=True)
+  run = dict(cwd=h.ROOT, env=h.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  with open(cache / "locks" / "flip_tiny_test.lock", "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    procs = [subprocess.Popen([sys.executable, "-c", _RESOLVE_REGISTERED_MODEL, release["zip"],
+                               release["gin_file"], str(cache)], **run) for _ in range(2)]
+    for proc in procs:
+      seen = []
+      while not any("waiting for another process" in line for line in seen):
+        seen.append(proc.stderr.readline())
+        assert seen[-1], "".join(seen) + proc.stderr.read()  # ended without waiting
+      assert seen[-1].strip() == ("waiting for another process fetching or importing "
+                                  f"flip_tiny_test (it holds {lock.name})"), seen
+    assert not os.path.exists(cache / "models")  # nobody imports while the lock is held
+  results = [proc.communicate(timeout=300) for proc in procs]
+  for proc, (out, err) in zip(procs, results):
+    assert proc.returncode == 0, err[-4000:]
+  checkpoints = {out.strip().splitlines()[-1] for out, _ in results}
+  assert checkpoints == {str(cache / "models" / "flip_tiny_test" / f"checkpoint_{release['step']}")}
+  imports = [l for _, err in results for l in err.splitlines() if l.startswith("importing ")]
+  assert len(imports) == 1, imports  # the other reused it
+  assert os.listdir(cache / "models") == ["flip_tiny_test"]  # no leftover .tmp-*
+
+
 def test_archive_without_checkpoint_and_unknown_names(release, tmp_path):
   path = str(tmp_path / "empty.zip")
   _zip_with(path, "release/notes.txt")
@@ -372,6 +495,22 @@ def test_cli_unknown_name_is_one_line(tmp_path):
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith("predict: 'flip_vit_x99' is neither") and "flip_vit_l16_laion2b" in last
   assert "Traceback" not in proc.stderr
+
+
+def test_cli_refuses_a_zip_bomb_in_one_line(tmp_path):
+  """Under the release's file name, so `--pretrained=PATH` takes it for the ViT-L/16 archive."""
+  bomb = tmp_path / "flip_large16_laion2b_v2.zip"
+  _zip_bomb(bomb, MIB, declared=3 << 30)
+  (tmp_path / "a.png").write_bytes(b"not read: the archive fails first")
+  cache = tmp_path / "cache"
+  proc = h.run_binary("predict", [f"--pretrained={bomb}", f"--pretrained_cache_dir={cache}",
+                                  f"--images={tmp_path}", "--labels=cat,dog"])
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"predict: {bomb} would expand to 3.0 GiB (3221225472 bytes), past the "
+                         "limit of 1.0 GiB"), last
+  assert "Traceback" not in proc.stderr
+  assert os.listdir(cache / "models") == []
 
 
 # A user's registration, then the eval binary as `python -m` runs it.

@@ -16,20 +16,26 @@ The released models use FLIP's BERT vocabulary, the default `VOCAB_FILE`. Cache 
 
     downloads/<archive>        the archive; <archive>.json its URL, size and sha256
     models/<name>/             the import: checkpoint_<step>/ and source.json (archive sha256)
+    locks/<name>.lock          held (flock) by the process fetching and importing <name>
 
 Each of them appears by an atomic rename once complete, so an interrupted download, extraction
-or import leaves only `*.part` / `*.tmp-*` entries that no later run trusts.
+or import leaves only `*.part` / `*.tmp-*` entries that no later run trusts. A second process
+asking for a model that another is fetching or importing says so, waits for its lock, then
+reuses its import. An archive whose members would expand past a limit (`archive.extract`) is
+refused before anything is written.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import shutil
 import sys
 import urllib.parse
 import uuid
-from typing import Dict, List, Optional, TextIO
+from typing import Dict, Iterator, List, Optional, TextIO
 
 import gin
 
@@ -143,12 +149,29 @@ def _model(gin_file: str):
     gin.clear_config()
 
 
-def _import_archive(path: str, sha256: str, url: str, gin_file: str, model_dir: str) -> None:
+@contextlib.contextmanager
+def _model_lock(cache_dir: str, name: str, stream: Optional[TextIO]) -> Iterator[None]:
+  """Holds `locks/<name>.lock` (an OS lock: a process that dies lets go of it); says if it waits."""
+  locks = os.path.join(cache_dir, "locks")
+  os.makedirs(locks, exist_ok=True)
+  path = os.path.join(locks, f"{name}.lock")
+  with open(path, "a") as f:  # never deleted: a lock file removed while held locks nothing
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      print(f"waiting for another process fetching or importing {name} (it holds {path})",
+            file=stream or sys.stderr, flush=True)
+      fcntl.flock(f, fcntl.LOCK_EX)
+    yield  # closing the file releases the lock
+
+
+def _import_archive(path: str, sha256: str, url: str, gin_file: str, model_dir: str,
+                    max_extract_bytes: Optional[int]) -> None:
   """Extracts the archive, imports its checkpoint, and renames the result to `model_dir`."""
   work = os.path.join(os.path.dirname(model_dir), f".tmp-{uuid.uuid4().hex[:8]}")
   os.makedirs(work)
   try:
-    root = archive.extract(path, os.path.join(work, "extracted"))
+    root = archive.extract(path, os.path.join(work, "extracted"), max_extract_bytes)
     ckpt_dir = archive.find_t5x_checkpoint(root)
     out = os.path.join(work, "model")
     _, step = importer.import_checkpoint(ckpt_dir, _model(gin_file), out, official_only=True)
@@ -156,7 +179,7 @@ def _import_archive(path: str, sha256: str, url: str, gin_file: str, model_dir: 
         "url": url, "sha256": sha256, "checkpoint": f"checkpoint_{step}",
         "archive_path": os.path.relpath(ckpt_dir, root)})
     if _cached_import(model_dir, sha256) is not None:
-      return  # another process finished the same import meanwhile: keep the one it may be reading
+      return  # finished meanwhile (a cache where flock locks nothing): keep what others may read
     if os.path.isdir(model_dir):  # an older import (another archive): put aside, then replace
       os.rename(model_dir, os.path.join(work, "old"))
     os.rename(out, model_dir)
@@ -179,12 +202,13 @@ def _entry_for(name_or_path: str) -> PretrainedModel:
 
 
 def resolve(name_or_path: str, cache_dir: Optional[str] = None, sha256: Optional[str] = None,
-            stream: Optional[TextIO] = None) -> Resolved:
+            stream: Optional[TextIO] = None, max_extract_bytes: Optional[int] = None) -> Resolved:
   """The imported checkpoint and model gin file of a released model, fetched on first use.
 
   `name_or_path`: a registered name (`list_models()`), or the path / URL of its archive under the
   release's file name (offline machines: an archive downloaded elsewhere). `sha256` pins the
-  archive (default: the registry's pin). Progress goes to `stream` (stderr).
+  archive (default: the registry's pin). Progress goes to `stream` (stderr). `max_extract_bytes`
+  bounds what the archive may expand to (default: `archive.default_max_bytes`).
 
   Raises:
     PretrainedError, download.DownloadError, archive.ArchiveError, and the importer's errors.
@@ -197,10 +221,13 @@ def resolve(name_or_path: str, cache_dir: Optional[str] = None, sha256: Optional
   gin_file = gin_file_path(model)
   checkpoint = _cached_import(model_dir, pin)
   if checkpoint is None:
-    path, actual = download.fetch(source, os.path.join(cache_dir, "downloads"), pin, stream)
-    print(f"importing {path} -> {model_dir}", file=stream or sys.stderr, flush=True)
-    _import_archive(path, actual, source, gin_file, model_dir)
-    checkpoint = _cached_import(model_dir, pin)
+    with _model_lock(cache_dir, model.name, stream):
+      checkpoint = _cached_import(model_dir, pin)  # imported while this process waited?
+      if checkpoint is None:
+        path, actual = download.fetch(source, os.path.join(cache_dir, "downloads"), pin, stream)
+        print(f"importing {path} -> {model_dir}", file=stream or sys.stderr, flush=True)
+        _import_archive(path, actual, source, gin_file, model_dir, max_extract_bytes)
+        checkpoint = _cached_import(model_dir, pin)
   return Resolved(model.name, checkpoint, gin_file)
 
 

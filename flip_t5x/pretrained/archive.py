@@ -2,11 +2,16 @@
 
 Every member is checked before anything is written: only regular files and directories whose
 names stay inside the target folder (no absolute paths, no `..`, no symlinks or hardlinks, no
-devices). Extraction goes to a temporary sibling folder renamed into place at the end, so a
-refused or interrupted extraction leaves nothing behind that a later run would take for complete.
+devices), and the members' declared sizes must sum to at most `max_extract_bytes` (a zip bomb
+is refused before it fills the disk; `default_max_bytes`). While copying, a member that yields
+more than its declared size is refused too (a zip's sizes are only what its header claims).
+Extraction goes to a temporary sibling folder renamed into place at the end, so a refused or
+interrupted extraction leaves nothing behind that a later run would take for complete.
 """
 from __future__ import annotations
 
+import gzip
+import lzma
 import os
 import posixpath
 import re
@@ -15,12 +20,22 @@ import stat
 import tarfile
 import uuid
 import zipfile
-from typing import Iterator, List, Tuple
+import zlib
+from typing import BinaryIO, Iterator, List, Optional, Tuple
 
 from flip_t5x import checkpoints
+from flip_t5x import progress
 
 CHUNK = 1 << 20
 _STEP_DIR_RE = re.compile(rf"^{checkpoints.STEP_PREFIX}_(\d+)$")
+# The default extraction limit: 10 bytes out per archive byte, and never under 1 GiB. A release
+# checkpoint is float weights, which barely compress (docs/DESIGN.md), so a genuine archive expands
+# to little more than its size (a few GB for ViT-H/14); a zip bomb expands ~1000x per deflate layer.
+MAX_EXPANSION = 10
+MIN_MAX_BYTES = 1 << 30
+# What a damaged archive (or one whose headers lie) raises while it is read.
+_DAMAGED = (zipfile.BadZipFile, tarfile.TarError, zlib.error, gzip.BadGzipFile, lzma.LZMAError,
+            EOFError, NotImplementedError)
 
 
 class ArchiveError(ValueError):
@@ -37,26 +52,57 @@ def _safe_name(name: str, archive: str) -> str:
   return posixpath.join(*parts) if parts else ""
 
 
-def _zip_members(zf: zipfile.ZipFile, archive: str) -> Iterator[Tuple[str, bool, zipfile.ZipInfo]]:
+# A checked member: (relative path, is a folder, declared size in bytes, the archive's info).
+Member = Tuple[str, bool, int, object]
+
+
+def _zip_members(zf: zipfile.ZipFile, archive: str) -> Iterator[Member]:
   for info in zf.infolist():
     kind = stat.S_IFMT(info.external_attr >> 16)  # 0: no Unix mode (e.g. written on Windows)
     if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
       raise ArchiveError(f"{archive}: member {info.filename!r} is a link or special file: "
                          "refusing the archive")
-    yield _safe_name(info.filename, archive), info.is_dir(), info
+    yield _safe_name(info.filename, archive), info.is_dir(), info.file_size, info
 
 
-def _tar_members(tf: tarfile.TarFile, archive: str) -> Iterator[Tuple[str, bool, tarfile.TarInfo]]:
+def _tar_members(tf: tarfile.TarFile, archive: str) -> Iterator[Member]:
   for info in tf.getmembers():
     if not (info.isreg() or info.isdir()):
       raise ArchiveError(f"{archive}: member {info.name!r} is a link or special file: "
                          "refusing the archive")
-    yield _safe_name(info.name, archive), info.isdir(), info
+    yield _safe_name(info.name, archive), info.isdir(), info.size, info
 
 
-def _write_members(members: List[Tuple[str, bool, object]], open_member, root: str) -> None:
+def default_max_bytes(archive_size: int) -> int:
+  """How far an archive of `archive_size` bytes may expand unless told otherwise (see above)."""
+  return max(MAX_EXPANSION * archive_size, MIN_MAX_BYTES)
+
+
+def _check_total(members: List[Member], archive: str, limit: int) -> None:
+  total = sum(size for _, is_dir, size, _ in members if not is_dir)
+  if total > limit:
+    raise ArchiveError(
+        f"{archive} would expand to {progress.format_bytes(total)} ({total} bytes), past the "
+        f"limit of {progress.format_bytes(limit)} ({limit} bytes): refusing the archive "
+        "(a zip bomb?); if you trust it, raise max_extract_bytes (pretrained.resolve) or extract "
+        "it yourself for flip_t5x.import_checkpoint")
+
+
+def copy_member(src: BinaryIO, out: BinaryIO, what: str, declared: int) -> int:
+  """Copies `src` to `out` (bytes written); ArchiveError once it yields more than `declared`."""
+  written = 0
+  for block in iter(lambda: src.read(CHUNK), b""):
+    written += len(block)
+    if written > declared:
+      raise ArchiveError(f"{what} expands past its declared size of {declared} bytes: refusing "
+                         "the archive")
+    out.write(block)
+  return written
+
+
+def _write_members(members: List[Member], open_member, root: str, archive: str) -> None:
   real_root = os.path.realpath(root)
-  for name, is_dir, info in members:
+  for name, is_dir, size, info in members:
     if not name:
       continue
     dest = os.path.join(root, *name.split("/"))
@@ -67,33 +113,43 @@ def _write_members(members: List[Tuple[str, bool, object]], open_member, root: s
       continue
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     with open_member(info) as src, open(dest, "wb") as out:
-      shutil.copyfileobj(src, out, CHUNK)
+      copy_member(src, out, f"{archive}: member {name!r}", size)
 
 
-def extract(archive: str, target: str) -> str:
+def extract(archive: str, target: str, max_extract_bytes: Optional[int] = None) -> str:
   """Extracts `archive` (zip, tar, tar.gz, ...) into the new folder `target`; returns `target`.
 
+  `max_extract_bytes` bounds the members' declared sizes, summed (default: `default_max_bytes`).
   Raises:
-    ArchiveError: not a zip or tar archive, or a member that would land outside `target`.
+    ArchiveError: not a zip or tar archive, a damaged one, a member that would land outside
+      `target`, or more bytes than `max_extract_bytes` (declared) or a member's declared size
+      (written).
   """
   if os.path.exists(target):
     raise ArchiveError(f"extraction folder {target} already exists")
+  if max_extract_bytes is None:
+    max_extract_bytes = default_max_bytes(os.path.getsize(archive))
   tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
   os.makedirs(tmp)
   try:
     if zipfile.is_zipfile(archive):
       with zipfile.ZipFile(archive) as zf:
         members = list(_zip_members(zf, archive))  # all checked before anything is written
-        _write_members(members, zf.open, tmp)
+        _check_total(members, archive, max_extract_bytes)
+        _write_members(members, zf.open, tmp, archive)
     elif tarfile.is_tarfile(archive):
       with tarfile.open(archive) as tf:
         members = list(_tar_members(tf, archive))
-        _write_members(members, tf.extractfile, tmp)
+        _check_total(members, archive, max_extract_bytes)
+        _write_members(members, tf.extractfile, tmp, archive)
     else:
       raise ArchiveError(f"{archive} is neither a zip nor a tar archive")
     os.rename(tmp, target)
-  except BaseException:
+  except BaseException as e:
     shutil.rmtree(tmp, ignore_errors=True)
+    if isinstance(e, _DAMAGED):
+      raise ArchiveError(f"{archive} is damaged or its headers lie ({e}): refusing the "
+                         "archive") from e
     raise
   return target
 
