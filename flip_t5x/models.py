@@ -74,11 +74,31 @@ class FlipModel(BaseModel):
     return {"images": (batch_size, m.image.image_size, m.image.image_size, 3),
             "texts": (batch_size, m.text.max_length)}
 
+  def check_feature_lengths(self, task_feature_lengths: Mapping[str, Any]) -> None:
+    """Refuses task lengths other than the network's sizes (ValueError naming the macros).
+
+    The image tower takes only its own size, and a shorter text length would cut every caption
+    and prompt: the data must come at the model's `IMAGE_SIZE` and `TEXT_LENGTH`.
+    """
+    m = self.module
+    want = {"image": m.image.image_size, "targets": m.text.max_length}
+    got = {k: (task_feature_lengths or {}).get(k) for k in want}
+    if got != want:
+      raise ValueError(f"TASK_FEATURE_LENGTHS {dict(task_feature_lengths or {})} differ from the "
+                       f"model's sizes {want} (IMAGE_SIZE, TEXT_LENGTH): leave "
+                       f"TASK_FEATURE_LENGTHS to the run files, which bind the model's")
+
   def get_initial_variables(self, rng: Array, input_shapes: Mapping[str, Tuple[int, ...]],
                             input_types: Optional[Mapping[str, Any]] = None
                             ) -> MutableMapping[str, PyTree]:
-    """`params` and `params_axes` (t5x's partitioner reads the latter)."""
+    """`params` and `params_axes` (t5x's partitioner reads the latter).
+
+    t5x.train / t5x.eval derive `input_shapes` from the task lengths: a mismatch with the
+    network's sizes ends here, before any step runs.
+    """
     del input_types  # images are float, texts int, whatever the pipeline says
+    self.check_feature_lengths({"image": input_shapes["images"][1],
+                                "targets": input_shapes["texts"][1]})
     # Parameters do not depend on the batch size: trace with one example.
     images = jnp.zeros((1,) + tuple(input_shapes["images"][1:]), jnp.float32)
     texts = jnp.zeros((1,) + tuple(input_shapes["texts"][1:]), jnp.int32)

@@ -58,6 +58,9 @@ class ImageTowerConfig:
 
   def __post_init__(self):
     _check_tower("image", self, IMAGE_POOLINGS)
+    if self.image_size <= 0 or self.patch_size <= 0 or self.image_size % self.patch_size:
+      raise ValueError(f"image_size {self.image_size} (IMAGE_SIZE) is not a positive multiple of "
+                       f"the patch size {self.patch_size} (network.ImageTowerConfig.patch_size)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,7 +202,13 @@ class ImageTower(nn.Module):
   def __call__(self, images: Array, mask_ratio: float = 0.0, rng: Optional[Array] = None,
                deterministic: bool = True) -> Array:
     c, dtype = self.config, jnp.dtype(self.dtype)
-    b = images.shape[0]
+    b, h, w = images.shape[:3]
+    if (h, w) != (c.image_size, c.image_size):
+      # Sin-cos positions exist for any grid, so another size would run, on a model never
+      # trained on that grid: refuse it (the eval pipeline gets the size from IMAGE_SIZE).
+      raise ValueError(f"images are {h}x{w} px; this image tower takes {c.image_size}x"
+                       f"{c.image_size} (IMAGE_SIZE, network.ImageTowerConfig.image_size): "
+                       f"set TASK_FEATURE_LENGTHS['image'] = {c.image_size}")
     x, _ = PatchEmbed(c.patch_size, c.width, dtype=dtype, masking_method=self.masking_method,
                       name="patch_embed")(images, mask_ratio, rng)
     cls = param_with_axes("cls", layers.normal_002, (c.width,), jnp.float32, axes=("embed",))
@@ -216,7 +225,9 @@ class ImageTower(nn.Module):
 class TextTower(nn.Module):
   """Transformer text encoder; position-0 pooling, returns L2-normalised [batch, embed_dim].
 
-  With `cls_token_id` set, that id goes first and the last token is dropped, as FLIP's pipeline
+  Ids are padded with 0 (or truncated) to `max_length` first, as the official pipeline's
+  `pad_model_inputs`: the tower has no padding mask, so position 0 attends to every pad and the
+  embedding would otherwise depend on how far a pipeline padded. With `cls_token_id` set, that id goes first and the last token is dropped, as FLIP's pipeline
   with aug.txt.cls_token (the caption truncated to max_len - 1 behind [CLS]).
   """
 
@@ -230,9 +241,8 @@ class TextTower(nn.Module):
   @nn.compact
   def __call__(self, tokens: Array, deterministic: bool = True) -> Array:
     c, dtype = self.config, jnp.dtype(self.dtype)
+    tokens = pad_or_truncate(tokens, c.max_length)
     batch, length = tokens.shape
-    if length > c.max_length:
-      raise ValueError(f"text length {length} exceeds the text tower's max_length {c.max_length}")
     if c.cls_token_id is not None:
       cls = jnp.full((batch, 1), c.cls_token_id, tokens.dtype)
       tokens = jnp.concatenate([cls, tokens[:, :length - 1]], axis=1)
@@ -249,6 +259,16 @@ class TextTower(nn.Module):
     else:
       pooled = jnp.mean(x.astype(jnp.float32), axis=1)
     return _project(self, pooled)
+
+
+def pad_or_truncate(tokens: Array, length: int) -> Array:
+  """[batch, n] ids -> [batch, length]: zero-padded on the right, or cut after `length`."""
+  n = tokens.shape[1]
+  if n == length:
+    return tokens
+  if n > length:
+    return tokens[:, :length]
+  return jnp.pad(tokens, ((0, 0), (0, length - n)))
 
 
 def l2_normalize(x: Array, eps: float = 1e-6) -> Array:

@@ -69,10 +69,8 @@ def prepend_prompts(dataset: tf.data.Dataset,
   if not names or not template_list:
     raise ValueError(f"zero-shot prompts need class names and templates, got {len(names)} "
                      f"names and {len(template_list)} templates")
-  image_shape = dataset.element_spec["image"].shape
-  if not image_shape.is_fully_defined():
-    size = int((sequence_length or {}).get("image") or 224)
-    image_shape = tf.TensorShape([size, size, 3])
+  size = preprocessors.image_size(sequence_length)  # refuses TASK_FEATURE_LENGTHS = None
+  image_shape = tf.TensorShape([size, size, 3])
   length = (sequence_length or {}).get("targets")
   vocab = output_features["targets"].vocabulary
 

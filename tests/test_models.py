@@ -110,3 +110,17 @@ def test_model_info_binary_names_a_bad_binding():
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0
   assert "widht" in out.stderr
+
+
+def test_initial_variables_refuse_other_task_lengths():
+  # t5x.train / t5x.eval derive input_shapes from TASK_FEATURE_LENGTHS: a 64-px or 4-id task on
+  # the 32-px, 8-id model ends at initialisation, naming the macros, before any step runs.
+  model = models.FlipModel(network.FlipTwoTower(**TINY))
+  model.check_feature_lengths({"image": 32, "targets": 8})
+  for shapes in ({"images": (2, 64, 64, 3), "texts": (2, 8)},
+                 {"images": (2, 32, 32, 3), "texts": (2, 4)}):
+    with pytest.raises(ValueError, match=r"TASK_FEATURE_LENGTHS .* differ from the model's sizes "
+                                         r"\{'image': 32, 'targets': 8\} \(IMAGE_SIZE, TEXT_LENGTH"):
+      model.get_initial_variables(jax.random.PRNGKey(0), shapes)
+  with pytest.raises(ValueError, match="TASK_FEATURE_LENGTHS"):
+    model.check_feature_lengths(None)

@@ -415,12 +415,36 @@ def test_cpu_backward_defaults_to_the_backend():
 def test_bad_options_are_clear_errors(tiny_params):
   with pytest.raises(ValueError, match="remat_policy"):
     tiny_module(remat_policy="some").init(jax.random.PRNGKey(0), **tiny_batch())
-  with pytest.raises(ValueError, match="multiple of patch"):
-    tiny_module().init(jax.random.PRNGKey(0), jnp.zeros((1, 30, 30, 3)), jnp.zeros((1, 8), jnp.int32))
-  with pytest.raises(ValueError, match="max_length"):
-    tiny_module().init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros((1, 9), jnp.int32))
+  with pytest.raises(ValueError, match="not a positive multiple of the patch size 5"):
+    network.ImageTowerConfig(image_size=32, patch_size=5)
   with pytest.raises(ValueError, match="attention_implementation must be one of"):
     tiny_module(attention_implementation="flash").init(jax.random.PRNGKey(0), **tiny_batch())
+
+
+@pytest.mark.parametrize("side", [24, 64])
+def test_images_of_another_size_are_refused(tiny_params, side):
+  # Sin-cos positions exist for any grid: without the check a 64-px image would run on the
+  # 32-px model as 64 patches instead of 16, with no error.
+  images = jnp.zeros((1, side, side, 3))
+  with pytest.raises(ValueError, match=r"this image tower takes 32x32 .*TASK_FEATURE_LENGTHS"):
+    tiny_module().apply({"params": tiny_params}, images, method=network.FlipTwoTower.encode_image)
+
+
+def test_text_embedding_does_not_depend_on_the_padding(tiny_params):
+  # The text tower has no padding mask: ids padded to 5, 8 (max_length) or 13 by a pipeline give
+  # one embedding, because the tower pads or cuts them to max_length itself; ids longer than
+  # max_length are cut, as the official pipeline's pad_model_inputs.
+  module = tiny_module()
+  assert module.text.max_length == 8
+  ids = jnp.array([[5, 9, 3, 0, 0], [7, 0, 0, 0, 0]], jnp.int32)
+  encode = lambda t: np.asarray(module.apply({"params": tiny_params}, t,
+                                             method=network.FlipTwoTower.encode_text))
+  padded = [jnp.pad(ids, ((0, 0), (0, n - 5))) for n in (8, 13)]
+  for other in padded:
+    np.testing.assert_allclose(encode(other), encode(ids), atol=1e-6, rtol=0)
+  long_ids = jnp.arange(1, 13, dtype=jnp.int32)[None]
+  np.testing.assert_allclose(encode(long_ids), encode(long_ids[:, :8]), atol=1e-6, rtol=0)
+  assert np.abs(encode(long_ids) - encode(long_ids[:, :7])).max() > 1e-3  # the 8th id counts
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="checks the error on a machine without an accelerator; on a GPU cuDNN runs")

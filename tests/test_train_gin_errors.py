@@ -66,6 +66,23 @@ def _cases(tmp: str) -> Dict[str, Case]:
       "missing_vocabulary_file": Case(
           IMG2DATASET + train + [f"--gin.TRAIN_DATA_PATTERN='{shards}/*.tar'",
                                  f"--gin.VOCAB_FILE='{vocab}'"], ["VOCAB_FILE", vocab]),
+      # The data must come at the model's sizes (32 px, 16 ids): other lengths would train
+      # without a word (rc 0 before), a patch size that does not divide the image ended in a
+      # traceback.
+      "task_lengths_differ_from_model": Case(
+          ["--gin.TRAIN_STEPS=3", "--gin.TASK_FEATURE_LENGTHS={'image': 64, 'targets': 8}"],
+          ["TASK_FEATURE_LENGTHS", "{'image': 64, 'targets': 8}", "{'image': 32, 'targets': 16}"]),
+      "patch_size_not_dividing_image": Case(
+          train + ["--gin.network.ImageTowerConfig.patch_size=5"],
+          ["image_size 32", "patch size 5"]),
+      "eval_lengths_differ_from_model": Case(
+          model + ["--gin_file=gin_configs/runs/eval.gin",
+                   "--gin.TASK_FEATURE_LENGTHS={'image': 64, 'targets': 16}",
+                   f"--gin.MIXTURE_OR_TASK_NAME='{h.TASK}'",
+                   "--gin.MIXTURE_OR_TASK_MODULE='test_train_helpers'",
+                   f"--gin.CHECKPOINT_PATH='{tmp}/no_checkpoint'",
+                   f"--gin.EVAL_OUTPUT_DIR='{tmp}/eval'"], ["TASK_FEATURE_LENGTHS", "64"],
+          binary="eval", model_dir=False, prefix="error:"),
       # Binaries that build only the model share gin_utils' reporting.
       "model_info_mask_ratio": Case(model + ["--gin.MASK_RATIO=1.5"], ["mask_ratio", "1.5"],
                                     binary="model_info", model_dir=False),
@@ -106,7 +123,8 @@ def results(tmp_path_factory):
 NAMES = ["unknown_binding", "required_unset", "wrong_type", "missing_gin_file", "malformed_flag",
          "mask_ratio_out_of_range", "batch_not_divisible_by_devices",
          "data_pattern_matching_nothing", "missing_vocabulary_file", "model_info_mask_ratio",
-         "predict_mask_ratio", "eval_mask_ratio"]
+         "predict_mask_ratio", "eval_mask_ratio", "task_lengths_differ_from_model",
+         "patch_size_not_dividing_image", "eval_lengths_differ_from_model"]
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -38,8 +38,6 @@ import tensorflow as tf
 from flip_t5x.data import images
 from flip_t5x.data import vocabulary as vocabulary_lib
 
-DEFAULT_IMAGE_SIZE = 224
-DEFAULT_TEXT_LENGTH = 32
 _TEXT_BATCH = 64  # records whose captions are tokenised in one call
 
 SKIP_REASONS = ("ok", "empty_image", "unknown_format", "too_large", "decode_error",
@@ -154,10 +152,24 @@ def _empty_record(spec: Mapping[str, tf.TensorSpec]) -> dict:
           for k, s in spec.items()}
 
 
-def _lengths(sequence_length: Optional[Mapping[str, int]]):
-  sequence_length = sequence_length or {}
-  return (int(sequence_length.get("image") or DEFAULT_IMAGE_SIZE),
-          int(sequence_length.get("targets") or DEFAULT_TEXT_LENGTH))
+def image_size(sequence_length: Optional[Mapping[str, int]]) -> int:
+  """The image side S of `sequence_length`, which a FLIP task cannot guess.
+
+  Without it seqio's Evaluator (t5x.eval, TASK_FEATURE_LENGTHS = None) would get images of an
+  arbitrary size that the model then refuses, or worse, scores at the wrong resolution.
+  """
+  size = (sequence_length or {}).get("image")
+  if not size:
+    raise ValueError(f"FLIP's image tasks need the image size: set TASK_FEATURE_LENGTHS = "
+                     f"{{'image': IMAGE_SIZE, 'targets': TEXT_LENGTH}} (the model's sizes; the "
+                     f"eval and pretrain run files bind exactly that), got {sequence_length!r}")
+  return int(size)
+
+
+def _text_length(sequence_length: Optional[Mapping[str, int]]) -> Optional[int]:
+  """The caption length L, or None: ids are not cut here and the text tower pads or cuts them."""
+  length = (sequence_length or {}).get("targets")
+  return int(length) if length else None
 
 
 def image_text_preprocessor(
@@ -177,7 +189,7 @@ def image_text_preprocessor(
     train: the official crop "v4" + flip if True, else its centre crop (`eval_image`).
     counter: name of the skip counters this pipeline adds to (see `skipped_counts`).
   """
-  size, length = _lengths(sequence_length)
+  size, length = image_size(sequence_length), _text_length(sequence_length)
   if output_features and "targets" in output_features:
     vocab = output_features["targets"].vocabulary
   else:

@@ -31,7 +31,8 @@ def _is_int(x: Any) -> bool:
 
 
 def validate(model, train_dataset_cfg, checkpoint_cfg, partitioner, model_dir, total_steps,
-              eval_period, eval_steps, stats_period, random_seed) -> None:
+              eval_period, eval_steps, stats_period, random_seed,
+              infer_eval_dataset_cfg=None) -> None:
   """Type/value checks of the bindings, before anything is compiled."""
   _check(hasattr(model, "loss_fn") and hasattr(model, "module"), "train.model (MODEL)",
          f"expected a FlipModel, got {type(model).__name__}")
@@ -50,8 +51,14 @@ def validate(model, train_dataset_cfg, checkpoint_cfg, partitioner, model_dir, t
          f"expected {{'image': S, 'targets': L}}, got {tfl!r}")
   _check(all(_is_int(v) and v > 0 for v in tfl.values()),
          "TASK_FEATURE_LENGTHS", f"lengths must be positive ints, got {tfl!r}")
-  _check(tfl["targets"] <= model.module.text.max_length, "TASK_FEATURE_LENGTHS['targets']",
-         f"{tfl['targets']} exceeds the text tower's length {model.module.text.max_length}")
+  for binding, cfg in (("train", train_dataset_cfg), ("infer_eval", infer_eval_dataset_cfg)):
+    lengths = getattr(cfg, "task_feature_lengths", None)
+    if cfg is None or (binding == "infer_eval" and lengths is None):  # None: the train lengths
+      continue
+    try:
+      model.check_feature_lengths(lengths)
+    except ValueError as e:
+      raise TrainConfigError(f"{binding}/utils.DatasetConfig.task_feature_lengths: {e}") from None
   _check(isinstance(train_dataset_cfg.mixture_or_task_name, str) or hasattr(
       train_dataset_cfg.mixture_or_task_name, "get_dataset"),
          "train/utils.DatasetConfig.mixture_or_task_name (MIXTURE_OR_TASK_NAME)",
