@@ -21,11 +21,11 @@ scores the image rows, giving the same top-1/top-5 as `flip_t5x.eval`.
 
 Templates follow `flip_t5x.data.zeroshot.template_set` (ZEROSHOT_TEMPLATES). The metric reads the
 embeddings from `aux_values` (seqio decodes plain predictions with the text vocabulary, which
-would turn them into strings). The prompt rows carry zero images of the eval size, so the
-evaluator's in-memory cache grows by classes x templates images (ImageNet, 7 templates: ~4 GB at
-224 px), and t5x's JSONLogger writes every row's embeddings unless told not to
-(`--gin.seqio.JSONLogger.write_n_results=0`); `flip_t5x.eval` streams instead and is the
-faster way to the same numbers.
+would turn them into strings). The prompt rows carry zero images of the eval size. With
+`utils.DatasetConfig.use_memory_cache` on (t5x's own runs/eval.gin) the evaluator keeps every
+row's image in memory (docs/DESIGN.md, Measurements); gin_configs/runs/eval.gin turns it off
+and streams, and sets `seqio.JSONLogger.write_n_results = 0` (else every row's embeddings are
+written); pass both to t5x's eval.gin. `flip_t5x.eval` is the faster way to the same numbers.
 
 It also registers `flip_img2dataset_retrieval`: captioned img2dataset shards
 (RETRIEVAL_DATA_PATTERN, splits `validation` and `test`) with eval preprocessing (resize + center
