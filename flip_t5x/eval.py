@@ -123,8 +123,11 @@ def evaluate(*, model: models.FlipModel, dataset_cfg: Any, output_dir: str,
              partitioner: Any = None, mode: Optional[str] = None,
              class_names: Union[None, str, Sequence[str]] = None,
              template_set: Optional[str] = None, max_examples: Optional[int] = None,
-             text_batch_size: Optional[int] = None, **unused_t5x_kwargs: Any
-             ) -> Dict[str, Any]:
+             text_batch_size: Optional[int] = None,
+             inference_evaluator_cls: Any = None, training_evaluator_cls: Any = None,
+             summarize_config_fn: Any = None, train_state_initializer_cls: Any = None,
+             train_eval_get_dataset_fn: Any = None, fallback_init_rng: Optional[int] = None,
+             use_orbax: bool = True) -> Dict[str, Any]:
   """Loads one checkpoint, evaluates it on `dataset_cfg`'s task and writes the metrics JSON.
 
   Args:
@@ -141,13 +144,18 @@ def evaluate(*, model: models.FlipModel, dataset_cfg: Any, output_dir: str,
     template_set: zero-shot template set ("7", "80", a file); default: the gin-selected one.
     max_examples: evaluate only the first N examples.
     text_batch_size: prompts per text-tower step (default: dataset_cfg.batch_size).
-    **unused_t5x_kwargs: t5x.eval's other arguments (`inference_evaluator_cls`, ...), ignored, so
-      gin files written for t5x.eval bind cleanly.
+    inference_evaluator_cls, training_evaluator_cls, summarize_config_fn,
+    train_state_initializer_cls, train_eval_get_dataset_fn, fallback_init_rng, use_orbax:
+      t5x.eval's other parameters (t5x/eval.py `evaluate`), accepted so that gin files written
+      for t5x.eval bind cleanly, and not used: the metrics come from flip_t5x.evaluation, the
+      parameters from `checkpoints.load_params`. Any other name (a misspelt
+      `evaluate.chekpoint_path`) is a gin error at parse time: the binary exits 2 naming it.
 
   Returns:
     the metrics written.
   """
-  del unused_t5x_kwargs
+  del inference_evaluator_cls, training_evaluator_cls, summarize_config_fn  # t5x.eval's only
+  del train_state_initializer_cls, train_eval_get_dataset_fn, fallback_init_rng, use_orbax
   options = _gin_eval_options()
   mode = options["mode"] if mode is None else mode
   class_names = options["class_names"] if class_names is None else class_names

@@ -62,6 +62,12 @@ def _define_flags() -> None:
   pretrained_cli.define_flags()  # --pretrained=NAME instead of --checkpoint and --gin_file
 
 
+def _file_or_dangling(path: str) -> bool:
+  """A file, or a name that points nowhere (a dangling link): listed, so that it gets an ERROR
+  row as the eval folder source counts it; directories and devices (a FIFO would block) are not."""
+  return os.path.isfile(path) or not os.path.exists(path)
+
+
 def list_images(specs: Sequence[str]) -> List[str]:
   """Files named by directories (image extensions), globs or paths, in order, de-duplicated."""
   out, seen = [], set()
@@ -69,7 +75,7 @@ def list_images(specs: Sequence[str]) -> List[str]:
     if os.path.isdir(spec):
       found = sorted(os.path.join(spec, n) for n in os.listdir(spec)
                      if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith(".")
-                     and os.path.isfile(os.path.join(spec, n)))
+                     and _file_or_dangling(os.path.join(spec, n)))
     else:
       found = sorted(p for p in glob.glob(spec, recursive=True) if not os.path.isdir(p))
       if not found:

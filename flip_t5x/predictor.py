@@ -186,7 +186,10 @@ class FlipPredictor:
         with tf.io.gfile.GFile(os.fspath(image), "rb") as f:
           return f.read()
       except (tf.errors.OpError, OSError) as e:
-        raise ImageError(f"{name}: cannot read file: {_tf_error_text(e)}") from e
+        path = os.fspath(image)
+        dangling = os.path.islink(path) and not os.path.exists(path)  # listed, but "no such file"
+        reason = f"dangling link to {os.readlink(path)}" if dangling else _tf_error_text(e)
+        raise ImageError(f"{name}: cannot read file: {reason}") from e
     if isinstance(image, (bytes, bytearray)):
       return bytes(image)
     if type(image).__module__.startswith("PIL."):

@@ -31,6 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from flip_t5x.checkpoints import layout
+from flip_t5x.checkpoints import params as params_lib
 from flip_t5x.checkpoints import position
 from flip_t5x.runtime import train_state as train_state_lib
 
@@ -150,6 +151,12 @@ class TrainCheckpointer:
     """The train state of `step` (t5x's layout or an earlier flip_t5x's) and FLIP's metadata."""
     step_dir = self._step_dir(step)
     target = self.layout.abstract_with_shardings()
+    # Resuming continues the same model: orbax's partial restore would leave out a parameter the
+    # model lacks (a learned logit_scale after learn_temperature was switched off) without a word,
+    # and leave one it has unread; any difference is an error naming it.
+    loc = layout.locate(os.fspath(step_dir))
+    params_lib.check_fits(loc, {k: tuple(v.shape) for k, v in layout.flat(target.params).items()},
+                          params_lib.stored_params(loc).shapes, resizable=())
     if layout.step_format(step_dir) == layout.FLIP_ITEMS:
       return self._restore_flip_items(step_dir, target)
     stored = layout.pytree_metadata(step_dir / layout.STATE)

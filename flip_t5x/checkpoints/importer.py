@@ -30,11 +30,13 @@ def import_checkpoint(source: str, model: Any, output: Optional[str],
   an earlier flip_t5x layout), whose parameters are copied after the same shape checks;
   `official_only` refuses anything but the release's names (an archive that claims to be one).
   Returns (params, step); `step` defaults to the checkpoint's optimizer step (0 if absent), so
-  the imported weights keep the step they were trained for.
+  the imported weights keep the step they were trained for. Nothing is left out: a learned
+  temperature into a fixed-temperature model is refused (the loaders leave it out with a warning).
 
   Raises:
     layout.NoCheckpointError: nothing readable at `source`.
     release.CheckpointMismatchError: `official_only` and other names, or shapes that differ.
+    layout.CheckpointShapeError: other formats whose parameters differ from the model's.
   """
   found = layout.locate(source)
   ckpt = msgpack.read_t5x_checkpoint(source) if found.format == layout.T5X_MSGPACK else None
@@ -47,7 +49,7 @@ def import_checkpoint(source: str, model: Any, output: Optional[str],
     raise release.CheckpointMismatchError(
         f"the checkpoint at {found.path} does not hold the official FLIP parameter names")
   else:
-    params = jax.device_get(params_lib.load_params(source, model))
+    params = jax.device_get(params_lib.load_params(source, model, drop_logit_scale=False))
     stored_step = params_lib.checkpoint_step(source)
     logging.info("read %s checkpoint %s (step %s)", found.format, found.path, stored_step)
   if step is None:

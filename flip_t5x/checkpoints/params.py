@@ -62,7 +62,7 @@ def _host_params(arrays: Dict[str, Any]) -> StoredParams:
   return StoredParams({k: tuple(np.shape(v)) for k, v in arrays.items()}, read)
 
 
-def _msgpack_params(loc: layout.Located, model: Any) -> StoredParams:
+def _msgpack_params(loc: layout.Located, model: Any, drop_logit_scale: bool) -> StoredParams:
   """A t5x msgpack checkpoint: this project's names as stored, or the official release's mapped."""
   ckpt = msgpack.read_located(loc)
   if not release.has_official_names(list(ckpt.target)):
@@ -73,18 +73,20 @@ def _msgpack_params(loc: layout.Located, model: Any) -> StoredParams:
     raise ValueError(f"{loc.path} holds the official FLIP release's parameter names: reading it "
                      "needs the model (load_params)")
   try:
-    return _host_params(layout.flat(release.convert_params(ckpt, model)))
+    return _host_params(layout.flat(release.convert_params(ckpt, model, drop_logit_scale)))
   except release.CheckpointMismatchError as e:
     raise layout.CheckpointShapeError(str(e)) from None
 
 
-def stored_params(loc: layout.Located, model: Any = None) -> StoredParams:
-  """The parameters of the checkpoint `loc`, in any format."""
+def stored_params(loc: layout.Located, model: Any = None,
+                  drop_logit_scale: bool = False) -> StoredParams:
+  """The parameters of the checkpoint `loc`, in any format (`drop_logit_scale`: see
+  `restore_params`; the official release's is left out here, the others' by `check_fits`)."""
   if loc.format == layout.T5X:
     return _orbax_params(loc.path / layout.STATE, (layout.TARGET,))
   if loc.format == layout.FLIP_ITEMS:
     return _orbax_params(loc.path / layout.PARAMS, ())
-  return _msgpack_params(loc, model)
+  return _msgpack_params(loc, model, drop_logit_scale)
 
 
 def checkpoint_step(checkpoint_path: str) -> int:
@@ -125,15 +127,20 @@ def resize_position_embedding(x: np.ndarray, shape: Sequence[int]) -> np.ndarray
   return np.asarray(jax.image.resize(jnp.asarray(x), tuple(shape), "linear"))
 
 
-def _check_fits(loc: layout.Located, wanted: Dict[str, Tuple[int, ...]],
-                stored: Dict[str, Tuple[int, ...]]) -> list:
-  """The parameters to resize; any other difference raises, listing every offending one."""
-  missing = sorted(set(wanted) - set(stored))
-  unexpected = sorted(set(stored) - set(wanted))
+def check_fits(loc: layout.Located, wanted: Dict[str, Tuple[int, ...]],
+               stored: Dict[str, Tuple[int, ...]], drop_logit_scale: bool = False,
+               resizable: Sequence[str] = RESIZABLE_PATTERNS) -> list:
+  """The parameters to resize (names matching `resizable`); any other difference raises, listing
+  every offending one. A learned temperature the model lacks passes with `drop_logit_scale` (the
+  caller leaves it out); any other temperature difference is one line naming the switch."""
+  temperature = release.temperature_problem(loc.path, release.LOGIT_SCALE in wanted,
+                                            release.LOGIT_SCALE in stored, drop_logit_scale)
+  missing = sorted(set(wanted) - set(stored) - {release.LOGIT_SCALE})
+  unexpected = sorted(set(stored) - set(wanted) - {release.LOGIT_SCALE})
   resize, mismatched = [], []
   for k in sorted(set(wanted) & set(stored)):
     if wanted[k] != stored[k]:
-      if any(re.search(p, k) for p in RESIZABLE_PATTERNS):
+      if any(re.search(p, k) for p in resizable):
         resize.append(k)
       else:
         mismatched.append(f"{k}: checkpoint {stored[k]} vs model {wanted[k]}")
@@ -145,23 +152,32 @@ def _check_fits(loc: layout.Located, wanted: Dict[str, Tuple[int, ...]],
       lines.append("missing from the checkpoint:\n  " + "\n  ".join(missing))
     if unexpected:
       lines.append("not in the model:\n  " + "\n  ".join(unexpected))
+    if temperature:
+      lines.append(temperature)
     raise layout.CheckpointShapeError(
         f"checkpoint {loc.path} does not fit the model:\n" + "\n".join(lines))
+  if temperature:
+    raise layout.CheckpointShapeError(temperature)
   return resize
 
 
 def restore_params(loc: layout.Located, abstract_params: PyTree, shardings: PyTree,
-                   model: Any = None) -> PyTree:
+                   model: Any = None, drop_logit_scale: bool = True) -> PyTree:
   """Params of checkpoint `loc` in the model's shapes and shardings; position embeddings resized.
 
   Any other difference (missing, unexpected or differently shaped parameters) is one error that
   lists every offending parameter. `model` is needed only for the official release's names.
+  `drop_logit_scale`: a learned temperature (`logit_scale`) the model does not have
+  (learn_temperature off) is left out with a warning naming it, as the official code's
+  partial restore leaves it out (a fixed-temperature ablation; zero-shot and retrieval ranks do
+  not depend on it); False refuses it (an import must not lose a parameter).
   """
   flat_abstract = layout.flat(abstract_params)
-  stored = stored_params(loc, model)
+  stored = stored_params(loc, model, drop_logit_scale)
   wanted = {k: tuple(v.shape) for k, v in flat_abstract.items()}
   flat_shardings = layout.flat(shardings)
-  resize = _check_fits(loc, wanted, stored.shapes)
+  resize = check_fits(loc, wanted, stored.shapes, drop_logit_scale)
+  dropped = release.LOGIT_SCALE in stored.shapes and release.LOGIT_SCALE not in wanted
   target = {}
   for k, a in flat_abstract.items():
     if k in resize:
@@ -172,7 +188,13 @@ def restore_params(loc: layout.Located, abstract_params: PyTree, shardings: PyTr
       target[k] = jax.ShapeDtypeStruct(stored.shapes[k], a.dtype, sharding=replicated)
     else:
       target[k] = jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=flat_shardings[k])
+  if dropped:  # read only for the warning (one scalar)
+    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target[release.LOGIT_SCALE] = jax.ShapeDtypeStruct(stored.shapes[release.LOGIT_SCALE],
+                                                       np.float32, sharding=one)
   arrays = stored.read(target)
+  if dropped:
+    release.warn_dropped_temperature(loc.path, jax.device_get(arrays.pop(release.LOGIT_SCALE)))
   for k in resize:
     logging.info("resizing %s from %s to %s", k, stored.shapes[k], wanted[k])
     host = np.asarray(jax.device_get(arrays[k]))
@@ -187,10 +209,12 @@ def _default_shardings(abstract: PyTree) -> PyTree:
   return jax.tree_util.tree_map(lambda _: jax.sharding.SingleDeviceSharding(device), abstract)
 
 
-def load_params(checkpoint_path: str, model: Any, partitioner: Any = None) -> PyTree:
+def load_params(checkpoint_path: str, model: Any, partitioner: Any = None,
+                drop_logit_scale: bool = True) -> PyTree:
   """The params of a checkpoint (MODEL_DIR = its latest step) for `model`, in any format.
 
   Sharded by the partitioner's rules if one is given, else on the first local device.
+  `drop_logit_scale`: see `restore_params`.
   """
   loc = layout.locate(checkpoint_path)
   shapes = model.input_shapes()
@@ -201,7 +225,7 @@ def load_params(checkpoint_path: str, model: Any, partitioner: Any = None) -> Py
   else:
     abstract, _ = train_state_lib.abstract_params_and_axes(model, shapes)
     shardings = _default_shardings(abstract)
-  return restore_params(loc, abstract, shardings, model)
+  return restore_params(loc, abstract, shardings, model, drop_logit_scale)
 
 
 def read_arrays(checkpoint_path: str) -> Dict[str, np.ndarray]:

@@ -12,9 +12,11 @@ sin-cos one our network computes; it is checked, not copied.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from absl import logging
 from flax import traverse_util
 import jax
 import jax.numpy as jnp
@@ -44,6 +46,10 @@ _BLOCK_SUBMODULES = {
 }
 _BLOCK_RE = re.compile(r"^block_(\d+)$")
 _OFFICIAL_BLOCK_RE = re.compile(r"^(img|txt)_encoder/Transformer/encoderblock_(\d+)/")
+# The learned temperature: one parameter, the same name in the release and here; the model has it
+# only with this switch on (the official clr.tau_learnable).
+LOGIT_SCALE = "logit_scale"
+LEARN_TEMPERATURE = "network.FlipTwoTower.learn_temperature"
 
 
 class CheckpointMismatchError(ValueError):
@@ -57,11 +63,40 @@ class CheckpointMismatchError(ValueError):
     self.problems = list(problems)
 
 
+def temperature_problem(path: Any, in_model: bool, in_checkpoint: bool,
+                        drop_logit_scale: bool) -> Optional[str]:
+  """One line when the checkpoint's temperature (learned or fixed) is not the model's, naming the
+  switch; None when they agree, or when a learned one may be left out (`drop_logit_scale`: the
+  caller warns with `warn_dropped_temperature`).
+
+  A learned `logit_scale` is no size: the sizes match, and "pass the gin file of the checkpoint's
+  size" would mislead.
+  """
+  if in_model == in_checkpoint or (in_checkpoint and drop_logit_scale):
+    return None
+  if in_model:
+    return (f"checkpoint {path} has no {LOGIT_SCALE}: it was trained with a fixed temperature, "
+            f"but the model learns one ({LEARN_TEMPERATURE} = True); set {LEARN_TEMPERATURE} = "
+            "False (and network.FlipTwoTower.fixed_temperature to the one it was trained with)")
+  return (f"checkpoint {path} has a learned temperature ({LOGIT_SCALE}), but the model's is fixed "
+          f"({LEARN_TEMPERATURE} = False); set {LEARN_TEMPERATURE} = True to keep it")
+
+
+def warn_dropped_temperature(path: Any, logit_scale: Any) -> None:
+  """Says that the checkpoint's learned temperature is left out (a fixed-temperature model)."""
+  value = float(np.asarray(logit_scale, np.float32).reshape(-1)[0])
+  temperature = math.exp(-min(max(value, 0.0), network.LOGIT_SCALE_MAX))
+  logging.warning(
+      "%s: the checkpoint's learned temperature (%s: temperature %.4g) is left out; the model "
+      "uses network.FlipTwoTower.fixed_temperature instead (%s = False); set it to True to use "
+      "the checkpoint's", path, LOGIT_SCALE, temperature, LEARN_TEMPERATURE)
+
+
 def official_name(path: OurPath) -> str:
   """The official (models_flip.py) name of one of our parameters, '/'-joined."""
   tower = path[0]
-  if path == ("logit_scale",):
-    return "logit_scale"
+  if path == (LOGIT_SCALE,):
+    return LOGIT_SCALE
   if tower not in OFFICIAL_TOWERS:
     raise KeyError(f"no official counterpart for parameter {'/'.join(path)}")
   off = OFFICIAL_TOWERS[tower]
@@ -101,7 +136,7 @@ def official_shape(path: OurPath, shape: Sequence[int], module: network.FlipTwoT
     return (1, 1) + shape
   if path == ("text_tower", "pos_embedding"):
     return (1,) + shape
-  if path == ("logit_scale",):
+  if path == (LOGIT_SCALE,):
     return (1,)
   if len(path) >= 3 and path[-3] == "attention":
     proj = path[-2]
@@ -216,21 +251,29 @@ def _raise_mismatches(problems: List[str], ckpt: T5xCheckpoint, model: models.Fl
       + "\nPass the gin file of the checkpoint's model size.", problems)
 
 
-def convert_params(ckpt: T5xCheckpoint, model: models.FlipModel) -> PyTree:
+def convert_params(ckpt: T5xCheckpoint, model: models.FlipModel,
+                   drop_logit_scale: bool = False) -> PyTree:
   """Official `target` arrays -> this project's params tree (float32), after checking all shapes.
+
+  `drop_logit_scale`: a learned temperature the model does not have (learn_temperature off) is
+  left out with a warning instead of refused.
 
   Raises:
     CheckpointMismatchError: naming every parameter whose array is missing, has the wrong shape
-      or has no counterpart in the model, with both shapes.
+      or has no counterpart in the model, with both shapes; or the temperature alone, one line.
   """
   module = model.module
   entries = mapping_table(model)
+  model_learns = any(e.official == LOGIT_SCALE for e in entries)
+  temperature = temperature_problem(ckpt.path, model_learns, LOGIT_SCALE in ckpt.target,
+                                    drop_logit_scale)
   mismatched, missing, unexpected = [], {}, {}
   used = set()
   for e in entries:
     if e.official not in ckpt.target:
-      missing[e.official] = (f"missing array {e.official} (for {e.ours}, expected shape "
-                             f"{e.official_shape})")
+      if e.official != LOGIT_SCALE:  # the temperature: above
+          missing[e.official] = (f"missing array {e.official} (for {e.ours}, expected shape "
+                               f"{e.official_shape})")
       continue
     used.add(e.official)
     got = ckpt.shape(e.official)
@@ -250,6 +293,8 @@ def convert_params(ckpt: T5xCheckpoint, model: models.FlipModel) -> PyTree:
       continue
     if name in ("img_mlp1/bias", "txt_mlp1/bias"):
       continue  # checked after the shape pass (needs reading)
+    if name == LOGIT_SCALE:
+      continue  # the temperature: above
     unexpected[name] = (f"unexpected array {name} {ckpt.shape(name)}: the model has no such "
                         "parameter")
   # Arrays outside the blocks (patch/token embeddings, projections) say most about the size.
@@ -257,8 +302,12 @@ def convert_params(ckpt: T5xCheckpoint, model: models.FlipModel) -> PyTree:
   problems = (sorted(set(mismatched) - set(in_block))
               + _grouped(missing, "missing from the checkpoint")
               + _grouped(unexpected, "in the checkpoint but not in the model") + sorted(in_block))
+  if temperature and not problems:
+    raise CheckpointMismatchError(temperature, [temperature])
   if problems:
-    _raise_mismatches(problems, ckpt, model)
+    _raise_mismatches(problems + ([temperature] if temperature else []), ckpt, model)
+  if LOGIT_SCALE in ckpt.target and not model_learns:
+    warn_dropped_temperature(ckpt.path, ckpt.read(LOGIT_SCALE))
 
   if OFFICIAL_IMAGE_POS_EMBED in ckpt.target:
     stored = ckpt.read(OFFICIAL_IMAGE_POS_EMBED)

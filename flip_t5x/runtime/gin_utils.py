@@ -8,6 +8,11 @@ Configuration errors (`GinConfigError`: an unknown or unparsable binding, a valu
 rejects, a path that does not exist) end every binary started with `run` the same way: one line
 `<binary>: configuration error: <what, naming the binding or path>` on stderr, no traceback, exit
 status 2.
+
+Gin parses an `include` where it stands, so a file that binds X and then includes a file that
+binds X again keeps the included value; `parse_gin_flags` warns about that order, naming X and
+both lines (bind X after the include). A later file or the command line overriding an included
+default is the normal layering and stays silent.
 """
 from __future__ import annotations
 
@@ -15,12 +20,13 @@ import inspect
 import os
 import re
 import sys
-from typing import Any, Callable, List, NoReturn, Sequence
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
 from absl import logging
 import gin
+from gin import config_parser
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -112,46 +118,132 @@ def parse_gin_flags(gin_search_paths: Sequence[str], gin_files: Sequence[str],
     except (IOError, OSError) as e:
       raise GinConfigError(f"cannot read gin file {gin_file!r}: {e}") from e
     except Exception as e:  # gin raises many types; all name the file/line in their text
-      raise GinConfigError(f"in gin file {gin_file!r}: {e}") from e
+      raise GinConfigError(f"in gin file {gin_file!r}: {one_line(e)}") from e
+  for warning in shadowed_bindings(gin_search_paths, gin_files):
+    logging.warning("%s", warning)
   for binding in gin_bindings:
     try:
       gin.parse_config(binding)
     except Exception as e:
-      raise GinConfigError(f"in gin binding {binding!r}: {e}") from e
+      raise GinConfigError(f"in gin binding {binding!r}: {one_line(e)}") from e
   if finalize_config:
     try:
       gin.finalize()
     except Exception as e:  # e.g. a `%gin.REQUIRED` macro nobody set
-      raise GinConfigError(f"{e}{_required_hint(str(e), gin_files)}") from e
+      raise GinConfigError(f"{e}{_required_hint(str(e), gin_search_paths, gin_files)}") from e
   logging.info("Gin configuration:\n%s", gin.config_str())
 
 
-def _gin_file_closure(gin_files: Sequence[str]) -> List[str]:
-  """The given gin files and, recursively, the files they include (resolved on the search path)."""
-  seen, todo = [], list(gin_files)
-  while todo:
-    name = todo.pop(0)
-    path = next((os.path.join(p, name) for p in ["", *search_paths(["."])]
-                 if os.path.isfile(os.path.join(p, name))), None)
-    if path is None or path in seen:
-      continue
-    seen.append(path)
-    with open(path, encoding="utf-8") as f:
-      for line in f:
-        m = re.match(r"\s*include\s+['\"](.+)['\"]", line)
-        if m:
-          todo.append(m.group(1))
-  return seen
+class _NamesOnly(config_parser.ParserDelegate):
+  """Parses gin statements without resolving `@` references or `%` macros (names and lines only)."""
+
+  def configurable_reference(self, scoped_configurable_name, evaluate):
+    return None
+
+  def macro(self, macro_name):
+    return None
 
 
-def _required_hint(message: str, gin_files: Sequence[str]) -> str:
+def _find_gin_file(name: str, gin_search_paths: Sequence[str]) -> Optional[str]:
+  """Where gin finds `name` (as is, then under each search path), or None."""
+  prefixes = [""] if os.path.isabs(name) else ["", *search_paths(gin_search_paths)]
+  return next((os.path.join(p, name) for p in prefixes if os.path.isfile(os.path.join(p, name))),
+              None)
+
+
+class _GinFiles:
+  """The statements of gin files and of the files they include, each file parsed once."""
+
+  def __init__(self, gin_search_paths: Sequence[str]):
+    self.gin_search_paths = gin_search_paths
+    self._statements: Dict[str, list] = {}
+    self._bound: Dict[str, Dict[Tuple[str, str, str], config_parser.Location]] = {}
+
+  def statements(self, path: str) -> list:
+    if path not in self._statements:
+      with open(path, encoding="utf-8") as f:
+        self._statements[path] = list(config_parser.ConfigParser(f, _NamesOnly()))
+    return self._statements[path]
+
+  def includes(self, path: str) -> List[str]:
+    found = (_find_gin_file(st.filename, self.gin_search_paths) for st in self.statements(path)
+             if isinstance(st, config_parser.IncludeStatement))
+    return [f for f in found if f is not None]
+
+  def closure(self, gin_files: Sequence[str]) -> List[str]:
+    """The given files and, recursively, the files they include, in order, each once."""
+    seen, todo = [], [f for f in (_find_gin_file(g, self.gin_search_paths) for g in gin_files)
+                      if f is not None]
+    while todo:
+      path = todo.pop(0)
+      if path not in seen:
+        seen.append(path)
+        todo += self.includes(path)
+    return seen
+
+  def bound(self, path: str, within: Tuple[str, ...] = ()) -> Dict[Tuple[str, str, str],
+                                                                  config_parser.Location]:
+    """Every (scope, selector, parameter) `path` and its includes bind: the last place each is."""
+    if path not in self._bound:
+      out = {}
+      for st in self.statements(path):
+        if isinstance(st, config_parser.BindingStatement):
+          out[st[:3]] = st.location
+        elif isinstance(st, config_parser.IncludeStatement):
+          included = _find_gin_file(st.filename, self.gin_search_paths)
+          if included is not None and included not in within + (path,):  # a cycle: gin's error
+            out.update(self.bound(included, within + (path,)))
+      self._bound[path] = out
+    return self._bound[path]
+
+
+def _binding_name(key: Tuple[str, str, str]) -> str:
+  scope, selector, arg = key
+  return f"{scope + '/' if scope else ''}{selector}{'.' + arg if arg else ''}"
+
+
+def shadowed_bindings(gin_search_paths: Sequence[str], gin_files: Sequence[str]) -> List[str]:
+  """One line for each binding a gin file makes before an `include` that binds it again.
+
+  Gin parses an include where it stands, so the included value wins and the earlier one is lost
+  without a word (`VOCAB_FILE = 'mine.txt'` above `include 'gin_configs/demo/eval.gin'`). Only
+  that order is reported: a binding after the include, in a later file or on the command line
+  overrides the included default, as intended. Names are compared as spelt (macros, or
+  `scope/configurable.parameter`).
+  """
+  files = _GinFiles(gin_search_paths)
+  lines = []
+  for path in files.closure(gin_files):
+    own: Dict[Tuple[str, str, str], config_parser.Location] = {}
+    lost = {}
+    for st in files.statements(path):
+      if isinstance(st, config_parser.BindingStatement):
+        own[st[:3]] = st.location
+        lost.pop(st[:3], None)  # bound again after the include: this value stands
+      elif isinstance(st, config_parser.IncludeStatement):
+        included = _find_gin_file(st.filename, gin_search_paths)
+        if included is not None:
+          for key, where in files.bound(included).items():
+            if key in own:
+              lost[key] = (own[key], st.location, where)
+    for key, (mine, include, theirs) in lost.items():
+      name = _binding_name(key)
+      lines.append(f"gin: {name} set at {path}:{mine.line_num} is lost: the include at "
+                   f"{path}:{include.line_num} sets it again ({theirs.filename}:"
+                   f"{theirs.line_num}) and gin parses an include where it stands; set {name} "
+                   "after the include")
+  return lines
+
+
+def _required_hint(message: str, gin_search_paths: Sequence[str],
+                   gin_files: Sequence[str]) -> str:
   """Names the file that declared a required macro and how to set it."""
   m = re.match(r"(\w+)/macro\.value set to `%gin\.REQUIRED`", message)
   if not m:
     return ""
   name = m.group(1)
   where = []
-  for path in _gin_file_closure(gin_files):
+  for path in _GinFiles(gin_search_paths).closure(gin_files):
     with open(path, encoding="utf-8") as f:
       for i, line in enumerate(f, 1):
         if re.match(rf"\s*{name}\s*=\s*%gin\.REQUIRED", line):
