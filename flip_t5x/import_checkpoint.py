@@ -64,12 +64,11 @@ def main(argv: Sequence[str]) -> None:
   try:
     _, step = importer.import_checkpoint(FLAGS.source, model,
                                          None if FLAGS.dry_run else FLAGS.output, FLAGS.step)
-  except checkpoints.NoCheckpointError as e:  # the path and what is there, exit status 2
+  except (checkpoints.NoCheckpointError, msgpack.CheckpointError,
+          release.CheckpointMismatchError, checkpoints.CheckpointShapeError) as e:
+    # The message is the whole story; exit status 2, as every binary's input errors.
     print(f"import_checkpoint: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
-  except (msgpack.CheckpointError, release.CheckpointMismatchError,
-          checkpoints.CheckpointShapeError) as e:
-    raise SystemExit(f"import_checkpoint: {e}") from e  # the message is the whole story
   print(f"imported {FLAGS.source} (step {step})"
         + ("" if FLAGS.dry_run else f" -> {FLAGS.output}/checkpoint_{step}"))
 

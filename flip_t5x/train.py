@@ -68,7 +68,8 @@ def _main_reporting_errors(argv: Sequence[str]) -> None:
   """
   try:
     main(argv)
-  except checkpoints.NoCheckpointError as e:  # INITIAL_CHECKPOINT_PATH without a checkpoint
+  except (checkpoints.NoCheckpointError, checkpoints.CheckpointShapeError) as e:
+    # INITIAL_CHECKPOINT_PATH without a checkpoint, or one (or MODEL_DIR's) of another model.
     line = str(e).split("\n  In call to configurable")[0]  # gin's suffix, not the story
     logging.error("%s", line)
     print(f"flip_t5x.train: {line}", file=sys.stderr)

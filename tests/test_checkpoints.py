@@ -318,6 +318,10 @@ def runs(tmp_path_factory):
                                            f"--images={d}/zeroshot/red", "--labels=red,blue"]),
       "tune_nothing": start("train", train + [f"--gin.INITIAL_CHECKPOINT_PATH='{d}/shards'",
                                               f"--gin.MODEL_DIR='{d}/tuned_bad'"]),
+      # A checkpoint of another model (its embedding width): one line, exit 2.
+      "tune_other_model": start("train", train + [
+          f"--gin.INITIAL_CHECKPOINT_PATH='{T5X_STEP_DIR}'", f"--gin.MODEL_DIR='{d}/tuned_other'",
+          "--gin.network.FlipTwoTower.embed_dim=4"]),
   }
   yield d, procs
   for p in procs.values():
@@ -392,3 +396,13 @@ def test_a_path_without_a_checkpoint_is_one_line_and_exit_2(runs):
     assert last.startswith(("flip_t5x.eval: error: ", "predict: ", "flip_t5x.train: ",
                             "import_checkpoint: ")), last
     assert "no readable checkpoint" in last, name
+
+
+def test_a_checkpoint_of_another_model_is_one_line_and_exit_2(runs):
+  d, procs = runs
+  rc, _, err = _finish(procs["tune_other_model"])
+  assert rc == 2, err[-3000:]
+  assert "Traceback" not in err, err[-3000:]
+  # The message opens with the binary's name and lists each parameter that does not fit.
+  assert [l for l in err.splitlines() if l.startswith("flip_t5x.train: ")], err[-2000:]
+  assert "text_tower/projection/kernel: checkpoint (8, 8) vs model (8, 4)" in err, err[-2000:]

@@ -430,7 +430,7 @@ def test_command_line(official, tmp_path, tiny_model):
   assert float(params["logit_scale"]) == 2.5
   proc = h.run_binary("import_checkpoint", [f"--source={root}", f"--output={out}2",
                                             "--gin_file=gin_configs/models/flip_vit_b16.gin"])
-  assert proc.returncode == 1
+  assert proc.returncode == 2
   assert ("img_encoder/embedding/kernel: checkpoint shape (8, 8, 3, 64) != shape "
           "(16, 16, 3, 768)") in proc.stderr
   assert "Traceback" not in proc.stderr
