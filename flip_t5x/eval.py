@@ -2,12 +2,12 @@ r"""Evaluates a FLIP checkpoint: zero-shot classification or image<->text retrie
 
 Same command line as `t5x.eval`:
 
-  python -m flip_t5x.eval \
-    --gin_file=gin_configs/eval_zeroshot_imagenet.gin \
+  python -m flip_t5x.eval --gin_file=gin_configs/models/flip_vit_l16.gin \
+    --gin_file=gin_configs/runs/eval_zeroshot_imagenet.gin \
     --gin.CHECKPOINT_PATH=\"/models/flip_l16/checkpoint_100000\" \
     --gin.EVAL_OUTPUT_DIR=\"/tmp/eval\"
   python -m flip_t5x.eval --pretrained=flip_vit_l16_laion2b \
-    --gin_file=gin_configs/eval_zeroshot_imagenet.gin --gin.EVAL_OUTPUT_DIR=\"/tmp/eval\"
+    --gin_file=gin_configs/runs/eval_zeroshot_imagenet.gin --gin.EVAL_OUTPUT_DIR=\"/tmp/eval\"
 
 Zero-shot (`flip_eval.eval_options.mode = 'zeroshot'`, the default; gin files
 `from flip_t5x import eval as flip_eval`): `flip_t5x.evaluation.zeroshot`, top-1/top-5 to

@@ -31,7 +31,7 @@
 #                     model swapped in (2 steps on 2 CPU devices; t5x's CPU mesh puts both on
 #                     `model`, so PARTITION_STATES has no `data` axis to shard over here).
 #   eval_zeroshot     t5x.eval + runs/eval.gin on flip_folder_zeroshot_seqio: top1/top5 logged.
-#   eval_experiment   t5x.eval + gin_configs/eval_zeroshot_imagenet.gin, tiny model and folder task
+#   eval_experiment   t5x.eval + runs/eval_zeroshot_imagenet.gin, tiny model and folder task
 #                     swapped in.
 #   flip_train, flip_eval
 #                     flip_t5x's own binaries in the same environment (t5x_interop.T5X_AVAILABLE is
@@ -283,7 +283,7 @@ else
 fi
 
 rm -rf "$RUNS/eval_experiment"
-if run eval_experiment "$PY" -m t5x.eval --gin_file=gin_configs/eval_zeroshot_imagenet.gin \
+if run eval_experiment "$PY" -m t5x.eval --gin_file=gin_configs/runs/eval_zeroshot_imagenet.gin \
     "${TINY[@]}" --gin.TASK_FEATURE_LENGTHS=None --gin.utils.DatasetConfig.batch_size=8 \
     --gin.EVAL_OUTPUT_DIR="\"$RUNS/eval_experiment\"" "${EVAL_ARGS[@]}" \
     && grep -q "flip_folder_zeroshot_seqio/top1 at step 5" "$RUNS/eval_experiment.log"; then

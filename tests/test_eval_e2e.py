@@ -3,7 +3,13 @@
 Data: a 6-class folder tree for `flip_folder_zeroshot` and one img2dataset TFRecord shard of
 captioned images for `flip_img2dataset_retrieval`, plus a small WordPiece vocabulary; parameters
 are the tiny model's initialisation saved as a params-only checkpoint.
+
+t5x.eval is not installed here; its path is played in-process by the pieces it is made of: its
+`evaluate` signature configured by the same gin files (`t5x_eval_arguments`), seqio's Evaluator
+built as its InferenceEvaluator builds it (`t5x_evaluator`) and its infer function
+(`_predict_with_aux_fn`). scripts/check_t5x_parity.sh runs the real one.
 """
+import contextlib
 import io
 import json
 import os
@@ -22,13 +28,16 @@ import tasks
 from tasks import zeroshot_seqio
 from flip_t5x import eval as flip_eval
 from flip_t5x.evaluation import EvalError
+from flip_t5x.evaluation import retrieval as retrieval_eval
 from flip_t5x.evaluation import zeroshot as zeroshot_eval
 from flip_t5x.data import shards
 from flip_t5x.data import zeroshot
 from flip_t5x import checkpoints
+from flip_t5x.runtime import gin_utils
 import test_eval_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = "gin_configs/models/flip_tiny.gin"
 LENGTHS = {"image": 32, "targets": 16}
 CLASSES = ("cat", "dog", "red car", "blue sky", "green tree", "yellow sun")
 CAPTIONS = tuple(f"a photo of a {c} number {i}" for i in range(2) for c in CLASSES)
@@ -79,16 +88,18 @@ def setup(tmp_path_factory):
   params = model.get_initial_variables(
       jax.random.PRNGKey(0), {"images": (1, 32, 32, 3), "texts": (1, 16)})["params"]
   ckpt = checkpoints.save_params(params, str(d / "model"), step=7)
-  bindings = {
-      "flip_t5x.data.vocabulary.wordpiece_vocab_file.path": str(d / "vocab.txt"),
-      "tasks.zeroshot_folder.root": str(d / "zeroshot"),
-      "tasks.zeroshot_seqio.retrieval_data_pattern.pattern": str(d / "shards" / "*.tfrecord"),
-  }
-  gin.clear_config()
-  for k, v in bindings.items():
-    gin.bind_parameter(k, v)
+  _bind_data(d)
   yield dict(dir=d, model=model, params=params, ckpt=ckpt)
   gin.clear_config()
+
+
+def _bind_data(d):
+  """Where the tasks read the fixture's data (in-process tests; the gin files bind the same)."""
+  gin.clear_config()
+  gin.bind_parameter("flip_t5x.data.vocabulary.wordpiece_vocab_file.path", str(d / "vocab.txt"))
+  gin.bind_parameter("tasks.zeroshot_folder.root", str(d / "zeroshot"))
+  gin.bind_parameter("tasks.zeroshot_seqio.retrieval_data_pattern.pattern",
+                     str(d / "shards" / "*.tfrecord"))
 
 
 def _gin_file(d, name, lines):
@@ -120,8 +131,8 @@ def binaries(setup):
       "zeroshot": _run_binary(d, zs, ckpt, f'--gin.EVAL_OUTPUT_DIR="{d}/out_zs"'),
       "retrieval": _run_binary(d, ret, f'--gin.CHECKPOINT_PATH="{d}/model"',
                                f'--gin.EVAL_OUTPUT_DIR="{d}/out_ret"'),
-      # The ImageNet experiment file parses and finds its task; the checkpoint is missing.
-      "missing_ckpt": _run_binary(d, os.path.join(ROOT, "gin_configs/eval_zeroshot_imagenet.gin"),
+      # The ImageNet eval file on a model file parses and finds its task; the checkpoint is missing.
+      "missing_ckpt": _run_binary(d, TINY, "--gin_file=gin_configs/runs/eval_zeroshot_imagenet.gin",
                                   f'--gin.CHECKPOINT_PATH="{d}/nope"',
                                   f'--gin.EVAL_OUTPUT_DIR="{d}/out_bad"'),
       # A string value without gin quotes, the classic command-line mistake.
@@ -173,6 +184,75 @@ def _predict_with_aux_fn(model, params, batch_size=4):
   return predict_with_aux
 
 
+def _t5x_evaluate(*, model, dataset_cfg, restore_checkpoint_cfg, partitioner, output_dir,
+                  inference_evaluator_cls=seqio.Evaluator, training_evaluator_cls=None,
+                  summarize_config_fn=None, train_state_initializer_cls=None,
+                  train_eval_get_dataset_fn=None, fallback_init_rng=None, use_orbax=True):
+  """t5x.eval's `evaluate` parameters (t5x HEAD): a binding it lacks is a gin error, as there."""
+  del partitioner, training_evaluator_cls, summarize_config_fn, train_state_initializer_cls
+  del train_eval_get_dataset_fn, fallback_init_rng, use_orbax
+  return dict(model=model, dataset_cfg=dataset_cfg, restore_checkpoint_cfg=restore_checkpoint_cfg,
+              output_dir=output_dir, evaluator_cls=inference_evaluator_cls)
+
+
+def t5x_eval_arguments(gin_files, gin_bindings):
+  """What t5x.eval's `evaluate` gets from these --gin_file / --gin.NAME=VALUE flags.
+
+  As t5x.eval's main: `evaluate` made configurable under `__main__` (the gin files'
+  `eval_script.evaluate`), then the files and bindings parsed and the config finalized.
+  """
+  main = sys.modules["__main__"]
+  saved = main.__dict__.get("evaluate")
+  main.evaluate = _t5x_evaluate
+  try:
+    configured = gin.configurable(_t5x_evaluate)
+    gin.clear_config()
+    gin_utils.parse_gin_flags(["."], gin_files, gin_bindings)
+    return configured()
+  finally:
+    if saved is None:
+      del main.evaluate
+    else:
+      main.evaluate = saved
+
+
+def t5x_evaluator(args):
+  """seqio's Evaluator as t5x.eval's InferenceEvaluator builds it from `evaluate`'s arguments."""
+  cfg, model = args["dataset_cfg"], args["model"]
+  return args["evaluator_cls"](
+      mixture_or_task_name=cfg.mixture_or_task_name,
+      feature_converter=model.FEATURE_CONVERTER_CLS(pack=False), eval_split=cfg.split,
+      use_cached=cfg.use_cached, seed=cfg.seed, sequence_length=cfg.task_feature_lengths,
+      use_memory_cache=cfg.use_memory_cache,
+      log_dir=os.path.join(args["output_dir"], "inference_eval"))
+
+
+def t5x_metrics(args, evaluator):
+  """The task's metrics as t5x.eval computes them, on the checkpoint its restore config names."""
+  cfg, model = args["dataset_cfg"], args["model"]
+  path = flip_eval.resolve_checkpoint(args["restore_checkpoint_cfg"])
+  params = checkpoints.load_params(path, model)
+  metrics, _ = evaluator.evaluate(
+      compute_metrics=True, step=checkpoints.checkpoint_step(path),
+      predict_with_aux_fn=_predict_with_aux_fn(model, params, cfg.batch_size))
+  evaluator.close()
+  return metrics.result()[cfg.mixture_or_task_name]
+
+
+@contextlib.contextmanager
+def _t5x_eval_config(setup, run_file, *bindings):
+  """t5x.eval's arguments for the tiny model + `run_file` on the fixture's data and checkpoint;
+  the gin config stays in force while the block builds datasets, then the fixture's returns."""
+  d = setup["dir"]
+  try:
+    yield t5x_eval_arguments([TINY, run_file], [
+        f"CHECKPOINT_PATH = '{setup['ckpt']}'", f"EVAL_OUTPUT_DIR = '{d}/t5x_eval'",
+        f"VOCAB_FILE = '{d}/vocab.txt'", f"ZEROSHOT_FOLDER = '{d}/zeroshot'",
+        f"RETRIEVAL_DATA_PATTERN = '{d}/shards/*.tfrecord'", *bindings])
+  finally:
+    _bind_data(d)
+
+
 def test_zeroshot_seqio_path_and_bruteforce_agree(setup, binaries, own_zeroshot):
   """Own path == seqio.Evaluator on the `_seqio` task (what t5x.eval runs) == brute force."""
   model, params = setup["model"], setup["params"]
@@ -182,22 +262,19 @@ def test_zeroshot_seqio_path_and_bruteforce_agree(setup, binaries, own_zeroshot)
   assert own_zeroshot["num_examples"] == 12
   assert own_zeroshot["num_classes"] == 6 and own_zeroshot["num_templates"] == 7
 
-  (setup["dir"] / "seqio_eval").mkdir(exist_ok=True)
-  evaluator = seqio.Evaluator(
-      "flip_folder_zeroshot_seqio", feature_converter=model.FEATURE_CONVERTER_CLS(pack=False),
-      eval_split="validation", sequence_length=LENGTHS,
-      logger_cls=[seqio.PyLoggingLogger, seqio.JSONLogger],  # t5x's eval.gin loggers (minus TB)
-      log_dir=str(setup["dir"] / "seqio_eval"))
-  rows = list(evaluator.cached_task_datasets["flip_folder_zeroshot_seqio"].as_numpy_iterator())
-  assert len(rows) == 6 * 7 + 12  # every prompt once, then the images
-  assert all(r["is_prompt"] for r in rows[:42]) and not any(r["is_prompt"] for r in rows[42:])
-  metrics, _ = evaluator.evaluate(compute_metrics=True, step=7,
-                                  predict_with_aux_fn=_predict_with_aux_fn(model, params))
-  got = metrics.result()["flip_folder_zeroshot_seqio"]
+  # t5x.eval with runs/eval.gin: the lengths it binds are the model's, and the numbers are ours.
+  with _t5x_eval_config(setup, "gin_configs/runs/eval.gin",
+                        "MIXTURE_OR_TASK_NAME = 'flip_folder_zeroshot_seqio'") as args:
+    assert args["dataset_cfg"].task_feature_lengths == LENGTHS
+    evaluator = t5x_evaluator(args)
+    rows = list(evaluator.cached_task_datasets["flip_folder_zeroshot_seqio"].as_numpy_iterator())
+    assert len(rows) == 6 * 7 + 12  # every prompt once, then the images
+    assert all(r["is_prompt"] for r in rows[:42]) and not any(r["is_prompt"] for r in rows[42:])
+    got = t5x_metrics(args, evaluator)
   for k in ("top1", "top5", "num_examples", "num_classes"):
     assert got[k] == pytest.approx(own_zeroshot[k]), k
-  evaluator.close()
-  logged = (setup["dir"] / "seqio_eval" / "flip_folder_zeroshot_seqio-metrics.jsonl").read_text()
+  logged = (setup["dir"] / "t5x_eval" / "inference_eval" /
+            "flip_folder_zeroshot_seqio-metrics.jsonl").read_text()
   assert json.loads(logged.splitlines()[-1])["top1"] == pytest.approx(own_zeroshot["top1"])
 
   # Brute force: unbatched, unjitted towers and plain numpy ranking on the same images.
@@ -226,6 +303,35 @@ def test_zeroshot_seqio_path_and_bruteforce_agree(setup, binaries, own_zeroshot)
                                              per_class[w["class"]][1])
   assert worst[-1]["top1"] <= min(v[0] for k, v in per_class.items()
                                   if k not in {w["class"] for w in worst})
+
+
+def test_retrieval_seqio_path_agrees(setup):
+  """seqio.Evaluator on the retrieval task under runs/eval_retrieval.gin == flip_t5x.eval's R@k."""
+  own = retrieval_eval.retrieval_evaluate(
+      setup["model"], setup["params"], task_name=zeroshot_seqio.RETRIEVAL_TASK, split="test",
+      feature_lengths=LENGTHS, batch_size=4)
+  with _t5x_eval_config(setup, "gin_configs/runs/eval_retrieval.gin") as args:
+    assert args["dataset_cfg"].task_feature_lengths == LENGTHS
+    assert args["dataset_cfg"].mixture_or_task_name == zeroshot_seqio.RETRIEVAL_TASK
+    got = t5x_metrics(args, t5x_evaluator(args))
+  recalls = {f"{d}/recall@{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)}
+  assert set(got) == recalls | {"num_examples"} and got["num_examples"] == 12
+  assert own["num_examples"] == 12
+  for k in recalls:
+    assert got[k] == pytest.approx(own[k]), k
+
+
+@pytest.mark.parametrize("run_file, task", [
+    ("gin_configs/runs/eval.gin", "flip_folder_zeroshot_seqio"),
+    ("gin_configs/runs/eval_retrieval.gin", zeroshot_seqio.RETRIEVAL_TASK)])
+def test_t5x_eval_without_lengths_refuses(setup, run_file, task):
+  """TASK_FEATURE_LENGTHS = None: seqio would infer lengths from the data; one line instead."""
+  with _t5x_eval_config(setup, run_file, f"MIXTURE_OR_TASK_NAME = '{task}'",
+                        "TASK_FEATURE_LENGTHS = None") as args:
+    assert args["dataset_cfg"].task_feature_lengths is None
+    with pytest.raises(ValueError, match="TASK_FEATURE_LENGTHS") as e:
+      t5x_metrics(args, t5x_evaluator(args))
+  assert "TASK_FEATURE_LENGTHS" in str(e.value).splitlines()[0]  # gin appends where it was called
 
 
 def test_bad_inputs_in_process(setup, binaries):
