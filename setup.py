@@ -23,7 +23,6 @@ setuptools.setup(
         include=["flip_t5x", "flip_t5x.*", "tasks", "tasks.*", "gin_configs", "gin_configs.*"]),
     package_data={"flip_t5x": ["data/assets/*.txt"], "gin_configs": ["*.gin"], "gin_configs.models": ["*.gin"],
                   "gin_configs.runs": ["*.gin"], "gin_configs.demo": ["*.gin"]},
-    include_package_data=True,
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.4.35,<0.11",
