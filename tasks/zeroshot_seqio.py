@@ -12,20 +12,19 @@ The evaluator embeds every row once with `FlipModel.predict_batch_with_aux`; the
 (`flip_t5x.evaluation.metrics.zeroshot_metric`) builds the class embeddings from the prompt rows and
 scores the image rows, giving the same top-1/top-5 as `flip_t5x.eval`.
 
-    python -m t5x.eval --gin_file=gin_configs/models/flip_vit_b16.gin \
-      --gin_file=t5x/configs/runs/eval.gin \
+    python -m t5x.eval --gin_file=gin_configs/models/flip_vit_l16.gin \
+      --gin_file=gin_configs/runs/eval_zeroshot_imagenet.gin \
       --gin.MIXTURE_OR_TASK_NAME=\"flip_imagenet1k_zeroshot_seqio\" \
-      --gin.MIXTURE_OR_TASK_MODULE=\"tasks.zeroshot_seqio\" \
-      --gin.TASK_FEATURE_LENGTHS="{'image': 224, 'targets': 32}" \
-      --gin.utils.DatasetConfig.split=\"validation\" --gin.VOCAB_FILE=\"...\" ...
+      --gin.CHECKPOINT_PATH=\"...\" --gin.EVAL_OUTPUT_DIR=\"...\"
 
-Templates follow `flip_t5x.data.zeroshot.template_set` (ZEROSHOT_TEMPLATES). The metric reads the
-embeddings from `aux_values` (seqio decodes plain predictions with the text vocabulary, which
-would turn them into strings). The prompt rows carry zero images of the eval size. With
-`utils.DatasetConfig.use_memory_cache` on (t5x's own runs/eval.gin) the evaluator keeps every
-row's image in memory (docs/DESIGN.md, Measurements); gin_configs/runs/eval.gin turns it off
-and streams, and sets `seqio.JSONLogger.write_n_results = 0` (else every row's embeddings are
-written); pass both to t5x's eval.gin. `flip_t5x.eval` is the faster way to the same numbers.
+Templates follow `flip_t5x.data.zeroshot.template_set` (ZEROSHOT_TEMPLATES); the lengths are the
+model's (runs/eval.gin binds TASK_FEATURE_LENGTHS from IMAGE_SIZE and TEXT_LENGTH; without an image
+length the prompt rows are refused). The metric reads the embeddings from `aux_values` (seqio
+decodes plain predictions with the text vocabulary, which would turn them into strings). The
+prompt rows carry zero images of the eval size; runs/eval.gin turns the evaluator's in-memory
+cache off (`utils.DatasetConfig.use_memory_cache`: it would keep every row's image, see
+docs/DESIGN.md, Measurements) and sets `seqio.JSONLogger.write_n_results = 0` (else every row's
+embeddings are written). `flip_t5x.eval` is the faster way to the same numbers.
 
 It also registers `flip_img2dataset_retrieval`: captioned img2dataset shards
 (RETRIEVAL_DATA_PATTERN, splits `validation` and `test`) with eval preprocessing (resize + center

@@ -6,42 +6,21 @@ runs/eval.gin turns it off where t5x.eval reads it: t5x builds the Evaluator wit
 `use_memory_cache=DatasetConfig.use_memory_cache`, overriding any `seqio.Evaluator` binding.
 Streaming re-reads the data for each of the Evaluator's passes, so the passes must agree.
 """
+import dataclasses
 import os
 
 import gin
 import jax
 import numpy as np
-import pytest
 
 from test_eval_e2e import _image, _predict_with_aux_fn, _tiny_model
+from test_eval_e2e import t5x_eval_arguments, t5x_evaluator
 from test_gin_configs import binaries_as_main  # pylint: disable=unused-import  (autouse)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASK = "flip_folder_zeroshot_seqio"
 CLASSES = ("cat", "dog", "red car")
 PROMPT_ROWS = len(CLASSES) * 7  # FLIP's 7 templates
-
-
-def _configured_evaluators(d):
-  """(DatasetConfig, seqio.Evaluator) as runs/eval.gin configures them for t5x.eval."""
-  gin.parse_config_files_and_bindings(
-      [os.path.join(ROOT, "gin_configs/models/flip_tiny.gin"),
-       os.path.join(ROOT, "gin_configs/runs/eval.gin")],
-      [f"MIXTURE_OR_TASK_NAME = '{TASK}'", "CHECKPOINT_PATH = '/unused'",
-       f"EVAL_OUTPUT_DIR = '{d}'", f"VOCAB_FILE = '{d}/vocab.txt'",
-       f"ZEROSHOT_FOLDER = '{d}/zeroshot'", "utils.DatasetConfig.split = 'validation'"])
-  cfg = gin.query_parameter("evaluate.dataset_cfg").scoped_configurable_fn()
-  evaluator_cls = gin.query_parameter("evaluate.inference_evaluator_cls").scoped_configurable_fn
-  return cfg, evaluator_cls
-
-
-def _build(evaluator_cls, cfg, model, log_dir, use_memory_cache):
-  """The Evaluator, constructed with t5x's InferenceEvaluator arguments (t5x/eval.py)."""
-  return evaluator_cls(
-      mixture_or_task_name=cfg.mixture_or_task_name,
-      feature_converter=model.FEATURE_CONVERTER_CLS(pack=False), eval_split=cfg.split,
-      use_cached=cfg.use_cached, seed=cfg.seed, sequence_length=cfg.task_feature_lengths,
-      use_memory_cache=use_memory_cache, log_dir=log_dir)
 
 
 def _image_rows(evaluator):
@@ -63,11 +42,18 @@ def test_t5x_eval_streams_rows_and_scores_them_as_the_cache_did(tmp_path):
   model = _tiny_model()  # (clears gin: before the eval file is parsed)
   params = model.get_initial_variables(
       jax.random.PRNGKey(0), {"images": (1, 32, 32, 3), "texts": (1, 16)})["params"]
-  cfg, evaluator_cls = _configured_evaluators(tmp_path)
+  args = t5x_eval_arguments(
+      [os.path.join(ROOT, "gin_configs/models/flip_tiny.gin"),
+       os.path.join(ROOT, "gin_configs/runs/eval.gin")],
+      [f"MIXTURE_OR_TASK_NAME = '{TASK}'", "CHECKPOINT_PATH = '/unused'",
+       f"EVAL_OUTPUT_DIR = '{tmp_path}/streamed'", f"VOCAB_FILE = '{tmp_path}/vocab.txt'",
+       f"ZEROSHOT_FOLDER = '{tmp_path}/zeroshot'", "utils.DatasetConfig.split = 'validation'"])
+  cfg = args["dataset_cfg"]
   assert cfg.use_memory_cache is False  # what t5x.eval hands the Evaluator
   assert gin.query_parameter("seqio.Evaluator.use_memory_cache") is False
-  streamed = _build(evaluator_cls, cfg, model, str(tmp_path / "streamed"), cfg.use_memory_cache)
-  cached = _build(evaluator_cls, cfg, model, str(tmp_path / "cached"), True)
+  streamed = t5x_evaluator(args)
+  cached = t5x_evaluator(dict(args, dataset_cfg=dataclasses.replace(cfg, use_memory_cache=True),
+                              output_dir=str(tmp_path / "cached")))
 
   # The same numbers: the streamed Evaluator reads the folder again for its predictions and
   # again for its targets; the cached one reads it once.
