@@ -169,11 +169,15 @@ def evaluate(*, model: models.FlipModel, dataset_cfg: Any, output_dir: str,
     __import__(dataset_cfg.module)
   task_name = dataset_cfg.mixture_or_task_name
   datasets.get_task(task_name)  # fail on an unknown task before loading a large checkpoint
-  path = resolve_checkpoint(restore_checkpoint_cfg, checkpoint_path)
   lengths = dict(dataset_cfg.task_feature_lengths or {})
   shapes = model.input_shapes()
   lengths.setdefault("image", shapes["images"][1])
   lengths.setdefault("targets", shapes["texts"][1])
+  try:
+    model.check_feature_lengths(lengths)
+  except ValueError as e:
+    raise EvalError(str(e)) from None
+  path = resolve_checkpoint(restore_checkpoint_cfg, checkpoint_path)
   logging.info("Loading %s", path)
   try:
     params = checkpoints.load_params(path, model, partitioner=partitioner)

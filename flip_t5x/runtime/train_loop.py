@@ -128,7 +128,8 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
   if use_hardware_rng:
     logging.info("use_hardware_rng ignored: FLIP's masks come from threefry (mesh-invariant)")
   train_checks.validate(model, train_dataset_cfg, checkpoint_cfg, partitioner, model_dir,
-                        total_steps, eval_period, eval_steps, stats_period, random_seed)
+                        total_steps, eval_period, eval_steps, stats_period, random_seed,
+                        infer_eval_dataset_cfg)
   logging.info("configuration checked; setting up the model and its train state")
   trainer_cls = t5x_interop.flip_class(trainer_cls)  # t5x's Trainer (for t5x.train) -> ours
   model_dir = os.fspath(model_dir)
