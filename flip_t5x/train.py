@@ -29,19 +29,28 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   """t5x.train's flags: gin files/bindings/search paths and multi-process set-up."""
   gin_utils.define_gin_flags()
+  flags.DEFINE_bool("multiprocess_gpu", False,
+                    "initialise jax.distributed (t5x.train's flag); without the three flags below "
+                    "jax detects the cluster itself (SLURM, Open MPI, Cloud TPU, ...)")
   flags.DEFINE_string("coordinator_address", None,
                       "host:port of process 0 for jax.distributed (multi-process runs)")
   flags.DEFINE_integer("process_count", None, "number of processes (jax.distributed)")
   flags.DEFINE_integer("process_index", None, "this process's index (jax.distributed)")
+  flags.DEFINE_integer("initialization_timeout", None,
+                       "seconds jax.distributed waits for every process (default: jax's)")
 
 
 def _maybe_initialize_distributed() -> None:
-  if FLAGS.coordinator_address:
-    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                               num_processes=FLAGS.process_count,
-                               process_id=FLAGS.process_index)
-    logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
-                 jax.process_count(), jax.local_device_count(), jax.device_count())
+  """jax.distributed for a multi-process run: given a coordinator, or the cluster's own."""
+  if not (FLAGS.multiprocess_gpu or FLAGS.coordinator_address):
+    return
+  timeout = {} if FLAGS.initialization_timeout is None else {
+      "initialization_timeout": FLAGS.initialization_timeout}
+  jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                             num_processes=FLAGS.process_count,
+                             process_id=FLAGS.process_index, **timeout)
+  logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
 def main(argv: Sequence[str]) -> None:
