@@ -10,6 +10,11 @@ Everything installs from PyPI. Bounds (checked on Python 3.11, 2026-11):
   patches that once (amos only).
 - tensorboard: clu.metric_writers needs it to write summaries.
 - matplotlib: `python -m flip_t5x.plot` draws training curves (Agg backend, no display needed).
+The `torch` extra (`pip install -e '.[torch]'`): flip_t5x.pytorch, `python -m flip_t5x.export_torch`
+and `python -m flip_t5x.clip_benchmark` (docs/pytorch.md); the core never imports torch. Tested with
+torch 2.13.0; scripts/test.sh installs the CPU build (2.13.0+cpu with torchvision 0.28.0) first,
+where the index has it, instead of a CUDA build's gigabytes. clip-benchmark pulls open_clip_torch,
+transformers and webdataset; safetensors writes the weights.
 Accelerators: install jax for your platform on top, e.g. `pip install -U "jax[cuda12]"` (GPU) or
 `pip install -U "jax[tpu]"` (TPU), keeping the same jax version bound.
 """
@@ -44,5 +49,7 @@ setuptools.setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pandas", "pyarrow"],
+        "torch": ["torch>=2.1", "torchvision", "open_clip_torch>=3.0", "clip-benchmark>=1.6",
+                  "safetensors>=0.4"],
     },
 )

@@ -8,6 +8,8 @@ so each rule is a failing test rather than a convention.
 import ast
 import os
 import re
+import subprocess
+import sys
 from typing import Dict, Iterator, Set, Tuple
 
 import pytest
@@ -112,3 +114,29 @@ def test_binaries_are_mains_over_the_library_not_over_each_other(graph, binaries
   found = [(module, target) for module in sorted(binaries) for target in sorted(graph[module])
            if target != module and _within(target, binaries - {module})]
   assert found == []
+
+
+# The PyTorch side (the optional `torch` extra): only these modules may import torch or what needs
+# it, so the core install (without the extra) works and stays as light as it was.
+TORCH_SIDE = ("flip_t5x.pytorch", "flip_t5x.export_torch", "flip_t5x.clip_benchmark")
+TORCH_PACKAGES = ("torch", "torchvision", "open_clip", "clip_benchmark", "safetensors")
+
+
+def test_only_the_torch_side_imports_torch(graph):
+  core = {m for m in graph if not _within(m, TORCH_SIDE)}
+  assert {"flip_t5x.pytorch.model", "flip_t5x.export_torch"} <= set(graph) - core
+  assert _violations(graph, core, TORCH_PACKAGES + TORCH_SIDE, exact=True) == []
+
+
+def test_importing_the_core_loads_no_torch():
+  """Every core module imported in one fresh process: neither they nor what they import (jax,
+  TensorFlow, seqio, ...) load torch, whether or not the extra is installed."""
+  core = [m for m, _ in _modules() if not _within(m, TORCH_SIDE)]
+  code = ("import importlib, sys\n"
+          f"for name in {core!r}:\n  importlib.import_module(name)\n"
+          f"print(sorted(p for p in {TORCH_PACKAGES!r} if p in sys.modules))")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=h.ROOT, env=h.env(),
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.strip().splitlines()[-1] == "[]"
+  assert len(core) > 50  # the package, not an empty list
