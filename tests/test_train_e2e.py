@@ -31,6 +31,9 @@ def test_outputs_and_keep(uninterrupted):
   assert sorted(n for n in names if n.startswith("checkpoint")) == ["checkpoint_12", "checkpoint_8"]
   with open(os.path.join(uninterrupted, "config.gin")) as f:
     assert "TRAIN_STEPS = 12" in f.read()
+  with open(os.path.join(uninterrupted, "operative_config.gin")) as f:
+    # Written once the trainer is built (as t5x.train does): the bindings that reached it.
+    assert "trainer.Trainer.learning_rate_fn = %LEARNING_RATE" in f.read()
   rows = [r for r in h.read_metrics(uninterrupted) if "loss" in r]
   assert rows and rows[-1]["step"] == STEPS
   last = rows[-1]

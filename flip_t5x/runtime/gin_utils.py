@@ -106,7 +106,12 @@ def search_paths(user_paths: Sequence[str]) -> List[str]:
 
 def parse_gin_flags(gin_search_paths: Sequence[str], gin_files: Sequence[str],
                     gin_bindings: Sequence[str], finalize_config: bool = True) -> None:
-  """Parses files then bindings; any failure becomes a `GinConfigError` naming what failed."""
+  """Parses files then bindings; any failure becomes a `GinConfigError` naming what failed.
+
+  flip_t5x's programs parse here: t5x's gin names then mean FLIP's classes, t5x installed or not.
+  """
+  from flip_t5x.runtime import t5x_interop  # pylint: disable=g-import-not-at-top  (imports t5x)
+  t5x_interop.use_flip_classes()
   for path in search_paths(gin_search_paths):
     gin.add_config_file_search_path(path)
   if not gin_files:

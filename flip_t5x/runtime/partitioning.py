@@ -5,7 +5,7 @@ Gin files say `partitioning.PjitPartitioner(num_partitions=..., logical_axis_rul
 `LocalPjitPartitioner`, built directly on `jax.sharding` (Mesh, NamedSharding, `jax.jit` with
 in/out shardings), and `PartitionerMethods`, what flip_t5x's runtime needs of any partitioner. The
 gin name `PjitPartitioner` is answered by `t5x_interop`: t5x's class (extended by these methods and
-`partition_states`) when upstream t5x is importable, so `t5x.train` gets what it expects, else
+`partition_states`) under upstream t5x's programs, so `t5x.train` gets what it expects, else
 `LocalPjitPartitioner`.
 
 Mesh: all devices of all processes as a 2-D (`data`, `model`) mesh; `num_partitions` (or the

@@ -11,17 +11,26 @@ own class, which t5x.train builds, checks and calls. So those modules define onl
 under their own names (`LocalPjitPartitioner`, `FlipDatasetConfig`, ..., `FlipTrainer`), and
 answer t5x's names through a module `__getattr__` that asks `gin_name` here.
 
-Every other upstream-vs-ours decision is here too: the container of `model.optimizer_def`
-(`optimizer_def`) and the trainer flip_t5x's own loop runs when gin hands it t5x's (`flip_class`).
+t5x's classes answer only under upstream t5x's own programs: flip_t5x's binaries call
+`use_flip_classes()` before parsing gin files, so `python -m flip_t5x.train` builds the same
+FlipTrainer, with the same `trainer.Trainer.*` bindings and the same metrics, whether or not t5x is
+installed. Every other upstream-vs-ours decision is here too: the container of
+`model.optimizer_def` (`optimizer_def`) and the input pipeline t5x.train reads (`get_dataset`,
+gin's `utils.get_dataset`: FLIP's, whose data position a flip_t5x.train checkpoint carries).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Tuple
+import re
+from typing import Any, Callable, Dict, Optional, Tuple
 
+from absl import logging
+from clu.data import dataset_iterator
 from flax import traverse_util
 from jax.sharding import PartitionSpec
 import numpy as np
 import optax
+import seqio
+import tensorflow as tf
 
 from flip_t5x.runtime import optimizers
 from flip_t5x.runtime import partitioning
@@ -66,8 +75,53 @@ if T5X_AVAILABLE:
       return mesh_axes.restore_state(traverse_util.unflatten_dict(flat_axes, sep="/"))
 
 
-# {module: {t5x's name: (FLIP's class, upstream t5x's class)}}; the latter read only with t5x.
-_GIN_NAMES: Dict[str, Dict[str, Tuple[type, Callable[[], type]]]] = {
+class _ResumingDatasetIterator(dataset_iterator.TfDatasetIterator):
+  """t5x.train's iterator over FLIP's input pipeline (`dataset_at(skip)` builds it).
+
+  A checkpoint's data position restores only into the graph that wrote it. One that does not fit
+  (e.g. written by another version of the pipeline) is not fatal, as in flip_t5x.train: the
+  stream is rebuilt skipping the checkpoint's `step` batches, with a warning.
+  """
+
+  def __init__(self, dataset_at: Callable[[int], tf.data.Dataset]):
+    super().__init__(dataset_at(0), checkpoint=True)
+    self._dataset_at = dataset_at
+
+  def restore(self, filename: Any) -> None:
+    try:
+      super().restore(filename)
+    except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError,
+            tf.errors.FailedPreconditionError, AssertionError) as e:
+      found = re.findall(r"checkpoint_(\d+)", str(filename))
+      skip = int(found[-1]) if found else 0
+      logging.warning(
+          "the data position in %s does not fit this input pipeline (%s); skipping %d batches "
+          "to resume the data stream instead", filename, str(e).strip().splitlines()[0], skip)
+      self._dataset = self._dataset_at(skip)
+      self.reset()
+
+
+def upstream_get_dataset(cfg: Any, shard_id: int, num_shards: int,
+                         feature_converter_cls: Callable[..., seqio.FeatureConverter],
+                         num_epochs: Optional[int] = None,
+                         continue_from_last_checkpoint: bool = False) -> Any:
+  """t5x.train's `get_dataset_fn` (t5x's signature): flip_t5x.train's input pipeline.
+
+  Both runtimes read the same tf.data graph, so a data position either one saved restores into the
+  other; one that does not fit skips batches (`_ResumingDatasetIterator`).
+  """
+  if continue_from_last_checkpoint:
+    raise ValueError("continue_from_last_checkpoint: not supported by this get_dataset_fn")
+  if cfg.batch_size % num_shards:
+    raise ValueError(f"batch size {cfg.batch_size} is not divisible by the {num_shards} data "
+                     "shards")
+  return _ResumingDatasetIterator(lambda skip: utils.get_flip_dataset(
+      cfg, shard_id, num_shards, feature_converter_cls, cfg.batch_size // num_shards,
+      num_epochs=num_epochs, skip_batches=skip))
+
+
+# {module: {t5x's name: (FLIP's, upstream t5x's)}}; the latter read only under t5x's programs.
+_GIN_NAMES: Dict[str, Dict[str, Tuple[Any, Callable[[], Any]]]] = {
     partitioning.__name__: {
         "PjitPartitioner": (partitioning.LocalPjitPartitioner,
                             lambda: UpstreamPjitPartitioner)},
@@ -77,14 +131,34 @@ _GIN_NAMES: Dict[str, Dict[str, Tuple[type, Callable[[], type]]]] = {
                                  lambda: t5x_utils.SaveCheckpointConfig),
         "RestoreCheckpointConfig": (utils.FlipRestoreCheckpointConfig,
                                     lambda: t5x_utils.RestoreCheckpointConfig),
-        "CheckpointConfig": (utils.FlipCheckpointConfig, lambda: t5x_utils.CheckpointConfig)},
+        "CheckpointConfig": (utils.FlipCheckpointConfig, lambda: t5x_utils.CheckpointConfig),
+        "get_dataset": (utils.get_flip_dataset, lambda: upstream_get_dataset)},
     trainer.__name__: {
         "Trainer": (trainer.FlipTrainer, lambda: t5x_trainer.Trainer)},
 }
 
 
-def gin_name(module: str, name: str) -> type:
-  """The class t5x's `name` in `module` means: upstream t5x's when importable, else FLIP's.
+_flip_classes = False  # set by flip_t5x's binaries (use_flip_classes)
+
+
+def use_flip_classes() -> None:
+  """This program is flip_t5x's: t5x's gin names mean FLIP's classes even where t5x imports.
+
+  flip_t5x's binaries parse gin files through `gin_utils.parse_gin_flags`, which calls it first:
+  they configure and run the same objects (trainer and its bindings, partitioner, configs,
+  optimizer container, input pipeline) with or without t5x.
+  """
+  global _flip_classes
+  _flip_classes = True
+
+
+def upstream_classes() -> bool:
+  """Whether t5x's gin names mean upstream t5x's classes: t5x imports and this is its program."""
+  return T5X_AVAILABLE and not _flip_classes
+
+
+def gin_name(module: str, name: str) -> Any:
+  """What t5x's `name` in `module` means: upstream t5x's under its programs, else FLIP's.
 
   Raises:
     AttributeError: `module` has no such name (what a module attribute lookup raises).
@@ -93,26 +167,15 @@ def gin_name(module: str, name: str) -> type:
     ours, upstream = _GIN_NAMES[module][name]
   except KeyError:
     raise AttributeError(f"module {module!r} has no attribute {name!r}") from None
-  return upstream() if T5X_AVAILABLE else ours
-
-
-def flip_class(cls: Any) -> Any:
-  """The class flip_t5x's own loop runs for a gin-bound class of t5x's vocabulary.
-
-  Under upstream t5x, gin's `@trainer.Trainer` is t5x's Trainer (what `t5x.train` builds);
-  `flip_t5x.train` runs its own step, `FlipTrainer`. Anything else is returned as given.
-  """
-  if T5X_AVAILABLE and isinstance(cls, type) and issubclass(cls, t5x_trainer.Trainer):
-    return trainer.FlipTrainer
-  return cls
+  return upstream() if upstream_classes() else ours
 
 
 def optimizer_def(tx: optax.GradientTransformation,
                   hyperparameters: optimizers.Hyperparameters) -> Any:
-  """`model.optimizer_def` for `tx`: t5x's `OptaxWrapper` (what `t5x.train` expects) when
-  upstream t5x is importable, else `optimizers.OptaxOptimizer`; either carries `hyperparameters`.
+  """`model.optimizer_def` for `tx`: t5x's `OptaxWrapper` (what `t5x.train` expects) under t5x's
+  programs, else `optimizers.OptaxOptimizer`; either carries `hyperparameters`.
   """
-  if not T5X_AVAILABLE:
+  if not upstream_classes():
     return optimizers.OptaxOptimizer(tx, hyperparameters)
   wrapper = t5x_optimizers.OptaxWrapper(tx)
   # Not t5x's `hyper_params`: t5x passes those into apply_gradient and replaces them.

@@ -26,7 +26,6 @@ from flip_t5x.data import preprocessors
 from flip_t5x.evaluation import zeroshot
 from flip_t5x.runtime import gin_utils
 from flip_t5x.runtime import monitoring
-from flip_t5x.runtime import t5x_interop
 from flip_t5x.runtime import train_checks
 from flip_t5x.runtime import train_state as train_state_lib
 from flip_t5x.runtime import trainer as trainer_lib
@@ -41,6 +40,13 @@ def _draw_seed() -> int:
   if jax.process_count() > 1:
     seed = multihost_utils.broadcast_one_to_all(seed)
   return int(seed)
+
+
+def _rngs(seed: int) -> Tuple[jax.Array, jax.Array]:
+  """(init rng, step rng) of a run: t5x.train's split, so one RANDOM_SEED gives both runtimes the
+  same initial parameters and masks."""
+  init_rng, step_rng = jax.random.split(jax.random.PRNGKey(seed))
+  return init_rng, step_rng
 
 
 def _initial_checkpoint_path(restore_cfg: Any) -> Optional[str]:
@@ -85,7 +91,7 @@ def _restore_or_start(ckpt: checkpoints.TrainCheckpointer, layout: train_state_l
     logging.info("resumed from %s/checkpoint_%d", model_dir, latest)
   else:
     seed = int(random_seed) if random_seed is not None else _draw_seed()
-    init_rng = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
+    init_rng, _ = _rngs(seed)
     init_path = _initial_checkpoint_path(restore_cfg)
     if init_path is not None:
       # Unmasked tuning / imported weights: parameters only, fresh optimizer, step 0.
@@ -108,7 +114,7 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
           random_seed: Optional[int] = None, use_hardware_rng: bool = False,
           summarize_config_fn: Callable[..., None] = gin_utils.summarize_gin_config,
           inference_evaluator_cls: Any = None,
-          get_dataset_fn: Callable[..., Any] = utils.get_dataset,
+          get_dataset_fn: Callable[..., Any] = utils.get_flip_dataset,
           concurrent_metrics: bool = True, actions: Any = None,
           train_eval_get_dataset_fn: Any = None, run_eval_before_training: bool = False,
           train_state_initializer_cls: Any = None, use_orbax: bool = True,
@@ -131,7 +137,6 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
                         total_steps, eval_period, eval_steps, stats_period, random_seed,
                         infer_eval_dataset_cfg)
   logging.info("configuration checked; setting up the model and its train state")
-  trainer_cls = t5x_interop.flip_class(trainer_cls)  # t5x's Trainer (for t5x.train) -> ours
   model_dir = os.fspath(model_dir)
   save_cfg = checkpoint_cfg.save if checkpoint_cfg is not None else None
   restore_cfg = checkpoint_cfg.restore if checkpoint_cfg is not None else None
@@ -159,6 +164,10 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
   data_seed = train_dataset_cfg.seed if train_dataset_cfg.seed is not None else seed
   if "data_seed" in meta:
     data_seed = int(meta["data_seed"])
+  trainer = trainer_cls(model=model, train_state=state, partitioner=partitioner,
+                        eval_names=[], summary_dir=model_dir, train_state_axes=layout,
+                        rng=_rngs(seed)[1])
+  # After the trainer, as t5x.train does: operative_config.gin lists its bindings too.
   summarize_config_fn(model_dir, writer, start_step)
 
   if start_step >= total_steps:
@@ -205,10 +214,6 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
   if batches is None:
     batches = input_batches(start_step)
 
-  step_rng = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
-  trainer = trainer_cls(model=model, train_state=state, partitioner=partitioner,
-                        eval_names=[], summary_dir=model_dir, train_state_axes=layout,
-                        rng=step_rng)
   stats_period = stats_period or eval_period or 100
   throughput = monitoring.Throughput(
       model, batch_size, total_steps,

@@ -2,8 +2,9 @@
 
 `FlipTrainer` keeps t5x's constructor names. Gin files bind `trainer_cls = @trainer.Trainer` and
 `trainer.Trainer.num_microbatches` / `learning_rate_fn`; `t5x_interop` answers that name: t5x's
-class when upstream t5x is importable (for `t5x.train`), else `FlipTrainer`. What users see while
-a run goes (throughput, writers, the progress line) is `monitoring`'s.
+class under upstream t5x's programs (`t5x.train`), else `FlipTrainer`, so flip_t5x.train runs this
+class with those bindings whether or not t5x is installed. What users see while a run goes
+(throughput, writers, the progress line) is `monitoring`'s.
 """
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """Dataset and checkpoint configuration with t5x's `utils` names, and the input pipeline.
 
 Gin files bind `train/utils.DatasetConfig`, `utils.CheckpointConfig`, `utils.SaveCheckpointConfig`
-and `utils.RestoreCheckpointConfig`. This module defines FLIP's dataclasses with t5x's field names
-(the subset that applies): `FlipDatasetConfig`, `FlipCheckpointConfig`, ...; `t5x_interop` answers
-the gin names, t5x's own classes when upstream t5x is importable, else these.
+and `utils.RestoreCheckpointConfig`, and name `utils.get_dataset`. This module defines FLIP's
+dataclasses with t5x's field names (the subset that applies): `FlipDatasetConfig`,
+`FlipCheckpointConfig`, ..., and the input pipeline, `get_flip_dataset`; `t5x_interop` answers the
+gin names: t5x's own classes under upstream t5x's programs, else these.
 
 Input pipeline: seqio builds each process's shard of the task with the model's feature converter
 and batches it; batches become global `jax.Array`s sharded over `data`
@@ -117,7 +118,8 @@ class FlipCheckpointConfig:
 
 
 def __getattr__(name: str) -> Any:
-  """t5x's names gin files use (`DatasetConfig`, ...): `t5x_interop` says which class each is."""
+  """t5x's names gin files use (`DatasetConfig`, `get_dataset`, ...): `t5x_interop` says which
+  class or function each is."""
   from flip_t5x.runtime import t5x_interop  # pylint: disable=g-import-not-at-top  (it imports us)
   return t5x_interop.gin_name(__name__, name)
 
@@ -127,10 +129,10 @@ def import_module(module: Optional[str]) -> None:
     importlib.import_module(module)
 
 
-def get_dataset(cfg: Any, shard_id: int, num_shards: int,
-                feature_converter_cls: Callable[..., seqio.FeatureConverter],
-                per_process_batch_size: int, num_epochs: Optional[int] = None,
-                skip_batches: int = 0, seed: Optional[int] = None) -> tf.data.Dataset:
+def get_flip_dataset(cfg: Any, shard_id: int, num_shards: int,
+                     feature_converter_cls: Callable[..., seqio.FeatureConverter],
+                     per_process_batch_size: int, num_epochs: Optional[int] = None,
+                     skip_batches: int = 0, seed: Optional[int] = None) -> tf.data.Dataset:
   """One process's batched dataset of model features.
 
   `seed` overrides `cfg.seed` (the train loop stores the seed it drew in the checkpoint), and
