@@ -178,9 +178,9 @@ def test_pytorch_side_needs_neither_jax_nor_tensorflow(tiny):
 
 def test_export_binary(tiny, tmp_path):
   out = tmp_path / "export"
-  proc = h.run_binary("export_torch", [f"--checkpoint={tiny['model_dir']}",
-                                       f"--gin_file={TINY_GIN}", f"--vocab_file={tiny['vocab_file']}",
-                                       f"--output={out}"], timeout=600)
+  proc = h.run_binary("export_torch", [
+      f"--checkpoint={tiny['model_dir']}", f"--gin_file={TINY_GIN}",
+      f"--vocab_file={tiny['vocab_file']}", f"--output={out}"], timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "max |torch - jax| embedding difference" in proc.stdout
   assert sorted(os.listdir(out)) == ["flip_config.json", "model.safetensors", "vocab.txt"]

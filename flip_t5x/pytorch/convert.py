@@ -32,7 +32,7 @@ _TOWER_FIELDS = {
 
 
 def model_config(module: network.FlipTwoTower) -> Dict[str, Any]:
-  """The `FlipCLIP(**model_cfg)` arguments of a JAX module (dropout, dtype, remat: training only)."""
+  """`FlipCLIP(**model_cfg)` of a JAX module (its dropout, dtype and remat are training-only)."""
   def tower(name):
     config = getattr(module, name)
     return {field: getattr(config, field) for field in _TOWER_FIELDS[name]}
