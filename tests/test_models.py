@@ -65,7 +65,7 @@ def test_bad_mask_ratio_is_rejected():
     models.FlipModel(network.FlipTwoTower(**TINY), mask_ratio=1.5)
 
 
-REFERENCE_COUNTS = {  # millions, from the facts sheet
+REFERENCE_COUNTS = {  # millions: the parameter counts the FLIP paper gives per model size
     "flip_vit_b16": (86, 53),
     "flip_vit_l16": (303, 108),
     "flip_vit_h14": (630, 334),
