@@ -74,7 +74,7 @@ class MatmulPeak:
     """FLOP/s of the fastest of `reps` matmuls, each timed alone.
 
     On the CPU, matmuls dispatched back to back run concurrently and share the cores, and the
-    first one after idling is slow, so a group's time understates the peak (docs/DESIGN.md).
+    first one after idling is slow, so a group's time understates the peak (docs/performance.md).
     """
     fastest = math.inf
     for _ in range(self.reps):

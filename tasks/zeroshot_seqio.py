@@ -23,7 +23,7 @@ length the prompt rows are refused). The metric reads the embeddings from `aux_v
 decodes plain predictions with the text vocabulary, which would turn them into strings). The
 prompt rows carry zero images of the eval size; runs/eval.gin turns the evaluator's in-memory
 cache off (`utils.DatasetConfig.use_memory_cache`: it would keep every row's image, see
-docs/DESIGN.md, Measurements) and sets `seqio.JSONLogger.write_n_results = 0` (else every row's
+docs/performance.md, Measurements) and sets `seqio.JSONLogger.write_n_results = 0` (else every row's
 embeddings are written). `flip_t5x.eval` is the faster way to the same numbers.
 
 It also registers `flip_img2dataset_retrieval`: captioned img2dataset shards

@@ -1,7 +1,7 @@
 """t5x.eval streams the eval rows (issue 26 item 9) and gets the numbers it got from memory.
 
 With `use_memory_cache` on, seqio's Evaluator keeps every task row (a float32 image each) for the
-whole run: ~0.8 MB a row at 224 px, ~45 GB for ImageNet-1K (docs/DESIGN.md, Measurements).
+whole run: ~0.8 MB a row at 224 px, ~45 GB for ImageNet-1K (docs/performance.md, Measurements).
 runs/eval.gin turns it off where t5x.eval reads it: t5x builds the Evaluator with
 `use_memory_cache=DatasetConfig.use_memory_cache`, overriding any `seqio.Evaluator` binding.
 Streaming re-reads the data for each of the Evaluator's passes, so the passes must agree.

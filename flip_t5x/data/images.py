@@ -114,7 +114,7 @@ def normalize_image(image: tf.Tensor) -> tf.Tensor:
   """uint8/float [0, 255] RGB -> float32 ImageNet mean/std normalised.
 
   With a static shape it multiplies and adds full-size constants: TF's CPU kernels broadcasting a
-  [3] vector over [H, W, 3] are far slower than same-shape element-wise ops (docs/DESIGN.md,
+  [3] vector over [H, W, 3] are far slower than same-shape element-wise ops (docs/performance.md,
   Measurements).
   """
   image = tf.cast(image, tf.float32)

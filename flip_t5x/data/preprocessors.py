@@ -199,7 +199,7 @@ def image_text_preprocessor(
   counts = counters(counter)
 
   # Plain graph code (no Python control flow on tensors): skipping autograph saves seconds of
-  # tracing each time a dataset is built (docs/DESIGN.md, Measurements).
+  # tracing each time a dataset is built (docs/performance.md, Measurements).
   @tf.autograph.experimental.do_not_convert
   def tokenize(batch):
     text = batch["text"]
@@ -262,7 +262,7 @@ def image_text_preprocessor(
   dataset = dataset.map(lambda rec: dict(rec, _end=False)).concatenate(end)
   dataset = dataset.enumerate().map(lambda i, rec: dict(rec, _index=i))
   # Captions are checked and tokenised in batches: one tokenizer call per record costs more than
-  # copying the batch in and out (docs/DESIGN.md, Measurements).
+  # copying the batch in and out (docs/performance.md, Measurements).
   dataset = dataset.batch(_TEXT_BATCH).map(tokenize).unbatch()
   dataset = convert(dataset)
   dataset = dataset.ignore_errors()

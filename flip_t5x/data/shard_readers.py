@@ -86,7 +86,7 @@ def _parse_img2dataset_example(serialized: tf.Tensor) -> dict:
   """The first non-empty image column and the caption.
 
   tf.cond passes the chosen string through; tf.where would copy the image bytes (a measurable
-  cost per record: docs/DESIGN.md, Measurements).
+  cost per record: docs/performance.md, Measurements).
   """
   ex = tf.io.parse_single_example(serialized, _TFRECORD_SPEC)
   image = ex[_IMAGE_KEYS[-1]]
@@ -121,7 +121,7 @@ def read_tfrecord_file(path: tf.Tensor,
   A read error ends the file (tf.data moves on to the next file), so the bytes of the records read
   are compared with the file size to tell a damaged file from a complete one. Records whose
   `tf.train.Example` cannot be parsed are counted as `decode_error`. The bookkeeping is small
-  beside decoding the image (docs/DESIGN.md, Measurements).
+  beside decoding the image (docs/performance.md, Measurements).
   """
   size = tf.numpy_function(_file_size, [path], tf.int64, stateful=False)
   end = tf.data.Dataset.from_tensors(tf.constant(_END_OF_FILE))

@@ -29,8 +29,9 @@ from flip_t5x import progress
 CHUNK = 1 << 20
 _STEP_DIR_RE = re.compile(rf"^{checkpoints.STEP_PREFIX}_(\d+)$")
 # The default extraction limit: 10 bytes out per archive byte, and never under 1 GiB. A release
-# checkpoint is float weights, which barely compress (docs/DESIGN.md), so a genuine archive expands
-# to little more than its size (a few GB for ViT-H/14); a zip bomb expands ~1000x per deflate layer.
+# checkpoint is float weights, which barely compress (docs/architecture.md, released models), so
+# a genuine archive expands to little more than its size (a few GB for ViT-H/14); a zip bomb
+# expands ~1000x per deflate layer.
 MAX_EXPANSION = 10
 MIN_MAX_BYTES = 1 << 30
 # What a damaged archive (or one whose headers lie) raises while it is read.

@@ -103,7 +103,7 @@ def global_norm(tree: PyTree) -> jax.Array:
 
   optax's x * x is the same HLO as AdamW's g ** 2: XLA merges the two, and XLA:CPU then stores g**2
   of every parameter in a buffer of its own for the norm's reduction and the moment update to read
-  (one more write and read per gradient; measured in docs/DESIGN.md).
+  (one more write and read per gradient; measured in docs/performance.md).
   """
   return jnp.sqrt(sum(jnp.sum(jnp.abs(x) * jnp.abs(x)) for x in jax.tree_util.tree_leaves(tree)))
 

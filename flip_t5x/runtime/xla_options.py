@@ -26,7 +26,7 @@ class XlaOptions:
   cpu_dot_library: the library that runs matmuls on XLA:CPU. "eigen": Eigen's contraction kernels,
     with YNNPACK kept for reductions (XLA's own lowering of them is slower); "xla_default": XLA's
     default (in jax 0.10, YNNPACK for every matmul). Eigen is the faster on the CPUs measured
-    (docs/DESIGN.md, "CPU matmul library"). Ignored on other platforms.
+    (docs/performance.md, "CPU matmul library"). Ignored on other platforms.
   """
 
   cpu_dot_library: str = "eigen"
