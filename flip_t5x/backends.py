@@ -5,10 +5,13 @@ they differ only in the program XLA compiles for the backward pass, or in what a
 attention kernel accepts. Why each exists, and what it was measured to save, is in
 docs/DESIGN.md ("Backward-pass layout").
 
-`dense_dot`, `gelu_tanh` and `layer_norm` run on every backend. `materialize_grad` (on the
-residual stream between blocks) and `attention_core` run where `Backend.cpu_backward` is on;
-elsewhere attention is `jax.nn.dot_product_attention`, padded to an even length for cuDNN
-(`even_length_attention`). `choose` builds the `Backend` once; the layers receive it as one value.
+`dense_dot`, `gelu_tanh`, `layer_norm`, `materialize_grad` (on the residual stream between
+blocks) and `attention_core` run where `Backend.cpu_backward` is on: by default on the CPU, where
+they were measured. `gelu_tanh` also runs on GPUs (`Backend.gelu_from_input`), where XLA:GPU
+keeps the tanh of the plain formulation. Otherwise the layers run the plain formulations
+(`lax.dot_general`, whose dots remat policies see; `jax.nn.gelu`; the LayerNorm formula) and
+`jax.nn.dot_product_attention`, padded to an even length for cuDNN (`even_length_attention`).
+`choose` builds the `Backend` once; the layers receive it as one value.
 """
 from __future__ import annotations
 
@@ -134,11 +137,17 @@ def layer_norm(x: Array, scale: Array, bias: Array, epsilon: float) -> Array:
   return _layer_norm_fwd(x, scale, bias, epsilon)[0]
 
 
-def _layer_norm_fwd(x, scale, bias, epsilon):
+def _layer_norm_formula(x, scale, bias, epsilon):
+  """The formula, with the per-token mean and 1/std that its closed-form VJP reads."""
   x32 = x.astype(jnp.float32)
   mean = jnp.mean(x32, axis=-1, keepdims=True)
   rstd = jax.lax.rsqrt(jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True) + epsilon)
-  return (x32 - mean) * rstd * scale + bias, (x, mean, rstd, scale)
+  return (x32 - mean) * rstd * scale + bias, mean, rstd
+
+
+def _layer_norm_fwd(x, scale, bias, epsilon):
+  y, mean, rstd = _layer_norm_formula(x, scale, bias, epsilon)
+  return y, (x, mean, rstd, scale)
 
 
 def _layer_norm_bwd(epsilon, res, g):
@@ -218,15 +227,18 @@ def even_length_attention(q: Array, k: Array, v: Array, implementation: Optional
 
 @dataclasses.dataclass(frozen=True)
 class Backend:
-  """The formulations one backend runs: attention and the residual stream between blocks.
+  """The formulations one backend runs: dense, GELU, LayerNorm, attention, the residual stream.
 
-  `cpu_backward`: `attention_core` and `materialize_grad` (XLA:CPU's faster backward pass).
-  Otherwise `jax.nn.dot_product_attention(implementation=attention_implementation)`: None /
-  'xla' (XLA's attention) or 'cudnn' (cuDNN flash attention; NVIDIA GPUs, bfloat16/float16).
+  `cpu_backward`: `dense_dot`, `gelu_tanh`, `layer_norm`, `attention_core` and `materialize_grad`
+  (XLA:CPU's faster backward pass). Otherwise the plain formulations, and
+  `jax.nn.dot_product_attention(implementation=attention_implementation)`: None / 'xla' (XLA's
+  attention) or 'cudnn' (cuDNN flash attention; NVIDIA GPUs, bfloat16/float16).
+  `gelu_from_input`: `gelu_tanh` even without cpu_backward (less memory on XLA:GPU).
   """
 
   cpu_backward: bool = False
   attention_implementation: Optional[str] = None
+  gelu_from_input: bool = False
 
   def __post_init__(self):
     if self.attention_implementation not in ATTENTION_IMPLEMENTATIONS:
@@ -236,6 +248,25 @@ class Backend:
       raise ValueError(
           "attention_implementation='cudnn' runs on NVIDIA GPUs only, but cpu_backward is on "
           f"(backend {jax.default_backend()!r}); leave attention_implementation unset on the CPU")
+
+  def dense(self, x: Array, kernel: Array, in_axes: int) -> Array:
+    """x's trailing `in_axes` axes contracted with the kernel's leading ones."""
+    if self.cpu_backward:
+      return dense_dot(x, kernel, in_axes)
+    contract = tuple(range(x.ndim - in_axes, x.ndim))
+    return jax.lax.dot_general(x, kernel, ((contract, tuple(range(in_axes))), ((), ())))
+
+  def gelu(self, x: Array) -> Array:
+    """tanh-approximate GELU, as FLIP's release (flax's default)."""
+    if self.cpu_backward or self.gelu_from_input:
+      return gelu_tanh(x)
+    return jax.nn.gelu(x, approximate=True)
+
+  def layer_norm(self, x: Array, scale: Array, bias: Array, epsilon: float) -> Array:
+    """(x - mean) / std * scale + bias over the last axis, in float32."""
+    if self.cpu_backward:
+      return layer_norm(x, scale, bias, epsilon)
+    return _layer_norm_formula(x, scale, bias, epsilon)[0]
 
   def attention(self, q: Array, k: Array, v: Array) -> Array:
     """softmax(q k^T / sqrt(d)) v over [batch, length, heads, head_dim]."""
@@ -250,9 +281,14 @@ class Backend:
     return materialize_grad(x) if self.cpu_backward else x
 
 
-def choose(cpu_backward: Optional[bool] = None,
-           attention_implementation: Optional[str] = None) -> Backend:
-  """The `Backend` for these settings; cpu_backward None: on where jax's backend is the CPU."""
+def choose(cpu_backward: Optional[bool] = None, attention_implementation: Optional[str] = None,
+           platform: Optional[str] = None) -> Backend:
+  """The `Backend` for these settings on `platform` (None: jax's default backend).
+
+  cpu_backward None: on on the CPU. `gelu_tanh` runs on GPUs too, the one custom formulation
+  measured to pay there (docs/DESIGN.md, "Measurements").
+  """
+  platform = platform or jax.default_backend()
   if cpu_backward is None:
-    cpu_backward = jax.default_backend() == "cpu"
-  return Backend(bool(cpu_backward), attention_implementation)
+    cpu_backward = platform == "cpu"
+  return Backend(bool(cpu_backward), attention_implementation, gelu_from_input=platform == "gpu")

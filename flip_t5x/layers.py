@@ -2,10 +2,10 @@
 
 Every parameter is created with `param_with_axes`, so the `params_axes` collection that t5x
 partitioners read exists, and the main activations carry logical-axis sharding constraints
-(`batch`, `length`, `embed`, `mlp`, `heads`, `kv`). The maths goes through `backends`: the
-dense, GELU and LayerNorm formulations everywhere, and the `Backend` the network chose for
-attention and the residual stream. Dropout and drop-path draw from the 'dropout' rng collection
-and run only when `deterministic=False`.
+(`batch`, `length`, `embed`, `mlp`, `heads`, `kv`). The maths goes through the `Backend` the
+network chose (one frozen value, passed down): its dense, GELU, LayerNorm and attention
+formulations and the residual stream between blocks. Dropout and drop-path draw from the
+'dropout' rng collection and run only when `deterministic=False`.
 """
 from __future__ import annotations
 
@@ -67,6 +67,7 @@ class DenseGeneral(nn.Module):
   use_bias: bool = True
   kernel_init: Initializer = xavier_uniform
   dtype: Any = jnp.float32
+  backend: backends.Backend = backends.Backend()
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -83,7 +84,7 @@ class DenseGeneral(nn.Module):
     kernel = param_with_axes("kernel", init, kernel_shape, jnp.float32, axes=self.kernel_axes)
     kernel = kernel.astype(self.dtype)
     x = x.astype(self.dtype)
-    y = backends.dense_dot(x, kernel, self.in_axes)
+    y = self.backend.dense(x, kernel, self.in_axes)
     if self.use_bias:
       bias = param_with_axes("bias", nn.initializers.zeros, tuple(self.features), jnp.float32,
                              axes=self.kernel_axes[-len(self.features):])
@@ -96,6 +97,7 @@ class LayerNorm(nn.Module):
 
   epsilon: float = 1e-6
   dtype: Any = jnp.float32
+  backend: backends.Backend = backends.Backend()
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -103,7 +105,7 @@ class LayerNorm(nn.Module):
     scale = param_with_axes("scale", nn.initializers.ones, (features,), jnp.float32,
                             axes=("embed",))
     bias = param_with_axes("bias", nn.initializers.zeros, (features,), jnp.float32, axes=("embed",))
-    return backends.layer_norm(x, scale, bias, self.epsilon).astype(self.dtype)
+    return self.backend.layer_norm(x, scale, bias, self.epsilon).astype(self.dtype)
 
 
 class MultiHeadAttention(nn.Module):
@@ -121,7 +123,7 @@ class MultiHeadAttention(nn.Module):
     head_dim = width // self.num_heads
     proj = functools.partial(DenseGeneral, features=(self.num_heads, head_dim),
                              kernel_axes=("embed", "heads", "kv"), kernel_init=qkv_init,
-                             dtype=self.dtype)
+                             dtype=self.dtype, backend=self.backend)
     q = proj(name="query")(x)
     k = proj(name="key")(x)
     v = proj(name="value")(x)
@@ -132,7 +134,7 @@ class MultiHeadAttention(nn.Module):
       out = self.backend.attention(q, k, v)
     out = with_sharding_constraint(out, ("batch", "length", "heads", "kv"))
     return DenseGeneral(features=(width,), kernel_axes=("heads", "kv", "embed"), in_axes=2,
-                        dtype=self.dtype, name="out")(out)
+                        dtype=self.dtype, backend=self.backend, name="out")(out)
 
 
 class MlpBlock(nn.Module):
@@ -140,20 +142,20 @@ class MlpBlock(nn.Module):
 
   mlp_dim: int
   dtype: Any = jnp.float32
+  backend: backends.Backend = backends.Backend()
   dropout_rate: float = 0.0
   deterministic: bool = True
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     width = x.shape[-1]
-    h = DenseGeneral(features=(self.mlp_dim,), kernel_axes=("embed", "mlp"), dtype=self.dtype,
-                     name="wi")(x)
+    dense = functools.partial(DenseGeneral, dtype=self.dtype, backend=self.backend)
+    h = dense(features=(self.mlp_dim,), kernel_axes=("embed", "mlp"), name="wi")(x)
     # tanh-approximate GELU, as FLIP's release (flax's default): imported weights match exactly.
-    h = backends.gelu_tanh(h)
+    h = self.backend.gelu(h)
     h = nn.Dropout(self.dropout_rate)(h, self.deterministic)
     h = with_sharding_constraint(h, ("batch", "length", "mlp"))
-    y = DenseGeneral(features=(width,), kernel_axes=("mlp", "embed"), dtype=self.dtype,
-                     name="wo")(h)
+    y = dense(features=(width,), kernel_axes=("mlp", "embed"), name="wo")(h)
     return nn.Dropout(self.dropout_rate)(y, self.deterministic)
 
 
@@ -175,15 +177,16 @@ class EncoderBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     drop_path = functools.partial(nn.Dropout, self.droppath_rate, broadcast_dims=(1, 2))
-    y = LayerNorm(dtype=self.dtype, name="pre_attention_layer_norm")(x)
+    norm = functools.partial(LayerNorm, dtype=self.dtype, backend=self.backend)
+    y = norm(name="pre_attention_layer_norm")(x)
     y = MultiHeadAttention(self.num_heads, dtype=self.dtype, backend=self.backend,
                            dropout_rate=self.attention_dropout_rate,
                            deterministic=self.deterministic, name="attention")(y)
     y = nn.Dropout(self.dropout_rate)(y, self.deterministic)
     x = x + drop_path(name="droppath_attention")(y, self.deterministic)
-    y = LayerNorm(dtype=self.dtype, name="pre_mlp_layer_norm")(x)
-    y = MlpBlock(self.mlp_dim, dtype=self.dtype, dropout_rate=self.dropout_rate,
-                 deterministic=self.deterministic, name="mlp")(y)
+    y = norm(name="pre_mlp_layer_norm")(x)
+    y = MlpBlock(self.mlp_dim, dtype=self.dtype, backend=self.backend,
+                 dropout_rate=self.dropout_rate, deterministic=self.deterministic, name="mlp")(y)
     x = x + drop_path(name="droppath_mlp")(y, self.deterministic)
     return with_sharding_constraint(x, ("batch", "length", "embed"))
 
@@ -193,11 +196,12 @@ def _remat_block(policy: str):
 
   'minimal' keeps the dense layers' outputs (`DENSE_OUTPUT`) and recomputes the rest, attention
   scores included; 'full' keeps only each block's input. (jax's `checkpoint_dots` would keep the
-  attention's batched matmuls and none of the dense layers: `dense_dot` is a custom_vjp, which
-  dot policies do not see.) The blocks are unrolled, not scanned, so the recomputation is guarded
-  against CSE (`prevent_cse`, jax's default): without it XLA merges the recomputation back into
-  the forward pass and the policy saves nothing. XLA:CPU drops those guards before CSE, so
-  remat changes no memory there; it does on GPU and TPU.
+  attention's batched matmuls, and with `cpu_backward` none of the dense layers: `dense_dot` is a
+  custom_vjp, which dot policies do not see; names mean the same on every backend.) The blocks
+  are unrolled, not scanned, so the recomputation is guarded against CSE (`prevent_cse`, jax's
+  default): without it XLA merges the recomputation back into the forward pass and the policy
+  saves nothing. XLA:CPU drops those guards before CSE, so remat changes no memory there; it does
+  on GPU and TPU.
   """
   if policy not in REMAT_POLICIES:
     raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {policy!r}")
@@ -234,4 +238,5 @@ class Encoder(nn.Module):
                 dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
                 droppath_rate=self.droppath_rate * i / max(self.depth - 1, 1),
                 deterministic=self.deterministic, name=f"block_{i}")(self.backend.residual(x))
-    return LayerNorm(dtype=self.dtype, name="encoder_norm")(self.backend.residual(x))
+    return LayerNorm(dtype=self.dtype, backend=self.backend, name="encoder_norm")(
+        self.backend.residual(x))

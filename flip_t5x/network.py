@@ -143,6 +143,7 @@ class PatchEmbed(nn.Module):
   width: int = 768
   dtype: Any = jnp.float32
   masking_method: str = "gather"
+  backend: backends.Backend = backends.Backend()
 
   @nn.compact
   def __call__(self, images: Array, mask_ratio: float = 0.0, rng: Optional[Array] = None
@@ -166,7 +167,7 @@ class PatchEmbed(nn.Module):
       x, ids_keep = random_masking(x, rng, mask_ratio, self.masking_method)
       pos = jnp.take_along_axis(pos, ids_keep[:, :, None], axis=1)
     x = layers.DenseGeneral(features=(self.width,), kernel_axes=("patch", "embed"),
-                            dtype=self.dtype, name="embedding")(x)
+                            dtype=self.dtype, backend=self.backend, name="embedding")(x)
     return x + pos, ids_keep
 
 
@@ -183,7 +184,7 @@ def _project(tower: nn.Module, pooled: Array) -> Array:
   """The bias-free (by default) projection to the joint space, L2-normalised."""
   z = layers.DenseGeneral(features=(tower.embed_dim,), kernel_axes=("embed", "proj"),
                           use_bias=tower.projection_bias, dtype=jnp.float32,
-                          name="projection")(pooled)
+                          backend=tower.backend, name="projection")(pooled)
   return l2_normalize(z)
 
 
@@ -210,7 +211,7 @@ class ImageTower(nn.Module):
                        f"{c.image_size} (IMAGE_SIZE, network.ImageTowerConfig.image_size): "
                        f"set TASK_FEATURE_LENGTHS['image'] = {c.image_size}")
     x, _ = PatchEmbed(c.patch_size, c.width, dtype=dtype, masking_method=self.masking_method,
-                      name="patch_embed")(images, mask_ratio, rng)
+                      backend=self.backend, name="patch_embed")(images, mask_ratio, rng)
     cls = param_with_axes("cls", layers.normal_002, (c.width,), jnp.float32, axes=("embed",))
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (b, 1, c.width)), x], axis=1)
     x = with_sharding_constraint(x, ("batch", "length", "embed"))
@@ -294,11 +295,13 @@ class FlipTwoTower(nn.Module):
   dtype: str = "float32"
   remat_policy: str = "none"
   masking_method: str = "gather"
-  # The backend's formulations (`backends.choose`): cpu_backward None is on where
-  # jax.default_backend() is the CPU; attention_implementation None / 'xla' / 'cudnn' where it
-  # is off. Attention dropout, while it runs, computes the attention itself.
+  # The backend's formulations (`backends.choose`), picked for `platform` (None:
+  # jax.default_backend(); the benchmark's deviceless GPU compile sets 'gpu'): cpu_backward None
+  # is on on the CPU; attention_implementation None / 'xla' / 'cudnn' where it is off. Attention
+  # dropout, while it runs, computes the attention itself.
   cpu_backward: Optional[bool] = None
   attention_implementation: Optional[str] = None
+  platform: Optional[str] = None
   # The official switches both towers share (configs/default.py clr.*).
   projection_bias: bool = False  # clr.proj_out_bias (both projections)
   learn_temperature: bool = True  # clr.tau_learnable: the `logit_scale` parameter
@@ -308,7 +311,7 @@ class FlipTwoTower(nn.Module):
     if self.remat_policy not in layers.REMAT_POLICIES:
       raise ValueError(f"remat_policy must be one of {layers.REMAT_POLICIES}, "
                        f"got {self.remat_policy!r}")
-    backend = backends.choose(self.cpu_backward, self.attention_implementation)
+    backend = backends.choose(self.cpu_backward, self.attention_implementation, self.platform)
     if not self.learn_temperature and not self.fixed_temperature > 0.0:
       raise ValueError(f"fixed_temperature must be > 0, got {self.fixed_temperature}")
     shared = dict(embed_dim=self.embed_dim, dtype=self.dtype, remat_policy=self.remat_policy,

@@ -95,8 +95,9 @@ def test_target_config_without_the_cuda_plugin_says_what_to_install():
 @pytest.mark.skipif(not HAS_CUDA_PLUGIN,
                     reason="needs an accelerator toolchain: jax's CUDA plugin (pip install 'jax[cuda13]')")
 def test_memory_only_for_a_described_gpu_honours_remat():
-  """XLA:GPU's memory analysis of the step for an H100 with none attached: remat shrinks it."""
-  peak = {}
+  """XLA:GPU's memory analysis of the step for an H100 with none attached: remat shrinks it, and
+  XLA's FLOPs count the recomputation."""
+  peak, flops = {}, {}
   for policy in ("none", "full"):
     cmd = [sys.executable, "-m", "flip_t5x.benchmark",
            "--gin_file=gin_configs/models/flip_tiny.gin", f"--gin.REMAT_POLICY='{policy}'",
@@ -107,4 +108,6 @@ def test_memory_only_for_a_described_gpu_honours_remat():
     assert out["compiled_for"] == "NVIDIA H100 80GB HBM3" and out["compiled_for_devices"] == 1
     assert "note" not in out  # the CPU-only caveat does not apply to a GPU compile
     peak[policy] = out["0.5"]["peak_memory_gib"]
+    flops[policy] = out["0.5"]["xla_flops"]
   assert 0 < peak["full"] < peak["none"], peak
+  assert 0 < flops["none"] < flops["full"], flops

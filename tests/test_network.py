@@ -1,4 +1,5 @@
 """FLIP network: masking, towers, logit_scale, precision and remat variants."""
+import collections
 import dataclasses
 import re
 
@@ -280,21 +281,30 @@ def test_remat_recomputation_is_guarded_against_cse(tiny_params):
     ((2, 5, 6), (6, 3, 4), 1),    # features over two axes (query/key/value)
     ((2, 5, 3, 4), (3, 4, 6), 2),  # two contracted axes (attention output)
 ])
-def test_dense_dot_vjp_matches_autodiff(x_shape, k_shape, in_axes):
+@pytest.mark.parametrize("cpu_backward", [True, False])  # dense_dot / lax.dot_general
+def test_dense_vjp_matches_autodiff(x_shape, k_shape, in_axes, cpu_backward):
   kx, kk, kg = jax.random.split(jax.random.PRNGKey(0), 3)
   x, kernel = jax.random.normal(kx, x_shape), jax.random.normal(kk, k_shape)
-
-  def plain(x, kernel):
-    contract = tuple(range(x.ndim - in_axes, x.ndim))
-    return jax.lax.dot_general(x, kernel, ((contract, tuple(range(in_axes))), ((), ())))
-
-  y, vjp = jax.vjp(lambda a, b: backends.dense_dot(a, b, in_axes), x, kernel)
-  y_ref, vjp_ref = jax.vjp(plain, x, kernel)
+  dense = backends.Backend(cpu_backward=cpu_backward).dense
+  y, vjp = jax.vjp(lambda a, b: dense(a, b, in_axes), x, kernel)
+  y_ref, vjp_ref = jax.vjp(lambda a, b: jnp.tensordot(a, b, in_axes), x, kernel)
   np.testing.assert_allclose(y, y_ref, rtol=1e-6)
   g = jax.random.normal(kg, y.shape)
   for got, want in zip(vjp(g), vjp_ref(g)):
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cpu_backward", [True, False])
+def test_dot_remat_policies_see_the_dense_matmul_only_in_the_plain_formulation(cpu_backward):
+  """jax's `checkpoint_dots` saves a plain dense layer's output; `dense_dot`'s custom VJP hides
+  the matmul from it (why the custom formulations stay off the CPU)."""
+  dense = backends.Backend(cpu_backward=cpu_backward).dense
+  x, kernel = jnp.ones((4, 8, 16)), jnp.ones((16, 32))
+  f = jax.checkpoint(lambda a, b: jnp.sin(dense(a, b, 1)),
+                     policy=jax.checkpoint_policies.checkpoint_dots)
+  kept = [l.shape for l in jax.tree_util.tree_leaves(jax.vjp(f, x, kernel)[1])]
+  assert ((4, 8, 32) in kept) == (not cpu_backward), kept
 
 
 def test_dense_dot_kernel_gradient_reads_its_operands_in_place():
@@ -312,11 +322,19 @@ def test_dense_dot_kernel_gradient_reads_its_operands_in_place():
   assert not re.search(r"= \S+ transpose\(", hlo)
 
 
-@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
-def test_gelu_tanh_matches_jax_gelu(dtype, tol):
+CPU_GELU, GPU_GELU, PLAIN = {"cpu_backward": True}, {"gelu_from_input": True}, {}
+
+
+@pytest.mark.parametrize("dtype,backend,tol", [
+    (jnp.float32, CPU_GELU, 1e-5), (jnp.float32, GPU_GELU, 1e-5),  # gelu_tanh
+    (jnp.float32, PLAIN, 1e-5),  # jax.nn.gelu
+    (jnp.bfloat16, CPU_GELU, 2e-2), (jnp.bfloat16, GPU_GELU, 2e-2),  # VJP in float32
+    (jnp.bfloat16, PLAIN, 5e-2),  # autodiff in bfloat16: 1 + tanh cancels near x = -3
+])
+def test_gelu_matches_jax_gelu(dtype, backend, tol):
   x = jnp.linspace(-8.0, 8.0, 4001).astype(dtype)
   g = jax.random.normal(jax.random.PRNGKey(0), x.shape).astype(dtype)
-  y, vjp = jax.vjp(backends.gelu_tanh, x)
+  y, vjp = jax.vjp(backends.Backend(**backend).gelu, x)
   assert y.dtype == vjp(g)[0].dtype == dtype
   np.testing.assert_array_equal(np.float32(y), np.float32(jax.nn.gelu(x, approximate=True)))
   # The reference gradient: autodiff of the formula in float32 on the same inputs.
@@ -342,13 +360,15 @@ def _layer_norm_formula(x, scale, bias, epsilon=1e-6):
 
 
 @pytest.mark.parametrize("dtype,tol", [(jnp.float32, 2e-5), (jnp.bfloat16, 2e-2)])
-def test_layer_norm_matches_autodiff_of_its_formula(dtype, tol):
+@pytest.mark.parametrize("cpu_backward", [True, False])  # closed-form VJP / autodiff
+def test_layer_norm_matches_autodiff_of_its_formula(dtype, tol, cpu_backward):
   kx, ks, kb, kg = jax.random.split(jax.random.PRNGKey(4), 4)
   x = (3.0 + 2.0 * jax.random.normal(kx, (2, 5, 16))).astype(dtype)  # a mean far from 0
   scale = 1.0 + 0.5 * jax.random.normal(ks, (16,))
   bias = jax.random.normal(kb, (16,))
   g = jax.random.normal(kg, (2, 5, 16))
-  y, vjp = jax.vjp(lambda *a: backends.layer_norm(*a, 1e-6), x, scale, bias)
+  layer_norm = backends.Backend(cpu_backward=cpu_backward).layer_norm
+  y, vjp = jax.vjp(lambda *a: layer_norm(*a, 1e-6), x, scale, bias)
   # The reference: autodiff of the formula in float32 on the same (rounded) inputs.
   ref, vjp_ref = jax.vjp(_layer_norm_formula, x.astype(jnp.float32), scale, bias)
   np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
@@ -401,6 +421,39 @@ def test_cpu_backward_puts_conditionals_in_the_compiled_backward(cpu_backward):
   hlo = grad.lower(params).compile().as_text()
   expected = (TINY["image"].depth + 1) + (TINY["text"].depth + 1) if cpu_backward else 0
   assert hlo.count(" conditional(") == expected
+
+
+@pytest.mark.parametrize("overrides", [{"cpu_backward": True}, {"cpu_backward": False},
+                                       {"platform": "gpu"}, {"platform": "tpu"}])
+def test_every_layer_runs_the_chosen_backends_formulations(overrides):
+  """cpu_backward reaches every dense layer (patch embedding and projections too), LayerNorm,
+  GELU, attention and residual stream of both towers; on a GPU only gelu_tanh runs; elsewhere
+  (and with cpu_backward forced off on the CPU) no custom VJP is left."""
+  model = models.FlipModel(tiny_module(**overrides), mask_ratio=0.5)
+  batch, rng = tiny_batch(), jax.random.PRNGKey(1)
+  params = jax.eval_shape(lambda: model.get_initial_variables(
+      rng, {"images": (4, 32, 32, 3), "texts": (4, 8)})["params"])
+  jaxpr = str(jax.make_jaxpr(lambda p: model.loss_fn(p, batch, rng)[0])(params))
+  called = collections.Counter(re.findall(r"custom_vjp_call\[\s*name=(\w+)", jaxpr))
+  blocks = TINY["image"].depth + TINY["text"].depth
+  if overrides.get("cpu_backward"):
+    expected = collections.Counter(
+        # 6 per block (q, k, v, out, wi, wo), 2 projections, the patch embedding
+        dense_dot=6 * blocks + 2 + 1, layer_norm=2 * blocks + 2, gelu_tanh=blocks,
+        attention_core=blocks, materialize_grad=blocks + 2)
+  else:
+    expected = collections.Counter(gelu_tanh=blocks if overrides.get("platform") == "gpu" else 0)
+  assert called == +expected
+
+
+@pytest.mark.parametrize("platform,cpu_backward,gelu_from_input", [
+    ("cpu", True, False), ("gpu", False, True), ("tpu", False, False)])
+def test_choose_picks_what_was_measured_to_pay_on_each_platform(platform, cpu_backward,
+                                                                gelu_from_input):
+  backend = backends.choose(platform=platform)
+  assert (backend.cpu_backward, backend.gelu_from_input) == (cpu_backward, gelu_from_input)
+  assert backends.choose(False, platform=platform).cpu_backward is False  # forced either way
+  assert backends.choose(True, platform=platform).cpu_backward is True
 
 
 def test_cpu_backward_defaults_to_the_backend():

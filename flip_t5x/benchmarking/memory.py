@@ -40,6 +40,26 @@ def memory_stats(compiled: Any) -> Dict[str, float]:
           "argument_memory_gib": args / 2**30, "alias_memory_gib": alias / 2**30}
 
 
+def cost_stats(lowered: Any, compiled: Any) -> Dict[str, float]:
+  """XLA's cost analysis of the step: FLOPs (remat's recomputation included) and bytes accessed.
+
+  The compiled program's where the backend has one; XLA:GPU compiled without a device has none,
+  so then the lowered program's (before XLA's optimisations), analysed by the host's XLA:CPU.
+  """
+  try:
+    cost = compiled.cost_analysis()
+    if not cost:
+      from jax._src.lib import _jax  # pylint: disable=g-import-not-at-top
+      cost = _jax.hlo_module_cost_analysis(jax.devices("cpu")[0].client,
+                                           lowered.compiler_ir("hlo").as_hlo_module())
+  except Exception as e:  # pylint: disable=broad-except  (a figure, not a result)
+    logging.warning("no cost analysis: %s", e)
+    return {}
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return {f"xla_{k.replace(' ', '_')}": float(cost[k]) for k in ("flops", "bytes accessed")
+          if k in cost}
+
+
 def saved_activation_bytes(model: models.FlipModel, batch: Mapping[str, Any]) -> int:
   """Bytes the backward pass keeps from the forward (jax.vjp's residuals), from abstract shapes.
 
@@ -76,14 +96,14 @@ def described_gpus(target_config: str, num_devices: int = 1) -> List[Any]:
 
 def for_devices(module: network.FlipTwoTower, devices: Optional[Sequence[Any]]
                 ) -> network.FlipTwoTower:
-  """The module with `cpu_backward` left to the backend resolved for `devices` (None: attached).
+  """The module with its backend's formulations chosen for `devices` (None: attached).
 
-  The network resolves it from this host's backend, which is not the target's when compiling for
+  The network chooses them for this host's backend, which is not the target's when compiling for
   described GPUs.
   """
-  if devices is None or module.cpu_backward is not None:
+  if devices is None or module.platform is not None:
     return module
-  return module.clone(cpu_backward=devices[0].platform == "cpu")
+  return module.clone(platform=devices[0].platform)
 
 
 # XLA:GPU without a device cannot autotune, and its Triton GEMM tiling then fails on some small
@@ -124,9 +144,11 @@ def memory_only(module: network.FlipTwoTower, optimizer_def: Any, ratios: Sequen
                                      sharding=partitioner.data_sharding)
              for k, v in shapes.items()}
     t0 = time.perf_counter()
-    compiled = trainer.lower_train_step(layout.abstract_with_shardings(), batch).compile(
-        compile_options)
-    out[str(r)] = {**memory_stats(compiled), "compile_s": time.perf_counter() - t0,
+    lowered = trainer.lower_train_step(layout.abstract_with_shardings(), batch)
+    compiled = lowered.compile(compile_options)
+    compile_s = time.perf_counter() - t0
+    out[str(r)] = {**memory_stats(compiled), **cost_stats(lowered, compiled),
+                   "compile_s": compile_s,
                    "saved_activation_gib": saved_activation_bytes(model, batch) / 2**30}
     report(f"mask {r}: {out[str(r)]}")
   return out
