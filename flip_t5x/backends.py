@@ -3,7 +3,7 @@
 Every function here computes what the plain formulation computes (tests check each against it);
 they differ only in the program XLA compiles for the backward pass, or in what a backend's
 attention kernel accepts. Why each exists, and what it was measured to save, is in
-docs/DESIGN.md ("Backward-pass layout").
+docs/performance.md ("Backward-pass layout").
 
 `dense_dot`, `gelu_tanh`, `layer_norm`, `materialize_grad` (on the residual stream between
 blocks) and `attention_core` run where `Backend.cpu_backward` is on: by default on the CPU, where
@@ -286,7 +286,7 @@ def choose(cpu_backward: Optional[bool] = None, attention_implementation: Option
   """The `Backend` for these settings on `platform` (None: jax's default backend).
 
   cpu_backward None: on on the CPU. `gelu_tanh` runs on GPUs too, the one custom formulation
-  measured to pay there (docs/DESIGN.md, "Measurements").
+  measured to pay there (docs/performance.md, "Measurements").
   """
   platform = platform or jax.default_backend()
   if cpu_backward is None:

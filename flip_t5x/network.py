@@ -228,8 +228,9 @@ class TextTower(nn.Module):
 
   Ids are padded with 0 (or truncated) to `max_length` first, as the official pipeline's
   `pad_model_inputs`: the tower has no padding mask, so position 0 attends to every pad and the
-  embedding would otherwise depend on how far a pipeline padded. With `cls_token_id` set, that id goes first and the last token is dropped, as FLIP's pipeline
-  with aug.txt.cls_token (the caption truncated to max_len - 1 behind [CLS]).
+  embedding would otherwise depend on how far a pipeline padded. With `cls_token_id` set, that id
+  goes first and the last token is dropped, as FLIP's pipeline with aug.txt.cls_token (the caption
+  truncated to max_len - 1 behind [CLS]).
   """
 
   config: TextTowerConfig = TextTowerConfig()

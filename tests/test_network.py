@@ -317,7 +317,8 @@ def test_dense_dot_kernel_gradient_reads_its_operands_in_place():
   hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(kernel, x).compile(
       compiler_options=xla_options.compiler_options()).as_text()
   kernel_grads = [l for l in hlo.splitlines() if re.search(r"= f32\[64,256\]\S* dot\(", l)]
-  assert len(kernel_grads) == 1 and "lhs_contracting_dims={0}, rhs_contracting_dims={0}" in kernel_grads[0]
+  assert len(kernel_grads) == 1
+  assert "lhs_contracting_dims={0}, rhs_contracting_dims={0}" in kernel_grads[0]
   assert not re.search(r"= f32\[64,200\]", hlo)  # x as [in, tokens]
   assert not re.search(r"= \S+ transpose\(", hlo)
 
@@ -379,7 +380,7 @@ def test_layer_norm_matches_autodiff_of_its_formula(dtype, tol, cpu_backward):
 
 
 def test_layer_norm_keeps_its_input_and_two_statistics_per_token():
-  """x, mean and 1/std ([tokens, 1]) and scale, where autodiff of the formula also keeps x - mean."""
+  """x, mean and 1/std ([tokens, 1]) and scale; autodiff of the formula also keeps x - mean."""
   x, scale, bias = jnp.ones((4, 8, 16)), jnp.ones((16,)), jnp.zeros((16,))
   ours = jax.vjp(lambda *a: backends.layer_norm(*a, 1e-6), x, scale, bias)[1]
   ref = jax.vjp(_layer_norm_formula, x, scale, bias)[1]
@@ -500,7 +501,8 @@ def test_text_embedding_does_not_depend_on_the_padding(tiny_params):
   assert np.abs(encode(long_ids) - encode(long_ids[:, :7])).max() > 1e-3  # the 8th id counts
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="checks the error on a machine without an accelerator; on a GPU cuDNN runs")
+@pytest.mark.skipif(jax.default_backend() != "cpu",
+                    reason="checks the error on a machine without an accelerator; on a GPU cuDNN runs")
 def test_cudnn_attention_on_the_cpu_is_a_clear_error():
   # With cpu_backward left to the backend the network refuses before tracing; forced off, the
   # request reaches jax, which says cuDNN is missing, rather than silently running XLA's attention.
