@@ -26,7 +26,7 @@ with_sharding_constraint = nn_partitioning.with_sharding_constraint
 Array = jax.Array
 Initializer = Callable[..., Array]
 
-# Initialisers from the FLIP / MAE recipe (see the facts sheet).
+# The official models_flip.py's initialisers (MAE's): normal(0.02) embeddings, xavier kernels.
 normal_002 = nn.initializers.normal(stddev=0.02)
 xavier_uniform = nn.initializers.xavier_uniform()
 # q, k and v are separate matrices: xavier-uniform with scale 0.5 on fan-avg of the joint matrix.

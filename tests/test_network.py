@@ -502,7 +502,7 @@ def test_text_embedding_does_not_depend_on_the_padding(tiny_params):
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu",
-                    reason="checks the error on a machine without an accelerator; on a GPU cuDNN runs")
+                    reason="checks the error without an accelerator; on a GPU cuDNN runs")
 def test_cudnn_attention_on_the_cpu_is_a_clear_error():
   # With cpu_backward left to the backend the network refuses before tracing; forced off, the
   # request reaches jax, which says cuDNN is missing, rather than silently running XLA's attention.
