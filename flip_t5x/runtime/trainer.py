@@ -8,6 +8,7 @@ class with those bindings whether or not t5x is installed. What users see while 
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from flax.linen import partitioning as flax_partitioning
@@ -56,8 +57,12 @@ class FlipTrainer:
         self._eval_step, in_axis_resources=(self.layout.specs.params, batch_spec),
         out_axis_resources=None)
 
-  def _contexts(self):
-    return _MeshAndRules(self.partitioner)
+  def _contexts(self) -> contextlib.ExitStack:
+    """The mesh and logical-axis rules active while tracing (flax's activation constraints)."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(self.partitioner.mesh)
+    stack.enter_context(flax_partitioning.axis_rules(self.partitioner.logical_axis_rules))
+    return stack
 
   def _train_step(self, state: train_state_lib.TrainState, batch: Mapping[str, jax.Array]):
     dropout_rng = jax.random.fold_in(self._rng, state.step)
@@ -106,24 +111,6 @@ def global_norm(tree: PyTree) -> jax.Array:
   (one more write and read per gradient; measured in docs/performance.md).
   """
   return jnp.sqrt(sum(jnp.sum(jnp.abs(x) * jnp.abs(x)) for x in jax.tree_util.tree_leaves(tree)))
-
-
-class _MeshAndRules:
-  """The mesh and logical-axis rules active while tracing (flax's activation constraints)."""
-
-  def __init__(self, partitioner: Any):
-    self._mesh = partitioner.mesh
-    self._rules = flax_partitioning.axis_rules(partitioner.logical_axis_rules)
-
-  def __enter__(self):
-    self._mesh.__enter__()
-    self._rules.__enter__()
-    return self
-
-  def __exit__(self, *exc):
-    self._rules.__exit__(*exc)
-    self._mesh.__exit__(*exc)
-    return False
 
 
 def unwrap_optimizer(model: Any) -> optax.GradientTransformation:
