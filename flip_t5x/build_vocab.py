@@ -50,5 +50,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  gin_utils.define_verbose_flag()
-  app.run(main)
+  gin_utils.run(main)

@@ -28,6 +28,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from flip_t5x import predictor as predictor_lib
 from flip_t5x.pytorch import benchmark
 from flip_t5x.pytorch import cli
 from flip_t5x.runtime import gin_utils
@@ -74,7 +75,7 @@ def main(argv: Sequence[str], forwarded: Sequence[str]) -> None:
                          "model with --checkpoint and --gin_file, or --pretrained")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  predictor, source = cli.load_predictor("clip_benchmark")
+  predictor, source = cli.load_predictor()
   benchmark.register(benchmark.loader(predictor, cli.preprocess_config(predictor)))
   from clip_benchmark import cli as clip_benchmark_cli  # pylint: disable=g-import-not-at-top
   model, pretrained = _names(source)
@@ -88,4 +89,4 @@ if __name__ == "__main__":
   gin_utils.define_verbose_flag()
   own_argv, clip_benchmark_args = split_args(sys.argv, OWN_FLAGS)
   sys.argv = own_argv
-  gin_utils.run(lambda argv: main(argv, clip_benchmark_args))
+  gin_utils.run(lambda argv: main(argv, clip_benchmark_args), bad_input=predictor_lib.LOAD_ERRORS)

@@ -22,14 +22,13 @@ import dataclasses
 import json
 import os
 import statistics
-import sys
 from typing import Any, Dict, Optional, Sequence
 
-from absl import app
 from absl import flags
 
 from flip_t5x.run_metrics import (IMAGES_PER_SECOND, TOP1_SUFFIX, UPTIME, ZEROSHOT_PREFIX,
                                   MetricsError, Series, read_records, series_of, wall_time)
+from flip_t5x.runtime import gin_utils
 
 MASKED, UNMASKED, TUNED = "pretrain", "unmasked", "tuned"
 LABELS = {MASKED: "masked (FLIP)", UNMASKED: "unmasked", TUNED: "masked + unmasked tuning"}
@@ -211,17 +210,9 @@ def main(argv: Sequence[str]) -> None:
   print(json.dumps(summary), flush=True)
 
 
-def _main_reporting_errors(argv: Sequence[str]) -> None:
-  try:
-    main(argv)
-  except MetricsError as e:
-    print(f"flip_t5x.demo_compare: error: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
-
-
 if __name__ == "__main__":
   flags.DEFINE_string("run_dir", "runs/demo", "The demo's run directory.")
   flags.DEFINE_string("output", None, "The PNG; default RUN_DIR/flip_vs_unmasked.png.")
   flags.DEFINE_bool("equal_time_steps", False,
                     "Only print the unmasked step count for the masked run's time.")
-  app.run(_main_reporting_errors)
+  gin_utils.run(main, bad_input=(MetricsError,))

@@ -63,14 +63,11 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not FLAGS.output_dir:
     raise app.UsageError("--output_dir is required")
-  try:
-    data = demo.prepare(FLAGS.output_dir, num_train=FLAGS.num_train,
-                        num_eval_per_class=FLAGS.num_eval_per_class, image_size=FLAGS.image_size,
-                        seed=FLAGS.seed, examples_per_shard=FLAGS.examples_per_shard,
-                        vocab_size=FLAGS.vocab_size, source_dir=FLAGS.source_dir,
-                        progress_stream=sys.stderr)
-  except (OSError, ValueError) as e:
-    sys.exit(f"demo_data: error: {e}")
+  data = demo.prepare(FLAGS.output_dir, num_train=FLAGS.num_train,
+                      num_eval_per_class=FLAGS.num_eval_per_class, image_size=FLAGS.image_size,
+                      seed=FLAGS.seed, examples_per_shard=FLAGS.examples_per_shard,
+                      vocab_size=FLAGS.vocab_size, source_dir=FLAGS.source_dir,
+                      progress_stream=sys.stderr)
   summary = dataclasses.asdict(data)
   summary.pop("train_files")
   print(json.dumps(summary), flush=True)
@@ -78,5 +75,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  gin_utils.define_verbose_flag()
-  app.run(main)
+  gin_utils.run(main, bad_input=(OSError, ValueError))  # no Fashion-MNIST, a bad size, ...

@@ -11,8 +11,9 @@ import json
 import os
 from typing import Any, Dict, List, Sequence
 
-from absl import app
 from absl import flags
+
+from flip_t5x.runtime import gin_utils
 
 STAGES = ("pretrain", "tuned")
 
@@ -75,4 +76,4 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == "__main__":
   flags.DEFINE_string("run_dir", "runs/demo", "The demo's run directory.")
   flags.DEFINE_float("wall_seconds", 0.0, "Wall time of the whole demo, measured by the script.")
-  app.run(main)
+  gin_utils.run(main)

@@ -21,6 +21,8 @@ from __future__ import annotations
 if __name__ == "__main__":  # a binary: TF/CUDA start-up notices off unless --verbose
   from flip_t5x import _quiet  # pylint: disable=unused-import  (before TensorFlow loads)
 
+import functools
+import importlib
 import json
 import os
 import sys
@@ -33,6 +35,7 @@ import tensorflow as tf
 
 from flip_t5x import checkpoints
 from flip_t5x import models
+from flip_t5x import pretrained
 from flip_t5x.data import zeroshot as zeroshot_lib
 from flip_t5x.evaluation import EvalError
 from flip_t5x.evaluation import datasets
@@ -62,26 +65,11 @@ def eval_options(mode: str = "zeroshot", max_examples: Optional[int] = None,
   """FLIP-only options of `evaluate`, kept off it so upstream t5x.eval's `evaluate` (which has
   none of them) parses the same gin files. gin: `from flip_t5x import eval as flip_eval` then
   `flip_eval.eval_options.mode = 'retrieval'` (runs/eval.gin binds EVAL_MODE /
-  EVAL_MAX_EXAMPLES here). Arguments given to `evaluate` directly take precedence.
+  EVAL_MAX_EXAMPLES here); the binary calls it as configured and passes the result to
+  `evaluate(options=...)`.
   """
   return dict(mode=mode, max_examples=max_examples, class_names=class_names,
               template_set=template_set, text_batch_size=text_batch_size)
-
-
-def _gin_eval_options() -> Dict[str, Any]:
-  """`eval_options()` as gin configured it (defaults when no gin file mentions it).
-
-  Looked up in the importable module, not `__main__`: gin files bind
-  `flip_t5x.eval.eval_options` (dynamic registration), also when this file runs as
-  `python -m flip_t5x.eval`.
-  """
-  import importlib  # pylint: disable=g-import-not-at-top
-  fn = importlib.import_module("flip_t5x.eval").eval_options
-  try:
-    configured = gin.get_configurable(fn)
-  except (ValueError, KeyError):
-    configured = fn
-  return configured()
 
 
 # ------------------------------------------------------------------------------ the binary
@@ -123,7 +111,7 @@ def evaluate(*, model: models.FlipModel, dataset_cfg: Any, output_dir: str,
              partitioner: Any = None, mode: Optional[str] = None,
              class_names: Union[None, str, Sequence[str]] = None,
              template_set: Optional[str] = None, max_examples: Optional[int] = None,
-             text_batch_size: Optional[int] = None,
+             text_batch_size: Optional[int] = None, options: Optional[Mapping[str, Any]] = None,
              inference_evaluator_cls: Any = None, training_evaluator_cls: Any = None,
              summarize_config_fn: Any = None, train_state_initializer_cls: Any = None,
              train_eval_get_dataset_fn: Any = None, fallback_init_rng: Optional[int] = None,
@@ -138,12 +126,13 @@ def evaluate(*, model: models.FlipModel, dataset_cfg: Any, output_dir: str,
     restore_checkpoint_cfg: t5x-style RestoreCheckpointConfig (path; mode 'specific'/'latest').
     checkpoint_path: alternative to `restore_checkpoint_cfg`: a checkpoint directory.
     partitioner: optional; its mesh shards the eval batches over the data axis.
-    The next five default to `eval_options()` (gin: `flip_eval.eval_options.*`):
+    The next five, where None, come from `options`, else `eval_options`' defaults:
     mode: 'zeroshot' or 'retrieval'.
     class_names: zero-shot class names (list or file); default: the task source's.
     template_set: zero-shot template set ("7", "80", a file); default: the gin-selected one.
     max_examples: evaluate only the first N examples.
     text_batch_size: prompts per text-tower step (default: dataset_cfg.batch_size).
+    options: `eval_options()`'s result (the binary's: as gin configured it).
     inference_evaluator_cls, training_evaluator_cls, summarize_config_fn,
     train_state_initializer_cls, train_eval_get_dataset_fn, fallback_init_rng, use_orbax:
       t5x.eval's other parameters (t5x/eval.py `evaluate`), accepted so that gin files written
@@ -156,7 +145,7 @@ def evaluate(*, model: models.FlipModel, dataset_cfg: Any, output_dir: str,
   """
   del inference_evaluator_cls, training_evaluator_cls, summarize_config_fn  # t5x.eval's only
   del train_state_initializer_cls, train_eval_get_dataset_fn, fallback_init_rng, use_orbax
-  options = _gin_eval_options()
+  options = eval_options(**(options or {}))
   mode = options["mode"] if mode is None else mode
   class_names = options["class_names"] if class_names is None else class_names
   template_set = options["template_set"] if template_set is None else template_set
@@ -209,19 +198,20 @@ def main(argv: Sequence[str]) -> None:
     raise EvalError(f"unexpected command-line arguments: {argv[1:]}")
   # Like t5x.eval: the gin-configurable `evaluate` is registered under this module's name
   # (`__main__.evaluate` when run as a binary; gin files `import __main__ as eval_script`).
+  # `eval_options` under the importable module's (gin files `from flip_t5x import eval as
+  # flip_eval`), also when this file runs as `python -m flip_t5x.eval`.
   evaluate_using_gin = gin.configurable(evaluate)
+  options_fn = importlib.import_module("flip_t5x.eval").eval_options
+  options_using_gin = gin.configurable(options_fn)
   gin_files, gin_bindings = list(flags.FLAGS.gin_file or []), list(flags.FLAGS.gin_bindings)
-  found = pretrained_cli.resolve_from_flags("flip_t5x.eval")
+  found = pretrained_cli.resolve_from_flags()
   if found:  # its model file after the eval files (the sizes it sets win), and its checkpoint
     gin_files.append(found.gin_file)
     gin_bindings.insert(0, f"CHECKPOINT_PATH = {found.checkpoint!r}")
-  try:
-    gin_utils.parse_gin_flags(flags.FLAGS.gin_search_paths, gin_files, gin_bindings)
-  except gin_utils.GinConfigError:
-    raise
-  except ValueError as e:  # gin.finalize(): e.g. a %gin.REQUIRED macro left unset
-    raise gin_utils.GinConfigError(str(e)) from None
-  metrics = gin_utils.call_configured(evaluate, evaluate_using_gin)  # MASK_RATIO=1.5: exit 2
+  gin_utils.parse_gin_flags(flags.FLAGS.gin_search_paths, gin_files, gin_bindings)
+  options = gin_utils.call_configured(options_fn, options_using_gin)
+  metrics = gin_utils.call_configured(  # MASK_RATIO=1.5: a configuration error, exit 2
+      evaluate, functools.partial(evaluate_using_gin, options=options))
   print(summary_table(metrics), file=sys.stderr, flush=True)
   print(json.dumps(metrics, sort_keys=True), flush=True)
 
@@ -253,17 +243,7 @@ def summary_table(metrics: Mapping[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def _main_reporting_errors(argv: Sequence[str]) -> None:
-  """Configuration and input errors end the binary with one clear line, not a traceback."""
-  try:
-    main(argv)
-  except (EvalError, gin_utils.GinConfigError) as e:
-    message = str(e).split("\n  In call to configurable")[0]  # gin's suffix, not the story
-    print(f"flip_t5x.eval: error: {message}", file=sys.stderr, flush=True)
-    sys.exit(2)
-
-
 if __name__ == "__main__":
   gin_utils.define_gin_flags()
   pretrained_cli.define_flags()  # --pretrained=NAME sets CHECKPOINT_PATH and the model gin file
-  gin_utils.run(_main_reporting_errors)
+  gin_utils.run(main, bad_input=(EvalError, *pretrained.RESOLVE_ERRORS))

@@ -19,7 +19,6 @@ from __future__ import annotations
 if __name__ == "__main__":  # a binary: TF/CUDA start-up notices off unless --verbose
   from flip_t5x import _quiet  # pylint: disable=unused-import  (before TensorFlow loads)
 
-import sys
 from typing import Sequence
 
 from absl import app
@@ -27,6 +26,7 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from flip_t5x import predictor as predictor_lib
 from flip_t5x import pytorch
 from flip_t5x.pytorch import cli
 from flip_t5x.pytorch import convert
@@ -62,7 +62,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError("--output (the export directory) is required")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  predictor, source = cli.load_predictor("export_torch")
+  predictor, source = cli.load_predictor()
   paths = convert.write_export(FLAGS.output, predictor.module, predictor.params,
                                predictor.vocabulary.vocab_file, cli.preprocess_config(predictor),
                                source)
@@ -71,11 +71,10 @@ def main(argv: Sequence[str]) -> None:
         f"({', '.join(p.rsplit('/', 1)[-1] for p in paths)}); "
         f"max |torch - jax| embedding difference {difference:.2e}", flush=True)
   if not difference <= CHECK_TOLERANCE:
-    print(f"export_torch: the PyTorch model differs from the JAX model by {difference:.2e} "
-          f"(> {CHECK_TOLERANCE:g})", file=sys.stderr, flush=True)
-    sys.exit(1)
+    raise gin_utils.Failed(f"the PyTorch model differs from the JAX model by {difference:.2e} "
+                           f"(> {CHECK_TOLERANCE:g})")
 
 
 if __name__ == "__main__":
   _define_flags()
-  gin_utils.run(main)
+  gin_utils.run(main, bad_input=predictor_lib.LOAD_ERRORS)

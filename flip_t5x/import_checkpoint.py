@@ -21,7 +21,6 @@ from __future__ import annotations
 if __name__ == "__main__":  # a binary: TF/CUDA start-up notices off unless --verbose
   from flip_t5x import _quiet  # pylint: disable=unused-import  (before TensorFlow loads)
 
-import sys
 from typing import Sequence
 
 from absl import app
@@ -29,7 +28,6 @@ from absl import flags
 
 from flip_t5x import checkpoints
 from flip_t5x.checkpoints import importer
-from flip_t5x.checkpoints import msgpack
 from flip_t5x.checkpoints import release
 from flip_t5x.data import vocabulary as vocabulary_lib
 from flip_t5x.runtime import gin_utils
@@ -61,18 +59,12 @@ def main(argv: Sequence[str]) -> None:
   if FLAGS.dry_run:
     for e in release.mapping_table(model):
       print(f"{e.official} {e.official_shape} -> {e.ours} {e.our_shape}")
-  try:
-    _, step = importer.import_checkpoint(FLAGS.source, model,
-                                         None if FLAGS.dry_run else FLAGS.output, FLAGS.step)
-  except (checkpoints.NoCheckpointError, msgpack.CheckpointError,
-          release.CheckpointMismatchError, checkpoints.CheckpointShapeError) as e:
-    # The message is the whole story; exit status 2, as every binary's input errors.
-    print(f"import_checkpoint: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
+  _, step = importer.import_checkpoint(FLAGS.source, model,
+                                       None if FLAGS.dry_run else FLAGS.output, FLAGS.step)
   print(f"imported {FLAGS.source} (step {step})"
         + ("" if FLAGS.dry_run else f" -> {FLAGS.output}/checkpoint_{step}"))
 
 
 if __name__ == "__main__":
   _define_flags()
-  gin_utils.run(main)
+  gin_utils.run(main, bad_input=checkpoints.READ_ERRORS)  # the message is the whole story

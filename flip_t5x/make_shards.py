@@ -39,7 +39,6 @@ from typing import Sequence
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from flip_t5x.data import shards
 from flip_t5x.runtime import gin_utils
@@ -78,29 +77,24 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError("pass exactly one of --images_dir and --captions_file")
   if not FLAGS.output_dir:
     raise app.UsageError("--output_dir is required")
-  try:
-    if FLAGS.images_dir is not None:
-      items = shards.items_from_images_dir(FLAGS.images_dir)
-    else:
-      items = shards.items_from_captions_file(FLAGS.captions_file, FLAGS.path_column,
-                                       FLAGS.caption_column, FLAGS.save_additional_columns)
-    if FLAGS.shuffle:
-      items = shards.shuffled(items, FLAGS.seed)
-    summary = shards.write_shards(items, FLAGS.output_dir, prefix=FLAGS.prefix,
-                           examples_per_shard=FLAGS.examples_per_shard,
-                           image_format=FLAGS.image_format, max_side=FLAGS.max_side,
-                           quality=FLAGS.jpeg_quality, overwrite=FLAGS.overwrite,
-                           progress_stream=sys.stderr)
-  except (OSError, ValueError, ImportError) as e:
-    sys.exit(f"make_shards: error: {e}")
-  if summary.written == 0:
-    logging.error("no examples written: every input was skipped or there were none")
+  if FLAGS.images_dir is not None:
+    items = shards.items_from_images_dir(FLAGS.images_dir)
+  else:
+    items = shards.items_from_captions_file(FLAGS.captions_file, FLAGS.path_column,
+                                            FLAGS.caption_column, FLAGS.save_additional_columns)
+  if FLAGS.shuffle:
+    items = shards.shuffled(items, FLAGS.seed)
+  summary = shards.write_shards(items, FLAGS.output_dir, prefix=FLAGS.prefix,
+                                examples_per_shard=FLAGS.examples_per_shard,
+                                image_format=FLAGS.image_format, max_side=FLAGS.max_side,
+                                quality=FLAGS.jpeg_quality, overwrite=FLAGS.overwrite,
+                                progress_stream=sys.stderr)
   print(summary.to_json(), flush=True)
   if summary.written == 0:
-    sys.exit(1)
+    raise gin_utils.Failed("no examples written: every input was skipped or there were none")
 
 
 if __name__ == "__main__":
   define_flags()
-  gin_utils.define_verbose_flag()
-  app.run(main)
+  # A missing input, an unreadable table, existing shards without --overwrite, no Parquet reader.
+  gin_utils.run(main, bad_input=(OSError, ValueError, ImportError))

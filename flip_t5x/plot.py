@@ -14,12 +14,12 @@ import os
 import sys
 from typing import Dict, List, Sequence, Tuple
 
-from absl import app
 from absl import flags
 
 from flip_t5x.run_metrics import (IMAGES_PER_SECOND, LOSS, METRICS_FILE, TOP1_SUFFIX, UPTIME,
                                   ZEROSHOT_PREFIX, MetricsError, Series, read_records, series,
                                   wall_time)
+from flip_t5x.runtime import gin_utils
 
 _OUTPUT = flags.DEFINE_string("output", "curves.png", "Where to write the PNG.")
 
@@ -82,13 +82,5 @@ def main(argv: Sequence[str]) -> None:
   print(_OUTPUT.value, flush=True)
 
 
-def _main_reporting_errors(argv: Sequence[str]) -> None:
-  try:
-    main(argv)
-  except (PlotError, MetricsError) as e:
-    print(f"flip_t5x.plot: error: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
-
-
 if __name__ == "__main__":
-  app.run(_main_reporting_errors)
+  gin_utils.run(main, bad_input=(PlotError, MetricsError))

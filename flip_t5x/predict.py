@@ -31,7 +31,6 @@ from absl import flags
 from absl import logging
 import numpy as np
 
-from flip_t5x import checkpoints
 from flip_t5x import predictor as predictor_lib
 from flip_t5x.data import zeroshot
 from flip_t5x.pretrained import cli as pretrained_cli
@@ -193,20 +192,12 @@ def main(argv: Sequence[str]) -> None:
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # stderr is for per-file errors; -v 0 shows the gin
 
-  found = pretrained_cli.resolve_from_flags("predict")
+  found = pretrained_cli.resolve_from_flags()
   checkpoint = found.checkpoint if found else FLAGS.checkpoint
   gin_files = ([found.gin_file] if found else []) + list(FLAGS.gin_file or [])
-  try:
-    predictor = predictor_lib.FlipPredictor.from_checkpoint(
-        checkpoint, gin_files, gin_bindings=FLAGS.gin_bindings,
-        vocab_file=FLAGS.vocab_file, batch_size=FLAGS.batch_size)
-  except checkpoints.NoCheckpointError as e:  # the path and what is there, exit status 2
-    print(f"predict: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
-  except gin_utils.GinConfigError:
-    raise  # gin_utils.run: one line, exit status 2, as every binary
-  except (FileNotFoundError, ValueError) as e:  # bad vocabulary
-    raise SystemExit(f"predict: {e}") from e
+  predictor = predictor_lib.FlipPredictor.from_checkpoint(
+      checkpoint, gin_files, gin_bindings=FLAGS.gin_bindings,
+      vocab_file=FLAGS.vocab_file, batch_size=FLAGS.batch_size)
 
   if FLAGS.query:
     text_emb = predictor.encode_texts([FLAGS.query])
@@ -228,10 +219,10 @@ def main(argv: Sequence[str]) -> None:
     lines = format_labels(paths, ok, probs, errors, labels, FLAGS.top_k, FLAGS.format)
   print("\n".join(lines), flush=True)
   if not ok:
-    print(f"predict: none of the {len(paths)} images could be read", file=sys.stderr)
-    sys.exit(1)
+    raise gin_utils.Failed(f"none of the {len(paths)} images could be read")
 
 
 if __name__ == "__main__":
   _define_flags()
-  gin_utils.run(main)
+  # A path without a checkpoint, a bad --pretrained or vocabulary: one line, exit status 2.
+  gin_utils.run(main, bad_input=predictor_lib.LOAD_ERRORS)

@@ -45,6 +45,15 @@ class ImageError(ValueError):
   """An input image that cannot be read or decoded; the message names it."""
 
 
+class VocabularyError(ValueError):
+  """No vocabulary, one that cannot be read, or one with more ids than the model's table."""
+
+
+# What `FlipPredictor.from_checkpoint` / `from_pretrained` raise for bad input (a path without a
+# checkpoint, a bad release name, a bad vocabulary): binaries declare these to `gin_utils.run`.
+LOAD_ERRORS = (*pretrained.RESOLVE_ERRORS, VocabularyError)
+
+
 def _is_single_image(images: Any) -> bool:
   if isinstance(images, (str, bytes, os.PathLike)):
     return True
@@ -163,18 +172,18 @@ class FlipPredictor:
     """Ids beyond the embedding table would be clamped silently by the gather: refuse them."""
     try:
       size = vocab.vocab_size
-    except (tf.errors.OpError, OSError) as e:
-      raise ValueError(f"cannot read the WordPiece vocabulary {vocab.vocab_file!r}: "
-                       f"{_tf_error_text(e)}") from e
+    except (tf.errors.OpError, OSError, ValueError) as e:  # ValueError: an empty file
+      raise VocabularyError(f"cannot read the WordPiece vocabulary {vocab.vocab_file!r}: "
+                            f"{_tf_error_text(e)}") from e
     if size > self.module.text.vocab_size:
-      raise ValueError(
+      raise VocabularyError(
           f"vocabulary {vocab.vocab_file} has {size} ids (lines + 1) but the model's "
           f"text tower has vocab_size {self.module.text.vocab_size}: wrong VOCAB_FILE or gin file?")
 
   @property
   def vocabulary(self) -> vocabulary_lib.WordPieceVocabulary:
     if self._vocabulary is None:
-      raise ValueError(
+      raise VocabularyError(
           "No WordPiece vocabulary: set the gin macro VOCAB_FILE (e.g. gin_bindings="
           "['VOCAB_FILE = \"/path/vocab.txt\"']) or pass vocab_file= to from_checkpoint.")
     return self._vocabulary

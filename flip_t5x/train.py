@@ -11,7 +11,6 @@ from __future__ import annotations
 if __name__ == "__main__":  # a binary: TF/CUDA start-up notices off unless --verbose
   from flip_t5x import _quiet  # pylint: disable=unused-import  (before TensorFlow loads)
 
-import sys
 from typing import Sequence
 
 from absl import flags
@@ -69,25 +68,9 @@ def app_usage_error(message: str) -> Exception:
   return app.UsageError(message)
 
 
-def _main_reporting_errors(argv: Sequence[str]) -> None:
-  """Errors the user can mend as one clear line and an exit status instead of a traceback.
-
-  Configuration errors (gin_utils.GinConfigError, train_checks.TrainConfigError) are reported by
-  `gin_utils.run`: exit status 2, like every binary's.
-  """
-  try:
-    main(argv)
-  except (checkpoints.NoCheckpointError, checkpoints.CheckpointShapeError) as e:
-    # INITIAL_CHECKPOINT_PATH without a checkpoint, or one (or MODEL_DIR's) of another model.
-    line = str(e).split("\n  In call to configurable")[0]  # gin's suffix, not the story
-    logging.error("%s", line)
-    print(f"flip_t5x.train: {line}", file=sys.stderr)
-    sys.exit(2)
-  except trainer_lib.NonFiniteLossError as e:
-    print(f"flip_t5x.train: {e}", file=sys.stderr)
-    sys.exit(3)
-
-
 if __name__ == "__main__":
   define_flags()
-  gin_utils.run(_main_reporting_errors)
+  # INITIAL_CHECKPOINT_PATH without a checkpoint, or one (or MODEL_DIR's) of another model: bad
+  # input, status 2; a loss that stopped being finite: status 3. gin_utils.run: one line each.
+  gin_utils.run(main, bad_input=(checkpoints.NoCheckpointError, checkpoints.CheckpointShapeError),
+                exit_status={trainer_lib.NonFiniteLossError: 3})

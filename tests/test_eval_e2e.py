@@ -411,5 +411,5 @@ def test_binary_clear_errors(setup, binaries):
   assert "flip_t5x.eval: error: Checkpoint not found" in err and "Traceback" not in err
   rc, _, err = _finish(binaries["bad_gin"])
   assert rc == 2
-  assert "flip_t5x.eval: error: in gin binding 'evaluate.mode = zeroshot'" in err
+  assert "flip_t5x.eval: configuration error: in gin binding 'evaluate.mode = zeroshot'" in err
   assert "Traceback" not in err

@@ -493,7 +493,7 @@ def test_cli_unknown_name_is_one_line(tmp_path):
                                   f"--images={tmp_path}", "--labels=cat,dog"])
   assert proc.returncode == 2, proc.stderr[-3000:]
   last = proc.stderr.strip().splitlines()[-1]
-  assert last.startswith("predict: 'flip_vit_x99' is neither") and "flip_vit_l16_laion2b" in last
+  assert last.startswith("flip_t5x.predict: error: 'flip_vit_x99' is neither") and "flip_vit_l16_laion2b" in last
   assert "Traceback" not in proc.stderr
 
 
@@ -507,8 +507,8 @@ def test_cli_refuses_a_zip_bomb_in_one_line(tmp_path):
                                   f"--images={tmp_path}", "--labels=cat,dog"])
   assert proc.returncode == 2, proc.stderr[-3000:]
   last = proc.stderr.strip().splitlines()[-1]
-  assert last.startswith(f"predict: {bomb} would expand to 3.0 GiB (3221225472 bytes), past the "
-                         "limit of 1.0 GiB"), last
+  assert last.startswith(f"flip_t5x.predict: error: {bomb} would expand to 3.0 GiB "
+                         "(3221225472 bytes), past the limit of 1.0 GiB"), last
   assert "Traceback" not in proc.stderr
   assert os.listdir(cache / "models") == []
 

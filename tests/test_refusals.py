@@ -61,8 +61,8 @@ def test_misspelt_evaluate_binding_is_one_line_exit_2(tmp_path):
   lines = proc.stderr.strip().splitlines()
   errors = [line for line in lines if line.startswith("flip_t5x.eval: ")]
   assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr[-3000:]  # gin's location too
-  assert errors[0].startswith("flip_t5x.eval: error: in gin binding '__main__.evaluate."
-                              "chekpoint_path")
+  assert errors[0].startswith("flip_t5x.eval: configuration error: in gin binding "
+                              "'__main__.evaluate.chekpoint_path")
   assert "doesn't have a parameter named 'chekpoint_path'" in errors[0]
   assert not out.exists()
 

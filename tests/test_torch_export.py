@@ -194,7 +194,7 @@ def test_export_binary(tiny, tmp_path):
   # A path without a checkpoint: one line, exit status 2, nothing written.
   bad = h.run_binary("export_torch", [f"--checkpoint={tmp_path / 'nothing'}",
                                       f"--gin_file={TINY_GIN}", f"--output={tmp_path / 'o2'}"])
-  assert bad.returncode == 2 and bad.stderr.strip().startswith("export_torch: ")
+  assert bad.returncode == 2 and bad.stderr.strip().startswith("flip_t5x.export_torch: error: ")
   assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "o2").exists()
 
 

@@ -96,7 +96,7 @@ def _cases(tmp: str) -> Dict[str, Case]:
                    "--gin.MIXTURE_OR_TASK_MODULE='test_train_helpers'",
                    f"--gin.CHECKPOINT_PATH='{tmp}/no_checkpoint'",
                    f"--gin.EVAL_OUTPUT_DIR='{tmp}/eval'"], ["mask_ratio", "1.5"],
-          binary="eval", model_dir=False, prefix="error:"),
+          binary="eval", model_dir=False),
   }
 
 

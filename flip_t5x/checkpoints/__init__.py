@@ -27,6 +27,7 @@ from flip_t5x.checkpoints.layout import read_meta
 from flip_t5x.checkpoints.layout import STEP_PREFIX
 from flip_t5x.checkpoints.layout import T5X
 from flip_t5x.checkpoints.layout import T5X_MSGPACK
+from flip_t5x.checkpoints.msgpack import CheckpointError
 from flip_t5x.checkpoints.params import checkpoint_step
 from flip_t5x.checkpoints.params import load_params
 from flip_t5x.checkpoints.params import read_arrays
@@ -34,3 +35,8 @@ from flip_t5x.checkpoints.params import resize_position_embedding
 from flip_t5x.checkpoints.params import restore_params
 from flip_t5x.checkpoints.position import restore_input_position
 from flip_t5x.checkpoints.position import save_input_position
+from flip_t5x.checkpoints.release import CheckpointMismatchError
+
+# What reading a checkpoint raises for bad input (no checkpoint at the path, one of another model,
+# a damaged or foreign release): binaries declare these to `gin_utils.run` (one line, exit 2).
+READ_ERRORS = (NoCheckpointError, CheckpointShapeError, CheckpointError, CheckpointMismatchError)

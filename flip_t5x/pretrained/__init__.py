@@ -52,6 +52,12 @@ class PretrainedError(ValueError):
   """An unknown model name, or an archive that is not a known release."""
 
 
+# What `resolve` raises for bad input (a bad name, a failed download, a refused archive or
+# release): binaries declare these to `gin_utils.run` (one line, exit status 2).
+RESOLVE_ERRORS = (PretrainedError, download.DownloadError, archive.ArchiveError,
+                  *checkpoints.READ_ERRORS)
+
+
 @dataclasses.dataclass(frozen=True)
 class PretrainedModel:
   """One released checkpoint: where it is, which model gin file reads it, what it scores."""
@@ -211,7 +217,8 @@ def resolve(name_or_path: str, cache_dir: Optional[str] = None, sha256: Optional
   bounds what the archive may expand to (default: `archive.default_max_bytes`).
 
   Raises:
-    PretrainedError, download.DownloadError, archive.ArchiveError, and the importer's errors.
+    RESOLVE_ERRORS: PretrainedError, download.DownloadError, archive.ArchiveError, and the
+    importer's errors.
   """
   model = _entry_for(name_or_path)
   source = model.url if name_or_path == model.name else name_or_path

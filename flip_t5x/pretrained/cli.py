@@ -11,10 +11,6 @@ from typing import Optional
 from absl import flags
 
 from flip_t5x import pretrained
-from flip_t5x.checkpoints import msgpack
-from flip_t5x.checkpoints import release
-from flip_t5x.pretrained import archive
-from flip_t5x.pretrained import download
 
 FLAGS = flags.FLAGS
 
@@ -35,17 +31,12 @@ def list_if_asked() -> None:
     sys.exit(0)
 
 
-def resolve_from_flags(program: str) -> Optional[pretrained.Resolved]:
+def resolve_from_flags() -> Optional[pretrained.Resolved]:
   """The model `--pretrained` names (None without it), fetched and imported on first use.
 
-  A bad name, a failed download or a refused archive ends the binary with one line, status 2.
+  A bad name, a failed download or a refused archive raises one of `pretrained.RESOLVE_ERRORS`.
   """
   list_if_asked()
   if not FLAGS.pretrained:
     return None
-  try:
-    return pretrained.resolve(FLAGS.pretrained, FLAGS.pretrained_cache_dir, FLAGS.sha256)
-  except (pretrained.PretrainedError, download.DownloadError, archive.ArchiveError,
-          msgpack.CheckpointError, release.CheckpointMismatchError) as e:
-    print(f"{program}: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
+  return pretrained.resolve(FLAGS.pretrained, FLAGS.pretrained_cache_dir, FLAGS.sha256)

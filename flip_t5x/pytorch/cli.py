@@ -2,19 +2,18 @@
 
 `--checkpoint=DIR --gin_file=MODEL.gin` (any checkpoint `flip_t5x.checkpoints` reads), or
 `--pretrained=NAME` (a released model, fetched and imported on first use), loaded into a
-`FlipPredictor`; a path without a checkpoint, a bad name or a bad vocabulary is one line on stderr
-and exit status 2, before anything is written.
+`FlipPredictor`. A path without a checkpoint, a bad name or a bad vocabulary raises one of
+`predictor.LOAD_ERRORS`, which the binaries declare bad input to `gin_utils.run`: one line on
+stderr, exit status 2, before anything is written.
 """
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any, Dict, Tuple
 
 from absl import app
 from absl import flags
 
-from flip_t5x import checkpoints
 from flip_t5x import predictor as predictor_lib
 from flip_t5x.data import preprocessors
 from flip_t5x.pretrained import cli as pretrained_cli
@@ -32,28 +31,19 @@ def define_flags() -> None:
   pretrained_cli.define_flags()  # --pretrained=NAME instead of --checkpoint and --gin_file
 
 
-def load_predictor(program: str) -> Tuple[predictor_lib.FlipPredictor, Dict[str, Any]]:
+def load_predictor() -> Tuple[predictor_lib.FlipPredictor, Dict[str, Any]]:
   """The model the flags name, and where it came from (`source`: recorded with the export)."""
   pretrained_cli.list_if_asked()
   if bool(FLAGS.checkpoint) == bool(FLAGS.pretrained):
     raise app.UsageError("pass one of --checkpoint (with --gin_file) or --pretrained")
-  found = pretrained_cli.resolve_from_flags(program)
+  found = pretrained_cli.resolve_from_flags()
   checkpoint = found.checkpoint if found else FLAGS.checkpoint
   gin_files = ([found.gin_file] if found else []) + list(FLAGS.gin_file or [])
   if not gin_files:
     raise app.UsageError("--gin_file (the model's gin file) is required with --checkpoint")
-  try:
-    predictor = predictor_lib.FlipPredictor.from_checkpoint(
-        checkpoint, gin_files, gin_bindings=FLAGS.gin_bindings, vocab_file=FLAGS.vocab_file)
-    predictor.vocabulary.vocab_size  # pylint: disable=pointless-statement  (exists, readable)
-  except checkpoints.NoCheckpointError as e:  # the path and what is there
-    print(f"{program}: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
-  except (FileNotFoundError, ValueError) as e:  # a bad or missing vocabulary
-    if isinstance(e, gin_utils.GinConfigError):
-      raise
-    print(f"{program}: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
+  predictor = predictor_lib.FlipPredictor.from_checkpoint(
+      checkpoint, gin_files, gin_bindings=FLAGS.gin_bindings, vocab_file=FLAGS.vocab_file)
+  predictor.vocabulary.vocab_size  # pylint: disable=pointless-statement  (exists, readable)
   source = {"checkpoint": os.path.abspath(checkpoint), "gin_files": gin_files,
             "pretrained": found.name if found else None}
   return predictor, source

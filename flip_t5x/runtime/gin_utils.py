@@ -4,10 +4,13 @@ Gin files include each other by paths relative to a search path, as t5x's do
 (`include 'gin_configs/models/flip_vit_l16.gin'`); the project root is always searched, so the
 binaries work from any working directory.
 
-Configuration errors (`GinConfigError`: an unknown or unparsable binding, a value a configurable
-rejects, a path that does not exist) end every binary started with `run` the same way: one line
-`<binary>: configuration error: <what, naming the binding or path>` on stderr, no traceback, exit
-status 2.
+`run` is every binary's one path from an error to a message and an exit status. A configuration
+error (`GinConfigError`: an unknown or unparsable binding, a value a configurable rejects, a path
+that does not exist) ends it with one line `<binary>: configuration error: <what, naming the
+binding or path>` on stderr and exit status 2; an error of a class the binary declares bad input
+(`run(main, bad_input=(checkpoints.NoCheckpointError, ...))`) with `<binary>: error: <message>` and
+status 2; `Failed` (a run whose result is a failure) with status 1; any other error with its
+traceback, as Python ends.
 
 Gin parses an `include` where it stands, so a file that binds X and then includes a file that
 binds X again keeps the included value; `parse_gin_flags` warns about that order, naming X and
@@ -20,7 +23,7 @@ import inspect
 import os
 import re
 import sys
-from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NoReturn, Optional, Sequence, Tuple, Type
 
 from absl import app
 from absl import flags
@@ -44,7 +47,12 @@ class GinConfigError(ValueError):
   """A gin file or binding that cannot be applied; the message names it."""
 
 
-CONFIG_ERROR_EXIT_STATUS = 2
+class Failed(RuntimeError):
+  """A binary ran and its result is a failure (no image could be read, an export that disagrees)."""
+
+
+BAD_INPUT_EXIT_STATUS = 2  # a configuration error is bad input too
+FAILED_EXIT_STATUS = 1
 _GIN_CALL_SUFFIX = re.compile(
     r"In call to configurable '([^']+)' \(<[^>]*>\)(?: in scope '([^']+)')?")
 
@@ -277,19 +285,32 @@ def program_name() -> str:
   return spec.name if spec is not None and spec.name else os.path.basename(sys.argv[0])
 
 
-def exit_with_config_error(error: BaseException) -> NoReturn:
-  """One line naming what is wrong on stderr, exit status 2 (no traceback)."""
-  print(f"{program_name()}: configuration error: {one_line(error)}", file=sys.stderr, flush=True)
-  sys.exit(CONFIG_ERROR_EXIT_STATUS)
+def _exit(label: str, message: str, status: int) -> NoReturn:
+  print(f"{program_name()}: {label}: {message}", file=sys.stderr, flush=True)
+  sys.exit(status)
 
 
-def _reporting_config_errors(main: Callable[[Sequence[str]], None]
-                             ) -> Callable[[Sequence[str]], None]:
-  def wrapped(argv: Sequence[str]) -> None:
+def _message(error: BaseException) -> str:
+  """The error's own message, without the call site gin appends (the binary's name says where)."""
+  return str(error).split("\n  In call to configurable")[0]
+
+
+def _reporting_errors(main: Callable[[Sequence[str]], Optional[int]],
+                      bad_input: Tuple[Type[BaseException], ...],
+                      exit_status: Mapping[Type[BaseException], int]
+                      ) -> Callable[[Sequence[str]], Optional[int]]:
+  def wrapped(argv: Sequence[str]) -> Optional[int]:
     try:
-      main(argv)
+      return main(argv)
     except GinConfigError as e:
-      exit_with_config_error(e)
+      _exit("configuration error", one_line(e), BAD_INPUT_EXIT_STATUS)
+    except Exception as e:  # pylint: disable=broad-except  (re-raised unless declared)
+      status = next((s for c, s in exit_status.items() if isinstance(e, c)),
+                    BAD_INPUT_EXIT_STATUS if isinstance(e, bad_input)
+                    else FAILED_EXIT_STATUS if isinstance(e, Failed) else None)
+      if status is None:
+        raise
+      _exit("error", _message(e), status)
   return wrapped
 
 
@@ -297,7 +318,7 @@ def _parse_flags(argv: Sequence[str]) -> List[str]:
   try:
     args = rewrite_gin_args(argv)
   except GinConfigError as e:
-    exit_with_config_error(e)
+    _exit("configuration error", one_line(e), BAD_INPUT_EXIT_STATUS)
   return app.parse_flags_with_usage(args)
 
 
@@ -308,10 +329,21 @@ def define_verbose_flag() -> None:
                       "probing); off by default unless TF_CPP_MIN_LOG_LEVEL is set.")
 
 
-def run(main: Callable[[Sequence[str]], None]) -> None:
-  """`app.run` with t5x's `--gin.NAME=VALUE` rewriting; configuration errors exit with status 2."""
+def run(main: Callable[[Sequence[str]], Optional[int]],
+        bad_input: Sequence[Type[BaseException]] = (),
+        exit_status: Optional[Mapping[Type[BaseException], int]] = None) -> None:
+  """`app.run` with t5x's `--gin.NAME=VALUE` rewriting, and how every binary ends on an error.
+
+  Args:
+    main: the binary's main (absl's: argv in; a returned int is the exit status).
+    bad_input: error classes that mean the user's input is wrong (a path without a checkpoint):
+      `<binary>: error: <message>` on stderr, exit status 2. `GinConfigError` always is:
+      `<binary>: configuration error: <one line>`, status 2.
+    exit_status: further error classes and their own exit status (train: a non-finite loss, 3).
+  """
   define_verbose_flag()
-  app.run(_reporting_config_errors(main), flags_parser=_parse_flags)
+  app.run(_reporting_errors(main, tuple(bad_input), dict(exit_status or {})),
+          flags_parser=_parse_flags)
 
 
 def summarize_gin_config(model_dir: str, summary_writer=None, step: int = 0) -> None:
