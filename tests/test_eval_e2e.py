@@ -354,6 +354,14 @@ def test_bad_inputs_in_process(setup, binaries):
   with pytest.raises(EvalError, match="mode"):
     flip_eval.evaluate(model=model, dataset_cfg=Cfg, output_dir=out,
                        checkpoint_path=setup["ckpt"], mode="bogus")
+  # The options come as an argument (the binary's: eval_options as gin configured it); a value
+  # given to evaluate itself wins.
+  with pytest.raises(EvalError, match="got 'from_options'"):
+    flip_eval.evaluate(model=model, dataset_cfg=Cfg, output_dir=out, checkpoint_path=setup["ckpt"],
+                       options=flip_eval.eval_options(mode="from_options"))
+  with pytest.raises(EvalError, match="got 'given'"):
+    flip_eval.evaluate(model=model, dataset_cfg=Cfg, output_dir=out, checkpoint_path=setup["ckpt"],
+                       mode="given", options=flip_eval.eval_options(mode="from_options"))
 
 
 def _bruteforce_retrieval(model, params, max_examples):

@@ -223,3 +223,14 @@ def test_cli_exit_status_when_nothing_is_readable(setup):
   code, _, err = run_cli([f"--checkpoint={setup['ckpt']}", f"--gin_file={TINY_GIN}",
                           f"--images={setup['images']}", "--query=cat", "--labels=a,b"])
   assert code == 1 and "pass exactly one of --labels, --labels_file, --query" in err
+
+
+def test_cli_bad_vocabulary_is_one_line_and_exit_2(setup):
+  missing = setup["tmp"] / "no_vocab.txt"
+  code, out, err = run_cli([f"--checkpoint={setup['ckpt']}", f"--gin_file={TINY_GIN}",
+                            f"--vocab_file={missing}", f"--images={setup['images']}",
+                            "--labels=a,b"])
+  assert code == 2 and not out, err[-3000:]
+  assert err.strip().splitlines()[-1].startswith(
+      f"flip_t5x.predict: error: cannot read the WordPiece vocabulary '{missing}'"), err[-3000:]
+  assert "Traceback" not in err

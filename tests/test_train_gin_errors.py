@@ -11,6 +11,8 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import os
+import subprocess
+import sys
 import time
 from typing import Dict, List, Sequence, Tuple
 
@@ -175,3 +177,50 @@ def test_only_errors_building_the_arguments_are_configuration_errors():
         gin_utils.call_configured(flip_test_body, body)
     else:
       assert gin_utils.call_configured(flip_test_body, body) == 0.25
+
+
+# A binary as `gin_utils.run` ends it: its main raises what the argument names.
+_PROGRAM = '''
+import sys
+from flip_t5x.runtime import gin_utils
+
+class BadInput(ValueError):
+  pass
+
+class Diverged(FloatingPointError):
+  pass
+
+ERRORS = {
+    "config": gin_utils.GinConfigError("in gin binding 'X = 1': no configurable X"),
+    "bad_input": BadInput("no checkpoint at /x:\\n  a directory holding a.txt"
+                          "\\n  In call to configurable 'train' (<function train at 0x1>)"),
+    "failed": gin_utils.Failed("none of the 3 images could be read"),
+    "diverged": Diverged("loss is nan at step 3"),
+    "bug": KeyError("a bug"),
+}
+
+def main(argv):
+  raise ERRORS[argv[1]]
+
+gin_utils.run(main, bad_input=(BadInput,), exit_status={Diverged: 3})
+'''
+
+
+@pytest.mark.parametrize("case, status, lines", [
+    ("config", 2, ["prog: configuration error: in gin binding 'X = 1': no configurable X"]),
+    ("bad_input", 2, ["prog: error: no checkpoint at /x:", "  a directory holding a.txt"]),
+    ("failed", 1, ["prog: error: none of the 3 images could be read"]),
+    ("diverged", 3, ["prog: error: loss is nan at step 3"]),
+    ("bug", 1, None),  # not declared: the traceback, as Python ends
+])
+def test_run_is_the_one_path_from_an_error_to_a_message_and_an_exit_status(tmp_path, case,
+                                                                         status, lines):
+  program = tmp_path / "prog"
+  program.write_text(_PROGRAM)
+  proc = subprocess.run([sys.executable, str(program), case], cwd=h.ROOT, env=h.env(),
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == status, proc.stderr[-3000:]
+  if lines is None:
+    assert "Traceback" in proc.stderr and proc.stderr.strip().endswith("KeyError: 'a bug'")
+  else:
+    assert proc.stderr.strip().splitlines() == lines  # gin's call site left out
