@@ -9,8 +9,8 @@ error (`GinConfigError`: an unknown or unparsable binding, a value a configurabl
 that does not exist) ends it with one line `<binary>: configuration error: <what, naming the
 binding or path>` on stderr and exit status 2; an error of a class the binary declares bad input
 (`run(main, bad_input=(checkpoints.NoCheckpointError, ...))`) with `<binary>: error: <message>` and
-status 2; `Failed` (a run whose result is a failure) with status 1; any other error with its
-traceback, as Python ends.
+status 2; `Failed` (a run whose result is a failure) with status 1; the classes in `exit_status`
+with their own (train: a non-finite loss, 3); any other error with its traceback, as Python ends.
 
 Gin parses an `include` where it stands, so a file that binds X and then includes a file that
 binds X again keeps the included value; `parse_gin_flags` warns about that order, naming X and
