@@ -36,6 +36,7 @@ from typing import Any, Dict, Sequence
 from absl import app
 from absl import flags
 
+from flip_t5x import xla_options
 from flip_t5x.benchmarking import cases
 from flip_t5x.benchmarking import memory
 from flip_t5x.benchmarking import step_timing
@@ -55,6 +56,9 @@ def define_flags() -> None:
   flags.DEFINE_boolean("eval", True, "Also time the zero-shot image-embedding pass (mask 0).")
   flags.DEFINE_integer("eval_batch_size", 0, "Batch of the eval pass (0: --batch_size).")
   flags.DEFINE_integer("matmul_size", 0, "Side of the reference matmul (0: 2048 on CPU, 8192 else).")
+  flags.DEFINE_enum("cpu_dot_library", xla_options.XlaOptions.cpu_dot_library,
+                    xla_options.CPU_DOT_LIBRARIES, "XlaOptions.cpu_dot_library of every timed "
+                    "compile (the steps, the eval pass, the reference matmul).")
   flags.DEFINE_string("openclip_python", "", "Python with torch + open_clip_torch: also time "
                       "OpenCLIP's train step with patch_dropout on the same shapes.")
   flags.DEFINE_boolean("memory_only", False, "Only compile the train step from abstract shapes "
@@ -94,7 +98,8 @@ def main(argv: Sequence[str]) -> None:
     out.update(step_timing.benchmark(
         module, model.optimizer_def, ratios, FLAGS.batch_size, FLAGS.rounds,
         FLAGS.steps_per_round, FLAGS.warmup_steps, FLAGS.eval, FLAGS.eval_batch_size,
-        FLAGS.matmul_size, FLAGS.openclip_python, report=_print))
+        FLAGS.matmul_size, FLAGS.openclip_python, report=_print,
+        xla_options=xla_options.XlaOptions(cpu_dot_library=FLAGS.cpu_dot_library)))
     for r, v in out["per_mask_ratio"].items():
       print(f"mask {r}: {v['images_per_second']:.2f} img/s, step {v['step_time_median_s']:.3f} s "
             f"(spread {v['step_time_spread']:.0%}), MFU {v['mfu']:.1%}, "

@@ -177,7 +177,7 @@ def evaluate(*, model: models.FlipModel, dataset_cfg: Any, output_dir: str,
   data_axis = getattr(partitioner, "data_axis", "data")
   common = dict(task_name=task_name, split=dataset_cfg.split, feature_lengths=lengths,
                 batch_size=int(dataset_cfg.batch_size), max_examples=max_examples, mesh=mesh,
-                data_axis=data_axis)
+                data_axis=data_axis, xla_options=getattr(partitioner, "xla_options", None))
   if mode == "zeroshot":
     name = zeroshot_lib.template_set() if template_set is None else str(template_set)
     templates = zeroshot_lib.templates(name)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from flip_t5x import network
-from flip_t5x.runtime import xla_options
+from flip_t5x import xla_options as xla_options_lib
 
 
 def encoder_flops(tokens: int, width: int, depth: int, mlp_ratio: int) -> float:
@@ -55,9 +55,14 @@ def flops_per_example(m: network.FlipTwoTower, mask_ratio: float,
 
 
 class MatmulPeak:
-  """A large square matmul in the activation dtype: the device's achievable matmul FLOP/s."""
+  """A large square matmul in the activation dtype: the device's achievable matmul FLOP/s.
 
-  def __init__(self, dtype: Any = jnp.float32, size: Optional[int] = None):
+  Compiled with `xla_options` (None: `XlaOptions()`): those the steps compile with give the peak
+  of the matmul library they use.
+  """
+
+  def __init__(self, dtype: Any = jnp.float32, size: Optional[int] = None,
+               xla_options: Optional[xla_options_lib.XlaOptions] = None):
     if not size:
       size = 2048 if jax.devices()[0].platform == "cpu" else 8192
     self.size = size
@@ -65,9 +70,9 @@ class MatmulPeak:
     k1, k2 = jax.random.split(jax.random.PRNGKey(0))
     self.a = jax.random.normal(k1, (size, size), jnp.float32).astype(dtype)
     self.b = jax.random.normal(k2, (size, size), jnp.float32).astype(dtype)
-    # The options the runtime's steps compile with: the peak of the matmul library they use.
+    options = xla_options_lib.compiler_options(None, xla_options or xla_options_lib.XlaOptions())
     self.fn = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=a.dtype),
-                      compiler_options=xla_options.compiler_options())
+                      compiler_options=options)
     jax.block_until_ready(self.fn(self.a, self.b))
 
   def measure(self) -> float:

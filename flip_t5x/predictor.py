@@ -28,6 +28,7 @@ from flip_t5x import checkpoints
 from flip_t5x import models
 from flip_t5x import network
 from flip_t5x import pretrained
+from flip_t5x import xla_options as xla_options_lib
 from flip_t5x.data import preprocessors
 from flip_t5x.data import vocabulary as vocabulary_lib
 from flip_t5x.data import zeroshot
@@ -108,11 +109,16 @@ def _pil_to_uint8_rgb(image: Any, name: str) -> np.ndarray:
 
 
 class FlipPredictor:
-  """Embeds images and texts with a FLIP model and scores them against each other."""
+  """Embeds images and texts with a FLIP model and scores them against each other.
+
+  Images go through the image tower `batch_size` at a time, texts `text_batch_size` at a time,
+  both compiled with `xla_options` (None: `XlaOptions()`).
+  """
 
   def __init__(self, model: models.FlipModel, params: PyTree,
                vocabulary: Optional[vocabulary_lib.WordPieceVocabulary] = None,
-               batch_size: int = 32, text_batch_size: int = 256):
+               batch_size: int = 32, text_batch_size: int = 256,
+               xla_options: Optional[xla_options_lib.XlaOptions] = None):
     if batch_size < 1 or text_batch_size < 1:
       raise ValueError(f"batch sizes must be >= 1, got {batch_size}, {text_batch_size}")
     self.model = model
@@ -127,7 +133,7 @@ class FlipPredictor:
     self.image_size = int(shapes["images"][1])
     self.text_length = int(shapes["texts"][1])
     self.embed_dim = int(self.module.embed_dim)
-    self._encoder = encoder_lib.encoder_for(model)
+    self._encoder = encoder_lib.encoder_for(model, xla_options)
     self.logit_scale = float(self.module.apply({"params": self.params},
                                                method=network.FlipTwoTower.scale))
     size = self.image_size

@@ -390,7 +390,7 @@ fi
 # learning rate each logs agrees at every step.
 STEP=(--gin.TRAIN_STEPS=4 --gin.WARMUP_STEPS=2 --gin.CHECKPOINT_PERIOD=1 --gin.KEEP_CHECKPOINTS=None
       --gin.BASE_LEARNING_RATE=0.05 --gin.EVAL_PERIOD=1)  # no eval bound: metrics every step
-printf '%s\n' "from __gin__ import dynamic_registration" "from flip_t5x.runtime import xla_options" \
+printf '%s\n' "from __gin__ import dynamic_registration" "from flip_t5x import xla_options" \
   "xla_options.XlaOptions.cpu_dot_library = 'xla_default'" > "$RUNS/xla_default.gin"
 rm -rf "$RUNS/step_t5x" "$RUNS/step_flip"
 if run step_t5x "$PY" -m t5x.train "${TINY[@]}" "${PRETRAIN[@]}" "${DATA_ARGS[@]}" "${STEP[@]}" \

@@ -9,10 +9,10 @@ import gin
 import jax
 import pytest
 
+from flip_t5x import xla_options
 from flip_t5x.benchmarking import cases
 from flip_t5x.benchmarking import memory
 from flip_t5x.runtime import gin_utils
-from flip_t5x.runtime import xla_options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,7 +38,7 @@ def test_benchmark_cli_prints_sane_json_last():
   assert out["batch_size"] == 8 and out["params"] > 0
   assert out["matmul_peak_flops_per_device"] > 0
   # The XLA options every jitted function compiled with (Eigen matmuls on the CPU by default).
-  assert out["compiler_options"] == xla_options.compiler_options("cpu")
+  assert out["compiler_options"] == xla_options.compiler_options("cpu", xla_options.XlaOptions())
   per = out["per_mask_ratio"]
   assert set(per) == {"0.0", "0.5"}
   for r in per.values():

@@ -27,11 +27,11 @@ import tensorflow as tf
 
 from flip_t5x.data import shards
 from flip_t5x import checkpoints
+from flip_t5x import train_state
 from flip_t5x.checkpoints import release
 from flip_t5x.runtime import gin_utils
 from flip_t5x.runtime import optimizers
 from flip_t5x.runtime import partitioning
-from flip_t5x.runtime import train_state
 
 import test_train_helpers as h
 

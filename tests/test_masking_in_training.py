@@ -15,8 +15,8 @@ import pytest
 
 from flip_t5x import network
 from flip_t5x import predictor as predictor_lib
+from flip_t5x import train_state as train_state_lib
 from flip_t5x.runtime import partitioning
-from flip_t5x.runtime import train_state as train_state_lib
 from flip_t5x.runtime import trainer as trainer_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,8 +43,7 @@ def make_trainer(model):
   part = partitioning.LocalPjitPartitioner(devices=jax.devices()[:1])
   layout = train_state_lib.StateLayout(model, optax.sgd(1.0), part, SHAPES)
   state = layout.initialize(jax.random.PRNGKey(0))
-  trainer = trainer_lib.FlipTrainer(model=model, train_state=state, partitioner=part,
-                                    eval_names=[], summary_dir=None, train_state_axes=layout,
+  trainer = trainer_lib.FlipTrainer(model=model, partitioner=part, layout=layout,
                                     rng=TRAINER_RNG)
   return trainer, state
 

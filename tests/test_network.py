@@ -17,7 +17,7 @@ from flip_t5x import layers
 from flip_t5x import losses
 from flip_t5x import models
 from flip_t5x import network
-from flip_t5x.runtime import xla_options
+from flip_t5x import xla_options
 
 TINY = dict(image=network.ImageTowerConfig(image_size=32, patch_size=8, width=64, depth=2,
                                            num_heads=4),
@@ -315,7 +315,7 @@ def test_dense_dot_kernel_gradient_reads_its_operands_in_place():
 
   x, kernel = jnp.ones((4, 50, 64)), jnp.ones((64, 256))
   hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(kernel, x).compile(
-      compiler_options=xla_options.compiler_options()).as_text()
+      compiler_options=xla_options.compiler_options(None, xla_options.XlaOptions())).as_text()
   kernel_grads = [l for l in hlo.splitlines() if re.search(r"= f32\[64,256\]\S* dot\(", l)]
   assert len(kernel_grads) == 1
   assert "lhs_contracting_dims={0}, rhs_contracting_dims={0}" in kernel_grads[0]

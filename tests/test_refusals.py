@@ -18,6 +18,7 @@ from flip_t5x import checkpoints
 from flip_t5x import eval as flip_eval
 from flip_t5x import predict
 from flip_t5x import predictor as predictor_lib
+from flip_t5x import train_state
 from flip_t5x.checkpoints import importer
 from flip_t5x.checkpoints import layout as layout_lib
 from flip_t5x.checkpoints import release
@@ -25,7 +26,6 @@ from flip_t5x.data import vocabulary as vocabulary_lib
 from flip_t5x.runtime import gin_utils
 from flip_t5x.runtime import optimizers
 from flip_t5x.runtime import partitioning
-from flip_t5x.runtime import train_state
 import test_import_checkpoint as tic
 import test_predictor
 import test_train_helpers as h

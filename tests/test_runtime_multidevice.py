@@ -14,10 +14,11 @@ import test_train_helpers as h
 
 SCRIPT = r'''
 import sys, gin, jax, numpy as np
+from flip_t5x import train_state
 from flip_t5x.evaluation import encoder as encoder_lib
 from flip_t5x.evaluation import zeroshot as zeroshot_eval
 from flip_t5x.data import vocabulary as vocabulary_lib
-from flip_t5x.runtime import optimizers, partitioning, train_state, trainer
+from flip_t5x.runtime import optimizers, partitioning, trainer
 assert jax.device_count() == 8
 out_path, vocab_file = sys.argv[1], sys.argv[2]
 gin.parse_config_file("gin_configs/models/flip_tiny.gin")
@@ -40,8 +41,8 @@ for name, parts, pstates in (("1x1", None, False), ("8x1", 1, False), ("4x2", 2,
     part = partitioning.PjitPartitioner(num_partitions=parts, partition_states=pstates)
   layout = train_state.StateLayout(model, tx, part, shapes)
   state = layout.initialize(jax.random.PRNGKey(0))
-  t = trainer.FlipTrainer(model=model, train_state=state, partitioner=part, eval_names=[],
-                          summary_dir=None, train_state_axes=layout, rng=jax.random.PRNGKey(1))
+  t = trainer.FlipTrainer(model=model, partitioner=part, layout=layout,
+                          rng=jax.random.PRNGKey(1))
   gb = {k: jax.device_put(v, part.data_sharding) for k, v in batch.items()}
   grad_fn = part.partition(
       lambda p, b: jax.value_and_grad(lambda q: model.loss_fn(q, b, jax.random.PRNGKey(3))[0])(p),

@@ -13,9 +13,9 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from flip_t5x import checkpoints
+from flip_t5x import train_state
 from flip_t5x.runtime import optimizers
 from flip_t5x.runtime import partitioning
-from flip_t5x.runtime import train_state
 from flip_t5x.runtime import trainer
 
 

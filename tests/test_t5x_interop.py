@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from flip_t5x import train_state
 from flip_t5x.checkpoints import position
 from flip_t5x.data import feature_converters
 from flip_t5x.runtime import gin_utils
@@ -25,7 +26,6 @@ from flip_t5x.runtime import optimizers
 from flip_t5x.runtime import partitioning
 from flip_t5x.runtime import t5x_interop
 from flip_t5x.runtime import train_loop
-from flip_t5x.runtime import train_state
 from flip_t5x.runtime import trainer
 from flip_t5x.runtime import utils
 import test_train_helpers as h
@@ -53,14 +53,23 @@ def test_flip_programs_configure_flip_classes_where_t5x_imports(monkeypatch,
   assert inspect.unwrap(bound("get_dataset_fn")) is utils.get_flip_dataset
   layout = train_state.StateLayout(model, trainer.unwrap_optimizer(model), partitioner,
                                    {"images": (8, h.IMAGE, h.IMAGE, 3), "texts": (8, h.TEXT)})
-  step_trainer = bound("trainer_cls")(
-      model=model, train_state=None, partitioner=partitioner, eval_names=[], summary_dir=None,
-      train_state_axes=layout, rng=jax.random.PRNGKey(0))
+  step_trainer = bound("trainer_cls")(model=model, partitioner=partitioner, layout=layout,
+                                      rng=jax.random.PRNGKey(0))
   # The trainer.Trainer.* bindings reach it: the schedule (warmup 2 to 0.05 x 8 / 256, cosine
   # to 0 at step 4) that gives the `learning_rate` metric.
   assert isinstance(step_trainer, trainer.FlipTrainer)
   np.testing.assert_allclose([float(step_trainer.learning_rate_fn(s)) for s in range(5)],
                              [0.0, 0.00078125, 0.0015625, 0.00078125, 0.0], rtol=1e-6)
+
+
+def test_t5x_names_answer_only_their_names():
+  assert partitioning.PjitPartitioner is partitioning.LocalPjitPartitioner
+  assert utils.get_dataset is utils.get_flip_dataset
+  assert trainer.Trainer is trainer.FlipTrainer
+  assert not hasattr(utils, "Trainer") and not hasattr(trainer, "DatasetConfig")
+  with pytest.raises(ValueError, match="replacements and extensions must name"):
+    t5x_interop.t5x_names("flip_t5x.runtime.utils", {"DatasetConfig": utils.FlipDatasetConfig},
+                          replacements={"get_dataset": utils.upstream_get_dataset})
 
 
 def _dataset_cfg() -> utils.FlipDatasetConfig:
@@ -83,7 +92,7 @@ def test_t5x_train_restores_a_flip_t5x_data_position(tmp_path):
   next(saved), next(saved)
   item = tmp_path / "checkpoint_2" / "dataset"
   files = position.save_input_position(saved, str(item))
-  upstream = t5x_interop.upstream_get_dataset(cfg, 0, 1,
+  upstream = utils.upstream_get_dataset(cfg, 0, 1,
                                               feature_converters.ImageTextFeatureConverter)
   upstream.restore(files.iterator)
   np.testing.assert_array_equal(next(upstream)["texts"], expected[2])
@@ -97,12 +106,12 @@ def test_t5x_train_skips_batches_when_the_position_does_not_fit(tmp_path, caplog
   next(other)
   item = tmp_path / "checkpoint_3" / "dataset"
   files = position.save_input_position(other, str(item))
-  upstream = t5x_interop.upstream_get_dataset(cfg, 0, 1,
+  upstream = utils.upstream_get_dataset(cfg, 0, 1,
                                               feature_converters.ImageTextFeatureConverter)
   with caplog.at_level(logging.WARNING):
     upstream.restore(files.iterator)
   warnings = [r.getMessage() for r in caplog.records
-              if r.levelname == "WARNING" and r.module == "t5x_interop"]
+              if r.levelname == "WARNING" and r.module == "utils"]
   assert len(warnings) == 1 and "skipping 3 batches" in warnings[0], warnings
   assert os.fspath(files.iterator) in warnings[0]
   np.testing.assert_array_equal(next(upstream)["texts"], expected[3])
@@ -112,7 +121,7 @@ def test_t5x_train_skips_batches_when_the_position_does_not_fit(tmp_path, caplog
 def test_t5x_get_dataset_refuses_what_t5x_refuses():
   cfg = _dataset_cfg()
   with pytest.raises(ValueError, match="not divisible by the 3 data shards"):
-    t5x_interop.upstream_get_dataset(cfg, 0, 3, feature_converters.ImageTextFeatureConverter)
+    utils.upstream_get_dataset(cfg, 0, 3, feature_converters.ImageTextFeatureConverter)
   with pytest.raises(ValueError, match="continue_from_last_checkpoint"):
-    t5x_interop.upstream_get_dataset(cfg, 0, 1, feature_converters.ImageTextFeatureConverter,
+    utils.upstream_get_dataset(cfg, 0, 1, feature_converters.ImageTextFeatureConverter,
                                      continue_from_last_checkpoint=True)

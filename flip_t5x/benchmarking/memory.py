@@ -18,9 +18,9 @@ import numpy as np
 
 from flip_t5x import models
 from flip_t5x import network
+from flip_t5x import train_state as train_state_lib
 from flip_t5x.benchmarking import cases
 from flip_t5x.runtime import partitioning
-from flip_t5x.runtime import train_state as train_state_lib
 from flip_t5x.runtime import trainer as trainer_lib
 
 
@@ -136,9 +136,8 @@ def memory_only(module: network.FlipTwoTower, optimizer_def: Any, ratios: Sequen
     model = models.FlipModel(module, optimizer_def=optimizer_def, mask_ratio=r)
     layout = train_state_lib.StateLayout(model, cases.optimizer_of(model), partitioner,
                                          model.input_shapes(batch_size))
-    trainer = trainer_lib.FlipTrainer(
-        model=model, train_state=None, partitioner=partitioner, eval_names=(), summary_dir=None,
-        train_state_axes=layout, rng=jax.random.PRNGKey(0))
+    trainer = trainer_lib.FlipTrainer(model=model, partitioner=partitioner, layout=layout,
+                                      rng=jax.random.PRNGKey(0))
     shapes = cases.synthetic_batch(module, 1)
     batch = {k: jax.ShapeDtypeStruct((batch_size,) + v.shape[1:], v.dtype,
                                      sharding=partitioner.data_sharding)

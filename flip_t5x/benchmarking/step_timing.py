@@ -9,7 +9,7 @@ shared or throttling machine biases every figure alike.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, List, Mapping, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from absl import logging
 import jax
@@ -19,14 +19,14 @@ import numpy as np
 from flip_t5x import flops
 from flip_t5x import models
 from flip_t5x import network
+from flip_t5x import train_state as train_state_lib
+from flip_t5x import xla_options as xla_options_lib
 from flip_t5x.benchmarking import cases
 from flip_t5x.benchmarking import memory
 from flip_t5x.benchmarking import openclip
 from flip_t5x.evaluation import encoder as encoder_lib
 from flip_t5x.runtime import partitioning
-from flip_t5x.runtime import train_state as train_state_lib
 from flip_t5x.runtime import trainer as trainer_lib
-from flip_t5x.runtime import xla_options
 
 
 class TrainCase:
@@ -41,9 +41,8 @@ class TrainCase:
     self.layout = train_state_lib.StateLayout(
         self.model, tx, partitioner, self.model.input_shapes(batch_size))
     self.state = self.layout.initialize(rng)
-    self.trainer = trainer_lib.FlipTrainer(
-        model=self.model, train_state=self.state, partitioner=partitioner, eval_names=(),
-        summary_dir=None, train_state_axes=self.layout, rng=jax.random.fold_in(rng, 1))
+    self.trainer = trainer_lib.FlipTrainer(model=self.model, partitioner=partitioner,
+                                           layout=self.layout, rng=jax.random.fold_in(rng, 1))
     self.batch = batch
     self.times: List[float] = []
     t0 = time.perf_counter()
@@ -68,7 +67,7 @@ class EvalCase:
   def __init__(self, case: TrainCase, images: jax.Array):
     self.images = images
     self.case = case  # read its params at run time: each train step donates the old ones
-    self.fn = encoder_lib.encoder_for(case.model).image_fn
+    self.fn = encoder_lib.encoder_for(case.model, case.trainer.partitioner.xla_options).image_fn
     self.contexts = case.trainer._contexts  # pylint: disable=protected-access
     self.run(1)
     self.times: List[float] = []
@@ -93,15 +92,18 @@ def benchmark(module: network.FlipTwoTower, optimizer_def: Any, ratios: Sequence
               batch_size: int, rounds: int, steps_per_round: int, warmup_steps: int,
               run_eval: bool = True, eval_batch_size: int = 0, matmul_size: int = 0,
               openclip_python: str = "",
-              report: Callable[[str], None] = lambda line: None) -> Dict[str, Any]:
+              report: Callable[[str], None] = lambda line: None,
+              xla_options: Optional[xla_options_lib.XlaOptions] = None) -> Dict[str, Any]:
   """Times every ratio's train step (and eval, matmul, OpenCLIP) interleaved; returns results.
 
-  `report` gets one line per round as it ends.
+  `report` gets one line per round as it ends. Everything compiles with `xla_options` (None:
+  `XlaOptions()`), the matmul whose peak the steps are measured against included.
   """
+  xla_options = xla_options or xla_options_lib.XlaOptions()
   ratios = [float(r) for r in ratios]
   if not ratios or ratios[0] != 0.0:
     raise ValueError(f"mask ratios must start with 0 (speedups are relative to it), got {ratios}")
-  partitioner = partitioning.PjitPartitioner()
+  partitioner = partitioning.PjitPartitioner(xla_options=xla_options)
   host = cases.synthetic_batch(module, batch_size)
   batch = {k: jax.device_put(v, partitioner.data_sharding) for k, v in host.items()}
   rng = jax.random.PRNGKey(0)
@@ -109,7 +111,7 @@ def benchmark(module: network.FlipTwoTower, optimizer_def: Any, ratios: Sequence
   for c in train_cases:
     for _ in range(warmup_steps):
       c.run(1)
-  peak = flops.MatmulPeak(jnp.dtype(module.dtype), matmul_size)
+  peak = flops.MatmulPeak(jnp.dtype(module.dtype), matmul_size, xla_options)
   peaks: List[float] = []
   evaluator = None
   if run_eval:
@@ -140,7 +142,8 @@ def benchmark(module: network.FlipTwoTower, optimizer_def: Any, ratios: Sequence
     if worker is not None:
       worker.close()
 
-  results = _results(module, train_cases, batch_size, rounds, steps_per_round, peaks, peak.size)
+  results = _results(module, train_cases, batch_size, rounds, steps_per_round, peaks, peak.size,
+                     xla_options_lib.compiler_options(None, xla_options))
   if evaluator is not None:
     eb = evaluator.images.shape[0]
     results["eval_images_per_second"] = eb / cases.median(evaluator.times)
@@ -154,7 +157,7 @@ def benchmark(module: network.FlipTwoTower, optimizer_def: Any, ratios: Sequence
 
 def _results(module: network.FlipTwoTower, train_cases: Sequence[TrainCase], batch_size: int,
              rounds: int, steps_per_round: int, peaks: Sequence[float],
-             matmul_size: int) -> Dict[str, Any]:
+             matmul_size: int, compiler_options: Dict[str, str]) -> Dict[str, Any]:
   """Images/s, step times, FLOPs and utilisation per ratio; speedups against mask 0 and theory."""
   n_dev = jax.device_count()
   peak_per_device = cases.median(peaks)
@@ -162,7 +165,7 @@ def _results(module: network.FlipTwoTower, train_cases: Sequence[TrainCase], bat
       "batch_size": batch_size, "rounds": rounds, "steps_per_round": steps_per_round,
       "dtype": str(jnp.dtype(module.dtype)), "remat_policy": module.remat_policy,
       "masking_method": module.masking_method,
-      "compiler_options": xla_options.compiler_options(),
+      "compiler_options": compiler_options,
       "matmul_peak_flops_per_device": peak_per_device,
       "matmul_peak_flops_max": float(max(peaks)), "matmul_size": matmul_size,
       "per_mask_ratio": {}}

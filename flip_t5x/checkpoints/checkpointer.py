@@ -30,10 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from flip_t5x import train_state as train_state_lib
 from flip_t5x.checkpoints import layout
 from flip_t5x.checkpoints import params as params_lib
 from flip_t5x.checkpoints import position
-from flip_t5x.runtime import train_state as train_state_lib
 
 PyTree = Any
 

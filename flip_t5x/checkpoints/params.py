@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flip_t5x import train_state as train_state_lib
 from flip_t5x.checkpoints import layout
 from flip_t5x.checkpoints import msgpack
 from flip_t5x.checkpoints import release
-from flip_t5x.runtime import train_state as train_state_lib
 
 PyTree = Any
 

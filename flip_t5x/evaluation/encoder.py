@@ -12,8 +12,8 @@ import jax
 import numpy as np
 
 from flip_t5x import models
+from flip_t5x import xla_options as xla_options_lib
 from flip_t5x.evaluation import EvalError
-from flip_t5x.runtime import xla_options
 
 PyTree = Any
 
@@ -61,11 +61,12 @@ class Encoder:
 
   `image_fn(params, images)` / `text_fn(params, texts)` embed one batch (placed as the inputs
   are: shard them to shard the work); `encode_images` / `encode_texts` embed any number of rows.
-  Embeddings are L2-normalised [N, embed_dim].
+  Embeddings are L2-normalised [N, embed_dim]. Both compile with `xla_options` (the partitioner's,
+  where there is one: the options the train and eval steps compile with).
   """
 
-  def __init__(self, model: models.FlipModel):
-    options = xla_options.compiler_options()
+  def __init__(self, model: models.FlipModel, xla_options: xla_options_lib.XlaOptions):
+    options = xla_options_lib.compiler_options(None, xla_options)
     self.embed_dim = int(model.module.embed_dim)
     self.image_fn = jax.jit(lambda params, images: model.encode_images(params, images),
                             compiler_options=options)
@@ -84,7 +85,13 @@ class Encoder:
                       self.embed_dim, sharding)
 
 
+def encoder_for(model: models.FlipModel,
+                xla_options: Optional[xla_options_lib.XlaOptions] = None) -> Encoder:
+  """The model's Encoder under `xla_options` (None: `XlaOptions()`), cached so that periodic evals
+  and repeated predictors compile once."""
+  return _cached_encoder(model, xla_options or xla_options_lib.XlaOptions())
+
+
 @functools.lru_cache(maxsize=8)
-def encoder_for(model: models.FlipModel) -> Encoder:
-  """The model's Encoder, cached so that periodic evals and repeated predictors compile once."""
-  return Encoder(model)
+def _cached_encoder(model: models.FlipModel, xla_options: xla_options_lib.XlaOptions) -> Encoder:
+  return Encoder(model, xla_options)

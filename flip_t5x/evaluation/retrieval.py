@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from flip_t5x import models
+from flip_t5x import xla_options as xla_options_lib
 from flip_t5x.evaluation import EvalError
 from flip_t5x.evaluation import datasets
 from flip_t5x.evaluation import encoder as encoder_lib
@@ -33,9 +34,13 @@ def retrieval_evaluate(model: models.FlipModel, params: PyTree, *, task_name: st
                        feature_lengths: Mapping[str, int], batch_size: int,
                        max_examples: Optional[int] = None,
                        mesh: Optional[jax.sharding.Mesh] = None, data_axis: Any = "data",
+                       xla_options: Optional[xla_options_lib.XlaOptions] = None,
                        ks: Sequence[int] = (1, 5, 10), log_every_s: float = 30.0
                        ) -> Dict[str, Any]:
   """Image->text and text->image recall@k (%) on an image-text split (`image` + `targets`).
+
+  Batches are sharded as `zeroshot_evaluate`'s (`mesh`, `data_axis`); the encoders compile with
+  `xla_options` (the partitioner's; None: the defaults).
 
   Each example's caption is its image's only match (img2dataset shards: one caption per image).
   All embeddings are kept on the host: meant for eval splits of up to tens of thousands of pairs.
@@ -45,7 +50,7 @@ def retrieval_evaluate(model: models.FlipModel, params: PyTree, *, task_name: st
   length = int(feature_lengths["targets"])
   ds = ds.map(lambda ex: dict(ex, targets=datasets.pad_text(ex["targets"], length)))
   skipped_before = datasets.skipped_counts()
-  encoder = encoder_lib.encoder_for(model)
+  encoder = encoder_lib.encoder_for(model, xla_options)
   sharding = encoder_lib.data_sharding(mesh, data_axis, batch_size)
   image_emb, text_emb = [], []
   progress = datasets.Progress(f"retrieval {task_name}", log_every_s)

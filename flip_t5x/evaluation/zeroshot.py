@@ -15,6 +15,7 @@ import numpy as np
 import seqio
 
 from flip_t5x import models
+from flip_t5x import xla_options as xla_options_lib
 from flip_t5x.data import zeroshot as zeroshot_data
 from flip_t5x.evaluation import EvalError
 from flip_t5x.evaluation import datasets
@@ -73,8 +74,9 @@ def class_embeddings(encode_texts: TextEncoder, class_names: Sequence[str],
 def model_class_embeddings(model: models.FlipModel, params: PyTree, class_names: Sequence[str],
                            templates: Sequence[str], vocabulary: seqio.Vocabulary,
                            text_length: int, batch_size: int = 256,
-                           mesh: Optional[jax.sharding.Mesh] = None,
-                           data_axis: Any = "data") -> np.ndarray:
+                           mesh: Optional[jax.sharding.Mesh] = None, data_axis: Any = "data",
+                           xla_options: Optional[xla_options_lib.XlaOptions] = None
+                           ) -> np.ndarray:
   """[num_classes, embed_dim] classifier of `params`: every prompt embedded once, in batches."""
   if not class_names:
     raise EvalError("zero-shot eval needs at least one class name")
@@ -82,7 +84,7 @@ def model_class_embeddings(model: models.FlipModel, params: PyTree, class_names:
     raise EvalError("zero-shot eval needs at least one prompt template")
   ids = zeroshot_data.prompt_token_ids(class_names, templates, vocabulary, text_length)
   sharding = encoder_lib.data_sharding(mesh, data_axis, batch_size)
-  prompt_emb = encoder_lib.encoder_for(model).encode_texts(
+  prompt_emb = encoder_lib.encoder_for(model, xla_options).encode_texts(
       params, ids.reshape(-1, text_length), batch_size, sharding)
   return class_embeddings_from_prompts(prompt_emb, len(class_names))
 
@@ -155,6 +157,7 @@ def zeroshot_evaluate(model: models.FlipModel, params: PyTree, *, task_name: str
                       vocabulary: Optional[seqio.Vocabulary] = None,
                       max_examples: Optional[int] = None,
                       mesh: Optional[jax.sharding.Mesh] = None, data_axis: Any = "data",
+                      xla_options: Optional[xla_options_lib.XlaOptions] = None,
                       text_batch_size: Optional[int] = None,
                       log_every_s: float = 30.0) -> Dict[str, Any]:
   """Zero-shot top-1/top-5 (%) of `params` on a labelled seqio task; no gin involved.
@@ -172,6 +175,7 @@ def zeroshot_evaluate(model: models.FlipModel, params: PyTree, *, task_name: str
     vocabulary: tokenizer of the prompts; default: the task's `targets` vocabulary.
     max_examples: evaluate only the first N images (periodic evals during training).
     mesh, data_axis: shard every batch over this mesh axis (None: one device / jit's choice).
+    xla_options: what the encoders compile with (the partitioner's; None: the defaults).
     text_batch_size: prompts per text-tower step (default `batch_size`).
     log_every_s: seconds between progress lines.
 
@@ -189,10 +193,10 @@ def zeroshot_evaluate(model: models.FlipModel, params: PyTree, *, task_name: str
   skipped_before = datasets.skipped_counts()
   class_emb = model_class_embeddings(model, params, names, templates, vocabulary,
                                      int(feature_lengths["targets"]),
-                                     text_batch_size or batch_size, mesh, data_axis)
+                                     text_batch_size or batch_size, mesh, data_axis, xla_options)
   logging.info("Embedded %d prompts (%d classes x %d templates) in %.1fs",
                len(names) * len(templates), len(names), len(templates), time.time() - t0)
-  encoder = encoder_lib.encoder_for(model)
+  encoder = encoder_lib.encoder_for(model, xla_options)
   sharding = encoder_lib.data_sharding(mesh, data_axis, batch_size)
   acc = ZeroShotAccumulator(class_emb, ks=(1, 5))
   progress = datasets.Progress(f"zero-shot {task_name}", log_every_s)

@@ -1,2 +1,3 @@
-"""Runtime: gin plumbing, partitioning, optimizers, train state, the train step and loop, monitoring,
-and upstream-t5x interop (`t5x_interop`). Checkpoints are `flip_t5x.checkpoints`."""
+"""Runtime: gin plumbing, partitioning, optimizers, the train step and loop, monitoring, and
+upstream-t5x interop (`t5x_interop`). The train state is `flip_t5x.train_state`, checkpoints
+`flip_t5x.checkpoints`."""

@@ -5,7 +5,7 @@ Gin files bind `OPTIMIZER = @optimizers.adamw()` (or `@optimizers.amos()`), and
 learning-rate summary. Lengths given in "ImageNet epochs", as the official configs give them, become
 steps with `epochs_to_steps` (e.g. `TRAIN_STEPS = @train_steps/optimizers.epochs_to_steps()`).
 `wrap` puts the optax transformation in what `model.optimizer_def` must be (`t5x_interop` decides:
-t5x's `OptaxWrapper` when upstream t5x is importable, for `t5x.train`, else `OptaxOptimizer`);
+t5x's `OptaxWrapper` under upstream t5x's programs, for `t5x.train`, else `OptaxOptimizer`);
 `unwrap` returns the transformation and `hyperparameters` what it was built with, either way.
 """
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 import jax
 import jax.numpy as jnp
 import optax
+
+from flip_t5x.runtime import t5x_interop
 
 PyTree = Any
 Schedule = Callable[[Any], Any]
@@ -181,10 +183,15 @@ def _with_clipping(tx: optax.GradientTransformation, grad_clip_norm: Optional[fl
 
 
 def wrap(tx: optax.GradientTransformation, hyperparameters: Hyperparameters) -> Any:
-  """`tx` as `model.optimizer_def` (t5x's `OptaxWrapper` under upstream t5x, else an
-  `OptaxOptimizer`); either carries `hyperparameters`."""
-  from flip_t5x.runtime import t5x_interop  # pylint: disable=g-import-not-at-top  (it imports us)
-  return t5x_interop.optimizer_def(tx, hyperparameters)
+  """`tx` as `model.optimizer_def`: t5x's `OptaxWrapper` (what `t5x.train` expects) under upstream
+  t5x's programs, else an `OptaxOptimizer`; either carries `hyperparameters`."""
+  optax_wrapper = t5x_interop.upstream("optimizers", "OptaxWrapper")
+  if optax_wrapper is None:
+    return OptaxOptimizer(tx, hyperparameters)
+  wrapper = optax_wrapper(tx)
+  # Not t5x's `hyper_params`: t5x passes those into apply_gradient and replaces them.
+  wrapper.hyperparameters = hyperparameters
+  return wrapper
 
 
 def unwrap(optimizer_def: Any) -> optax.GradientTransformation:

@@ -4,9 +4,9 @@ Gin files say `partitioning.PjitPartitioner(num_partitions=..., logical_axis_rul
 @partitioning.standard_logical_axis_rules())`. This module defines FLIP's partitioner,
 `LocalPjitPartitioner`, built directly on `jax.sharding` (Mesh, NamedSharding, `jax.jit` with
 in/out shardings), and `PartitionerMethods`, what flip_t5x's runtime needs of any partitioner. The
-gin name `PjitPartitioner` is answered by `t5x_interop`: t5x's class (extended by these methods and
-`partition_states`) under upstream t5x's programs, so `t5x.train` gets what it expects, else
-`LocalPjitPartitioner`.
+gin name `PjitPartitioner` is answered through `t5x_interop`: t5x's class extended by
+`PartitionerMethods` (FLIP's `partition_states`, `xla_options`) under upstream t5x's programs, so
+`t5x.train` gets what it expects, else `LocalPjitPartitioner`.
 
 Mesh: all devices of all processes as a 2-D (`data`, `model`) mesh; `num_partitions` (or the
 product of `model_parallel_submesh`) devices form the `model` axis.
@@ -26,7 +26,8 @@ from jax.sharding import PartitionSpec
 import numpy as np
 import optax
 
-from flip_t5x.runtime import xla_options
+from flip_t5x import xla_options as xla_options_lib
+from flip_t5x.runtime import t5x_interop
 
 PyTree = Any
 LogicalAxisRules = Sequence[Tuple[str, Optional[str]]]
@@ -131,9 +132,18 @@ class PartitionerMethods:
   `logical_axis_rules`, `partition`, `get_data_layout`): shardings and the parameter/optimizer
   specs. Shared by the local partitioner and the t5x subclass, so flip_t5x.train/eval also run
   where upstream t5x is installed.
+
+  FLIP's constructor arguments, taken here from those of the class it extends: partition_states —
+  shard optimizer state over `data` as well (FLIP's L and H recipes); xla_options — the XLA
+  options the partitioned functions and the evaluation's encoders compile with (t5x's own
+  `partition` compiles with XLA's defaults).
   """
 
-  partition_states: bool = False
+  def __init__(self, *args, partition_states: bool = False,
+               xla_options: Optional[xla_options_lib.XlaOptions] = None, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.partition_states = bool(partition_states)
+    self.xla_options = xla_options if xla_options is not None else xla_options_lib.XlaOptions()
 
   @property
   def data_size(self) -> int:
@@ -220,6 +230,22 @@ class PartitionerMethods:
 
     return jax.tree_util.tree_map_with_path(leaf_spec, opt_state)
 
+  def get_mesh_axes(self, train_state: Any) -> Any:
+    """t5x's `get_mesh_axes` (only where this extends t5x's partitioner), with the optimizer
+    state's specs sharded over `data` when `partition_states`."""
+    mesh_axes = super().get_mesh_axes(train_state)
+    if not self.partition_states:
+      return mesh_axes
+    flat_axes = traverse_util.flatten_dict(mesh_axes.state_dict(), keep_empty_nodes=True, sep="/")
+    flat_state = traverse_util.flatten_dict(train_state.state_dict(), keep_empty_nodes=True,
+                                             sep="/")
+    for k, spec in flat_axes.items():
+      if k.startswith("state/param_states") and isinstance(spec, PartitionSpec):
+        leaf = flat_state[k]  # abstract (ShapeDtypeStruct) or concrete
+        flat_axes[k] = partition_state_spec(spec, tuple(getattr(leaf, "shape", np.shape(leaf))),
+                                            self.data_size)
+    return mesh_axes.restore_state(traverse_util.unflatten_dict(flat_axes, sep="/"))
+
 
 class LocalPjitPartitioner(PartitionerMethods):
   """Partitions FLIP's state and steps over a (`data`, `model`) device mesh.
@@ -227,10 +253,10 @@ class LocalPjitPartitioner(PartitionerMethods):
   Args (t5x's names): num_partitions — size of the `model` axis; model_parallel_submesh — a
   hardware submesh whose product is the `model` axis size; params_on_devices — kept for t5x
   compatibility (parameters always live on devices here); backend — jax backend to take devices
-  from; logical_axis_rules — (logical name, mesh axis) pairs. FLIP's own: partition_states —
-  shard optimizer state over `data` as well (FLIP's L and H recipes); devices — the devices of the
-  mesh instead of `jax.devices(backend)`, e.g. a described topology's, to compile for hardware
-  that is not attached (`flip_t5x.benchmark --memory_only --target_config`).
+  from; logical_axis_rules — (logical name, mesh axis) pairs. FLIP's own: partition_states and
+  xla_options (`PartitionerMethods`); devices — the devices of the mesh instead of
+  `jax.devices(backend)`, e.g. a described topology's, to compile for hardware that is not
+  attached (`flip_t5x.benchmark --memory_only --target_config`).
   """
 
   def __init__(self, num_partitions: Optional[int] = None,
@@ -240,7 +266,10 @@ class LocalPjitPartitioner(PartitionerMethods):
                dcn_mesh_shape: Optional[HardwareMesh] = None,
                logical_axis_rules: Optional[LogicalAxisRules] = None,
                use_cpu_pjit: Optional[bool] = False,
-               partition_states: bool = False, devices: Optional[Sequence[Any]] = None):
+               partition_states: bool = False,
+               xla_options: Optional[xla_options_lib.XlaOptions] = None,
+               devices: Optional[Sequence[Any]] = None):
+    super().__init__(partition_states=partition_states, xla_options=xla_options)
     if not params_on_devices:
       raise ValueError("params_on_devices=False is not supported by flip_t5x's partitioner")
     if ici_mesh_shape is not None or dcn_mesh_shape is not None:
@@ -252,7 +281,6 @@ class LocalPjitPartitioner(PartitionerMethods):
     self._devices = list(devices) if devices is not None else None
     self._logical_axis_rules = tuple(
         logical_axis_rules if logical_axis_rules is not None else standard_logical_axis_rules())
-    self.partition_states = bool(partition_states)
     self._mesh = None
 
   # ------------------------------------------------------------------ mesh
@@ -301,7 +329,8 @@ class LocalPjitPartitioner(PartitionerMethods):
     to_sharding = lambda tree: jax.tree_util.tree_map(  # noqa: E731
         lambda s: self.sharding(s), tree,
         is_leaf=lambda x: x is None or isinstance(x, PartitionSpec))
-    options = xla_options.compiler_options(self.mesh.devices.flat[0].platform)
+    options = xla_options_lib.compiler_options(self.mesh.devices.flat[0].platform,
+                                               self.xla_options)
     return jax.jit(fn, in_shardings=to_sharding(in_axis_resources),
                    out_shardings=to_sharding(out_axis_resources),
                    static_argnums=static_argnums, donate_argnums=donate_argnums,
@@ -331,7 +360,7 @@ def flax_traverse_unflatten(flat: dict) -> dict:
   return traverse_util.unflatten_dict(flat)
 
 
-def __getattr__(name: str) -> Any:
-  """`PjitPartitioner`, the name gin files use: `t5x_interop` says which class it is."""
-  from flip_t5x.runtime import t5x_interop  # pylint: disable=g-import-not-at-top  (it imports us)
-  return t5x_interop.gin_name(__name__, name)
+# `PjitPartitioner`, the name gin files use: t5x's class extended by PartitionerMethods under t5x's
+# programs, else LocalPjitPartitioner.
+__getattr__ = t5x_interop.t5x_names(__name__, {"PjitPartitioner": LocalPjitPartitioner},
+                                    extensions={"PjitPartitioner": PartitionerMethods})

@@ -1,4 +1,4 @@
-"""Upstream t5x, in one place: whether it is importable, and which class each t5x name means.
+"""Upstream t5x, in one place: whether it is importable, and which object each t5x name means.
 
 flip_t5x never needs t5x, but its gin files also drive upstream `t5x.train` / `t5x.eval`. They
 import this project's modules under t5x's names (`from flip_t5x.runtime import partitioning,
@@ -9,33 +9,21 @@ imported module when it parses the file (`getattr(flip_t5x.runtime.utils, "Datas
 registers whatever object it finds under that name; under upstream t5x that object must be t5x's
 own class, which t5x.train builds, checks and calls. So those modules define only FLIP's classes,
 under their own names (`LocalPjitPartitioner`, `FlipDatasetConfig`, ..., `FlipTrainer`), and
-answer t5x's names through a module `__getattr__` that asks `gin_name` here.
+answer t5x's names through a module `__getattr__` made here (`t5x_names`).
 
-t5x's classes answer only under upstream t5x's own programs: flip_t5x's binaries call
+t5x's objects answer only under upstream t5x's own programs: flip_t5x's binaries call
 `use_flip_classes()` before parsing gin files, so `python -m flip_t5x.train` builds the same
 FlipTrainer, with the same `trainer.Trainer.*` bindings and the same metrics, whether or not t5x is
-installed. Every other upstream-vs-ours decision is here too: the container of
-`model.optimizer_def` (`optimizer_def`) and the input pipeline t5x.train reads (`get_dataset`,
-gin's `utils.get_dataset`: FLIP's, whose data position a flip_t5x.train checkpoint carries).
+installed. The container of `model.optimizer_def` asks the same question (`upstream`).
+
+This module imports no other FLIP module: what the upstream side needs of FLIP's code (the
+partitioner's methods, the input pipeline t5x.train reads) the modules that declare their names
+hand it in.
 """
 from __future__ import annotations
 
-import re
-from typing import Any, Callable, Dict, Optional, Tuple
-
-from absl import logging
-from clu.data import dataset_iterator
-from flax import traverse_util
-from jax.sharding import PartitionSpec
-import numpy as np
-import optax
-import seqio
-import tensorflow as tf
-
-from flip_t5x.runtime import optimizers
-from flip_t5x.runtime import partitioning
-from flip_t5x.runtime import trainer
-from flip_t5x.runtime import utils
+import functools
+from typing import Any, Callable, Dict, Mapping, Optional
 
 try:  # not on PyPI: present only where a user installed it (scripts/check_t5x_parity.sh)
   from t5x import optimizers as t5x_optimizers  # pylint: disable=g-import-not-at-top
@@ -43,99 +31,13 @@ try:  # not on PyPI: present only where a user installed it (scripts/check_t5x_p
   from t5x import trainer as t5x_trainer  # pylint: disable=g-import-not-at-top
   from t5x import utils as t5x_utils  # pylint: disable=g-import-not-at-top
   T5X_AVAILABLE = True
+  # t5x's modules by the name of the flip_t5x.runtime module that answers their names.
+  _T5X_MODULES: Dict[str, Any] = {"optimizers": t5x_optimizers,
+                                  "partitioning": t5x_partitioning,
+                                  "trainer": t5x_trainer, "utils": t5x_utils}
 except ImportError:  # the normal case on a PyPI-only install
   T5X_AVAILABLE = False
-
-
-if T5X_AVAILABLE:
-
-  class UpstreamPjitPartitioner(partitioning.PartitionerMethods,
-                                t5x_partitioning.PjitPartitioner):
-    """t5x's PjitPartitioner, plus FLIP's `partition_states` for the optimizer state (and the
-    methods flip_t5x's own runtime calls)."""
-
-    def __init__(self, *args, partition_states: bool = False, **kwargs):
-      super().__init__(*args, **kwargs)
-      self.partition_states = bool(partition_states)
-
-    def get_mesh_axes(self, train_state):
-      mesh_axes = super().get_mesh_axes(train_state)
-      if not self.partition_states:
-        return mesh_axes
-      data_size = self.mesh.shape[partitioning.DATA_AXIS]
-      flat_axes = traverse_util.flatten_dict(mesh_axes.state_dict(), keep_empty_nodes=True,
-                                              sep="/")
-      flat_state = traverse_util.flatten_dict(train_state.state_dict(), keep_empty_nodes=True,
-                                               sep="/")
-      for k, spec in flat_axes.items():
-        if k.startswith("state/param_states") and isinstance(spec, PartitionSpec):
-          leaf = flat_state[k]  # abstract (ShapeDtypeStruct) or concrete
-          flat_axes[k] = partitioning.partition_state_spec(
-              spec, tuple(getattr(leaf, "shape", np.shape(leaf))), data_size)
-      return mesh_axes.restore_state(traverse_util.unflatten_dict(flat_axes, sep="/"))
-
-
-class _ResumingDatasetIterator(dataset_iterator.TfDatasetIterator):
-  """t5x.train's iterator over FLIP's input pipeline (`dataset_at(skip)` builds it).
-
-  A checkpoint's data position restores only into the graph that wrote it. One that does not fit
-  (e.g. written by another version of the pipeline) is not fatal, as in flip_t5x.train: the
-  stream is rebuilt skipping the checkpoint's `step` batches, with a warning.
-  """
-
-  def __init__(self, dataset_at: Callable[[int], tf.data.Dataset]):
-    super().__init__(dataset_at(0), checkpoint=True)
-    self._dataset_at = dataset_at
-
-  def restore(self, filename: Any) -> None:
-    try:
-      super().restore(filename)
-    except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError,
-            tf.errors.FailedPreconditionError, AssertionError) as e:
-      found = re.findall(r"checkpoint_(\d+)", str(filename))
-      skip = int(found[-1]) if found else 0
-      logging.warning(
-          "the data position in %s does not fit this input pipeline (%s); skipping %d batches "
-          "to resume the data stream instead", filename, str(e).strip().splitlines()[0], skip)
-      self._dataset = self._dataset_at(skip)
-      self.reset()
-
-
-def upstream_get_dataset(cfg: Any, shard_id: int, num_shards: int,
-                         feature_converter_cls: Callable[..., seqio.FeatureConverter],
-                         num_epochs: Optional[int] = None,
-                         continue_from_last_checkpoint: bool = False) -> Any:
-  """t5x.train's `get_dataset_fn` (t5x's signature): flip_t5x.train's input pipeline.
-
-  Both runtimes read the same tf.data graph, so a data position either one saved restores into the
-  other; one that does not fit skips batches (`_ResumingDatasetIterator`).
-  """
-  if continue_from_last_checkpoint:
-    raise ValueError("continue_from_last_checkpoint: not supported by this get_dataset_fn")
-  if cfg.batch_size % num_shards:
-    raise ValueError(f"batch size {cfg.batch_size} is not divisible by the {num_shards} data "
-                     "shards")
-  return _ResumingDatasetIterator(lambda skip: utils.get_flip_dataset(
-      cfg, shard_id, num_shards, feature_converter_cls, cfg.batch_size // num_shards,
-      num_epochs=num_epochs, skip_batches=skip))
-
-
-# {module: {t5x's name: (FLIP's, upstream t5x's)}}; the latter read only under t5x's programs.
-_GIN_NAMES: Dict[str, Dict[str, Tuple[Any, Callable[[], Any]]]] = {
-    partitioning.__name__: {
-        "PjitPartitioner": (partitioning.LocalPjitPartitioner,
-                            lambda: UpstreamPjitPartitioner)},
-    utils.__name__: {
-        "DatasetConfig": (utils.FlipDatasetConfig, lambda: t5x_utils.DatasetConfig),
-        "SaveCheckpointConfig": (utils.FlipSaveCheckpointConfig,
-                                 lambda: t5x_utils.SaveCheckpointConfig),
-        "RestoreCheckpointConfig": (utils.FlipRestoreCheckpointConfig,
-                                    lambda: t5x_utils.RestoreCheckpointConfig),
-        "CheckpointConfig": (utils.FlipCheckpointConfig, lambda: t5x_utils.CheckpointConfig),
-        "get_dataset": (utils.get_flip_dataset, lambda: upstream_get_dataset)},
-    trainer.__name__: {
-        "Trainer": (trainer.FlipTrainer, lambda: t5x_trainer.Trainer)},
-}
+  _T5X_MODULES = {}
 
 
 _flip_classes = False  # set by flip_t5x's binaries (use_flip_classes)
@@ -157,27 +59,51 @@ def upstream_classes() -> bool:
   return T5X_AVAILABLE and not _flip_classes
 
 
-def gin_name(module: str, name: str) -> Any:
-  """What t5x's `name` in `module` means: upstream t5x's under its programs, else FLIP's.
+def upstream(module: str, name: str) -> Optional[Any]:
+  """Upstream t5x's `t5x.<module>.<name>` under t5x's programs, else None (FLIP's is meant)."""
+  return getattr(_T5X_MODULES[module], name) if upstream_classes() else None
 
-  Raises:
-    AttributeError: `module` has no such name (what a module attribute lookup raises).
+
+@functools.lru_cache(maxsize=None)
+def _extended(methods: type, module: str, name: str) -> type:
+  """t5x's class `name` with FLIP's `methods` first in its MRO (one class per pair, as gin needs
+  the same object each time it resolves the name)."""
+  base = getattr(_T5X_MODULES[module], name)
+  return type(f"Upstream{name}", (methods, base),
+              {"__module__": __name__, "__doc__": f"t5x's {name} with {methods.__name__}."})
+
+
+def t5x_names(module: str, ours: Mapping[str, Any], *,
+              replacements: Optional[Mapping[str, Any]] = None,
+              extensions: Optional[Mapping[str, type]] = None) -> Callable[[str], Any]:
+  """A module `__getattr__` for `module` (a `flip_t5x.runtime.<name>` with a t5x namesake).
+
+  Args:
+    module: the declaring module's `__name__`.
+    ours: t5x's name -> FLIP's object, what flip_t5x's programs (and installs without t5x) get.
+      Under t5x's programs a name means t5x's own `t5x.<module>.<name>`, or what one of these says:
+    replacements: t5x's name -> FLIP's object with t5x's signature that t5x's programs get instead;
+    extensions: t5x's name -> FLIP's mixin class: t5x's class with it first in the MRO.
+
+  Returns:
+    The `__getattr__`: it raises AttributeError for any other name, as a module does.
   """
-  try:
-    ours, upstream = _GIN_NAMES[module][name]
-  except KeyError:
-    raise AttributeError(f"module {module!r} has no attribute {name!r}") from None
-  return upstream() if upstream_classes() else ours
+  replacements = dict(replacements or {})
+  extensions = dict(extensions or {})
+  if not set(replacements) | set(extensions) <= set(ours) or set(replacements) & set(extensions):
+    raise ValueError(f"t5x_names({module!r}): replacements and extensions must name distinct "
+                     f"names among {sorted(ours)}")
+  short = module.rpartition(".")[2]
 
+  def getattr_(name: str) -> Any:
+    if name not in ours:
+      raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    if not upstream_classes():
+      return ours[name]
+    if name in replacements:
+      return replacements[name]
+    if name in extensions:
+      return _extended(extensions[name], short, name)
+    return upstream(short, name)
 
-def optimizer_def(tx: optax.GradientTransformation,
-                  hyperparameters: optimizers.Hyperparameters) -> Any:
-  """`model.optimizer_def` for `tx`: t5x's `OptaxWrapper` (what `t5x.train` expects) under t5x's
-  programs, else `optimizers.OptaxOptimizer`; either carries `hyperparameters`.
-  """
-  if not upstream_classes():
-    return optimizers.OptaxOptimizer(tx, hyperparameters)
-  wrapper = t5x_optimizers.OptaxWrapper(tx)
-  # Not t5x's `hyper_params`: t5x passes those into apply_gradient and replaces them.
-  wrapper.hyperparameters = hyperparameters
-  return wrapper
+  return getattr_

@@ -22,12 +22,12 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from flip_t5x import checkpoints
+from flip_t5x import train_state as train_state_lib
 from flip_t5x.data import preprocessors
 from flip_t5x.evaluation import zeroshot
 from flip_t5x.runtime import gin_utils
 from flip_t5x.runtime import monitoring
 from flip_t5x.runtime import train_checks
-from flip_t5x.runtime import train_state as train_state_lib
 from flip_t5x.runtime import trainer as trainer_lib
 from flip_t5x.runtime import utils
 
@@ -164,8 +164,7 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
   data_seed = train_dataset_cfg.seed if train_dataset_cfg.seed is not None else seed
   if "data_seed" in meta:
     data_seed = int(meta["data_seed"])
-  trainer = trainer_cls(model=model, train_state=state, partitioner=partitioner,
-                        eval_names=[], summary_dir=model_dir, train_state_axes=layout,
+  trainer = trainer_cls(model=model, partitioner=partitioner, layout=layout,
                         rng=_rngs(seed)[1])
   # After the trainer, as t5x.train does: operative_config.gin lists its bindings too.
   summarize_config_fn(model_dir, writer, start_step)
@@ -258,7 +257,7 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
           model, params, task_name=cfg.mixture_or_task_name, split=cfg.split,
           feature_lengths=lengths, batch_size=cfg.batch_size,
           max_examples=(eval_steps * cfg.batch_size) if eval_steps else None,
-          mesh=partitioner.mesh)
+          mesh=partitioner.mesh, xla_options=partitioner.xla_options)
       name = cfg.mixture_or_task_name
       writer.write_scalars(step, {f"zeroshot/{name}/top1": res["top1"],
                                   f"zeroshot/{name}/top5": res.get("top5", float("nan"))})

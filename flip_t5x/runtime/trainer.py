@@ -1,23 +1,25 @@
 """The partitioned train step (and the unmasked eval step) of a `FlipModel`.
 
-`FlipTrainer` keeps t5x's constructor names. Gin files bind `trainer_cls = @trainer.Trainer` and
-`trainer.Trainer.num_microbatches` / `learning_rate_fn`; `t5x_interop` answers that name: t5x's
-class under upstream t5x's programs (`t5x.train`), else `FlipTrainer`, so flip_t5x.train runs this
-class with those bindings whether or not t5x is installed. What users see while a run goes
-(throughput, writers, the progress line) is `monitoring`'s.
+Gin files bind `trainer_cls = @trainer.Trainer` and `trainer.Trainer.num_microbatches` /
+`learning_rate_fn`; that name is answered through `t5x_interop`: t5x's class under upstream t5x's
+programs (`t5x.train`), else `FlipTrainer`, so flip_t5x.train runs this class with those bindings
+whether or not t5x is installed. `FlipTrainer` takes t5x's names for what gin binds; the rest of
+its constructor is its own, since only flip_t5x's train loop (never t5x.train) builds one. What
+users see while a run goes (throughput, writers, the progress line) is `monitoring`'s.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional
 
 from flax.linen import partitioning as flax_partitioning
 import jax
 import jax.numpy as jnp
 import optax
 
+from flip_t5x import train_state as train_state_lib
 from flip_t5x.runtime import optimizers
-from flip_t5x.runtime import train_state as train_state_lib
+from flip_t5x.runtime import t5x_interop
 
 PyTree = Any
 
@@ -27,25 +29,30 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class FlipTrainer:
-  """Owns the jitted, partitioned train step of a `FlipModel` (t5x's constructor names).
+  """Owns the jitted, partitioned train step of a `FlipModel`.
 
-  The step's masking rng is `fold_in(rng, step)`: the same seed gives the same masks whatever the
-  mesh or how often the run was interrupted.
+  Args:
+    model: the `FlipModel`.
+    partitioner: compiles the steps (`partition`) over its mesh and logical-axis rules.
+    layout: the train state's structure and specs; its `tx` is the optimizer.
+    rng: the masking and dropout seed: the step's rng is `fold_in(rng, step)`, so the same seed
+      gives the same masks whatever the mesh or how often the run was interrupted.
+    learning_rate_fn, num_microbatches, weight_metrics_computer: t5x's `trainer.Trainer`
+      parameters, which gin files bind: the schedule reported as the `learning_rate` metric;
+      None or 1 (FLIP's loss needs the whole batch); ignored.
   """
 
-  def __init__(self, model: Any, train_state: train_state_lib.TrainState, partitioner: Any,
-               eval_names: Sequence[str], summary_dir: Optional[str],
-               train_state_axes: train_state_lib.StateLayout, rng: jax.Array,
-               learning_rate_fn: Optional[Callable[[Any], Any]] = None,
+  def __init__(self, model: Any, partitioner: Any, layout: train_state_lib.StateLayout,
+               rng: jax.Array, learning_rate_fn: Optional[Callable[[Any], Any]] = None,
                num_microbatches: Optional[int] = None, weight_metrics_computer: Any = None):
-    del eval_names, summary_dir, weight_metrics_computer, train_state
+    del weight_metrics_computer
     if num_microbatches not in (None, 1):
       raise ValueError("num_microbatches > 1 splits the batch and so the contrastive loss's "
                        "negatives: FLIP needs Trainer.num_microbatches = None")
     self.model = model
     self.partitioner = partitioner
-    self.layout = train_state_axes
-    self.tx = train_state_axes.tx
+    self.layout = layout
+    self.tx = layout.tx
     self.learning_rate_fn = learning_rate_fn
     self._rng = rng
     batch_spec = {"images": jax.sharding.PartitionSpec("data"),
@@ -117,7 +124,5 @@ def unwrap_optimizer(model: Any) -> optax.GradientTransformation:
   return optimizers.unwrap(model.optimizer_def)
 
 
-def __getattr__(name: str) -> Any:
-  """`Trainer`, the name gin files use: `t5x_interop` says which class it is."""
-  from flip_t5x.runtime import t5x_interop  # pylint: disable=g-import-not-at-top  (it imports us)
-  return t5x_interop.gin_name(__name__, name)
+# `Trainer`, the name gin files use: t5x's class under t5x's programs, else FlipTrainer.
+__getattr__ = t5x_interop.t5x_names(__name__, {"Trainer": FlipTrainer})

@@ -3,8 +3,9 @@
 Gin files bind `train/utils.DatasetConfig`, `utils.CheckpointConfig`, `utils.SaveCheckpointConfig`
 and `utils.RestoreCheckpointConfig`, and name `utils.get_dataset`. This module defines FLIP's
 dataclasses with t5x's field names (the subset that applies): `FlipDatasetConfig`,
-`FlipCheckpointConfig`, ..., and the input pipeline, `get_flip_dataset`; `t5x_interop` answers the
-gin names: t5x's own classes under upstream t5x's programs, else these.
+`FlipCheckpointConfig`, ..., and the input pipeline, `get_flip_dataset` (and `upstream_get_dataset`,
+the same pipeline with t5x's signature, for t5x.train); the gin names are answered through
+`t5x_interop`: t5x's own classes under upstream t5x's programs, else these.
 
 Input pipeline: seqio builds each process's shard of the task with the model's feature converter
 and batches it; batches become global `jax.Array`s sharded over `data`
@@ -19,10 +20,14 @@ import importlib
 import re
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
+from absl import logging
+from clu.data import dataset_iterator
 import jax
 import numpy as np
 import seqio
 import tensorflow as tf
+
+from flip_t5x.runtime import t5x_interop
 
 PyTree = Any
 
@@ -117,13 +122,6 @@ class FlipCheckpointConfig:
   restore: Optional[FlipRestoreCheckpointConfig] = None
 
 
-def __getattr__(name: str) -> Any:
-  """t5x's names gin files use (`DatasetConfig`, `get_dataset`, ...): `t5x_interop` says which
-  class or function each is."""
-  from flip_t5x.runtime import t5x_interop  # pylint: disable=g-import-not-at-top  (it imports us)
-  return t5x_interop.gin_name(__name__, name)
-
-
 def import_module(module: Optional[str]) -> None:
   if module:
     importlib.import_module(module)
@@ -158,6 +156,51 @@ def get_flip_dataset(cfg: Any, shard_id: int, num_shards: int,
   if skip_batches:
     ds = ds.skip(skip_batches)
   return ds.prefetch(tf.data.AUTOTUNE)
+
+
+class _ResumingDatasetIterator(dataset_iterator.TfDatasetIterator):
+  """t5x.train's iterator over FLIP's input pipeline (`dataset_at(skip)` builds it).
+
+  A checkpoint's data position restores only into the graph that wrote it. One that does not fit
+  (e.g. written by another version of the pipeline) is not fatal, as in flip_t5x.train: the
+  stream is rebuilt skipping the checkpoint's `step` batches, with a warning.
+  """
+
+  def __init__(self, dataset_at: Callable[[int], tf.data.Dataset]):
+    super().__init__(dataset_at(0), checkpoint=True)
+    self._dataset_at = dataset_at
+
+  def restore(self, filename: Any) -> None:
+    try:
+      super().restore(filename)
+    except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError,
+            tf.errors.FailedPreconditionError, AssertionError) as e:
+      found = re.findall(r"checkpoint_(\d+)", str(filename))
+      skip = int(found[-1]) if found else 0
+      logging.warning(
+          "the data position in %s does not fit this input pipeline (%s); skipping %d batches "
+          "to resume the data stream instead", filename, str(e).strip().splitlines()[0], skip)
+      self._dataset = self._dataset_at(skip)
+      self.reset()
+
+
+def upstream_get_dataset(cfg: Any, shard_id: int, num_shards: int,
+                         feature_converter_cls: Callable[..., seqio.FeatureConverter],
+                         num_epochs: Optional[int] = None,
+                         continue_from_last_checkpoint: bool = False) -> Any:
+  """t5x.train's `get_dataset_fn` (t5x's signature): flip_t5x.train's input pipeline.
+
+  Both runtimes read the same tf.data graph, so a data position either one saved restores into the
+  other; one that does not fit skips batches (`_ResumingDatasetIterator`).
+  """
+  if continue_from_last_checkpoint:
+    raise ValueError("continue_from_last_checkpoint: not supported by this get_dataset_fn")
+  if cfg.batch_size % num_shards:
+    raise ValueError(f"batch size {cfg.batch_size} is not divisible by the {num_shards} data "
+                     "shards")
+  return _ResumingDatasetIterator(lambda skip: get_flip_dataset(
+      cfg, shard_id, num_shards, feature_converter_cls, cfg.batch_size // num_shards,
+      num_epochs=num_epochs, skip_batches=skip))
 
 
 def global_batch(local_batch: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding,
@@ -236,3 +279,13 @@ class DeviceIterator:
     batch = self._queue.popleft()
     self._fill()
     return batch
+
+
+# t5x's names gin files use: t5x's own classes under t5x's programs (`get_dataset`: FLIP's input
+# pipeline with t5x's signature, whose data position a flip_t5x.train checkpoint carries), else
+# FLIP's.
+__getattr__ = t5x_interop.t5x_names(
+    __name__, {"DatasetConfig": FlipDatasetConfig, "SaveCheckpointConfig": FlipSaveCheckpointConfig,
+               "RestoreCheckpointConfig": FlipRestoreCheckpointConfig,
+               "CheckpointConfig": FlipCheckpointConfig, "get_dataset": get_flip_dataset},
+    replacements={"get_dataset": upstream_get_dataset})

@@ -1,9 +1,10 @@
-"""XLA compiler options for the runtime's jitted functions (gin: `xla_options.XlaOptions.X = ...`).
+"""XLA compiler options for the jitted functions that run the model (gin: `xla_options.XlaOptions`).
 
 Passed per compilation (`jax.jit(..., compiler_options=...)`), so they are configuration like any
-other gin binding, not process-wide `XLA_FLAGS`. Every jit that runs the model (train and eval
-steps, the eval binary's encoders, the benchmark's reference matmul) takes the same options, so a
-measured matmul peak is that of the library the steps use.
+other gin binding, not process-wide `XLA_FLAGS`. The run files bind one `XlaOptions` to the
+partitioner (`partitioning.PjitPartitioner.xla_options = @xla_options.XlaOptions()`), which
+compiles the train and eval steps with it and hands it to the evaluation's encoders; the benchmark
+takes it as an argument, so its reference matmul runs in the library the steps use.
 """
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import functools
 from typing import Dict, Optional, Tuple
 
 from absl import logging
-import gin
 import jax
 import numpy as np
 
@@ -37,22 +37,14 @@ class XlaOptions:
                        f"{self.cpu_dot_library!r}")
 
 
-def xla_options() -> XlaOptions:
-  """The gin-configured `XlaOptions` (defaults when gin never saw it)."""
-  try:
-    return gin.get_configurable(XlaOptions)()
-  except (ValueError, KeyError):
-    return XlaOptions()
-
-
-def compiler_options(platform: Optional[str] = None) -> Dict[str, str]:
-  """`compiler_options` for `jax.jit` on `platform` (default: jax's default backend)."""
+def compiler_options(platform: Optional[str], options: XlaOptions) -> Dict[str, str]:
+  """`jax.jit`'s `compiler_options` on `platform` (None: jax's default backend) under `options`."""
   platform = platform or jax.default_backend()
-  options: Tuple[Tuple[str, str], ...] = ()
-  if platform == "cpu" and xla_options().cpu_dot_library == "eigen":
+  flags: Tuple[Tuple[str, str], ...] = ()
+  if platform == "cpu" and options.cpu_dot_library == "eigen":
     # The library-fusion types YNNPACK keeps: reductions only, so dots fall back to Eigen.
-    options = (("xla_cpu_experimental_ynn_fusion_type", "LIBRARY_FUSION_TYPE_REDUCE"),)
-  return dict(options) if _supported(options) else {}
+    flags = (("xla_cpu_experimental_ynn_fusion_type", "LIBRARY_FUSION_TYPE_REDUCE"),)
+  return dict(flags) if _supported(flags) else {}
 
 
 @functools.lru_cache(maxsize=None)
