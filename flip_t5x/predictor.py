@@ -29,11 +29,11 @@ from flip_t5x import models
 from flip_t5x import network
 from flip_t5x import pretrained
 from flip_t5x.data import preprocessors
+from flip_t5x.data import prompts
 from flip_t5x.data import vocabulary as vocabulary_lib
-from flip_t5x.data import zeroshot
 from flip_t5x.evaluation import encoder as encoder_lib
 from flip_t5x.evaluation import scoring
-from flip_t5x.evaluation import zeroshot as zeroshot_lib
+from flip_t5x.evaluation import zeroshot
 from flip_t5x.runtime import gin_utils
 
 PyTree = Any
@@ -265,11 +265,11 @@ class FlipPredictor:
   def class_embeddings(self, class_names: Sequence[str],
                        templates: Optional[Sequence[str]] = None) -> np.ndarray:
     """[C, E] zero-shot class embeddings (CLIP protocol; templates default to the gin set)."""
-    templates = tuple(zeroshot.templates() if templates is None else
+    templates = tuple(prompts.templates() if templates is None else
                       ([templates] if isinstance(templates, str) else templates))
     key = (tuple(class_names), templates)
     if key not in self._class_embedding_cache:
-      self._class_embedding_cache[key] = zeroshot_lib.class_embeddings(
+      self._class_embedding_cache[key] = zeroshot.class_embeddings(
           self.encode_texts, list(class_names), list(templates))
     return self._class_embedding_cache[key]
 

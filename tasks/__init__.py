@@ -41,9 +41,9 @@ import seqio
 import tensorflow as tf
 
 from flip_t5x.data import preprocessors
+from flip_t5x.data import prompts
 from flip_t5x.data import sources
 from flip_t5x.data import vocabulary as vocabulary_lib
-from flip_t5x.data import zeroshot
 
 
 @gin.configurable(module="tasks")
@@ -105,7 +105,7 @@ def output_features() -> dict:
 def _tfds_class_names(builder) -> list:
   file = zeroshot_tfds()[2]
   if file:
-    return zeroshot.read_lines(file)
+    return prompts.read_lines(file)
   return list(builder.info.features["label"].names)
 
 
@@ -134,7 +134,7 @@ for _name in TRAIN_TASKS:
 if "flip_imagenet1k_zeroshot" not in seqio.TaskRegistry.names():
   register_zeroshot_task("flip_imagenet1k_zeroshot", sources.TfdsSource(
       name_fn=lambda: "imagenet2012", split_map={"validation": "validation", "test": "validation"},
-      class_names_fn=lambda builder: zeroshot.imagenet_class_names(),
+      class_names_fn=lambda builder: prompts.imagenet_class_names(),
       data_dir_fn=tfds_data_dir, manual_dir_fn=tfds_manual_dir))
 
 if "flip_folder_zeroshot" not in seqio.TaskRegistry.names():

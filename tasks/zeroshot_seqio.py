@@ -17,7 +17,7 @@ scores the image rows, giving the same top-1/top-5 as `flip_t5x.eval`.
       --gin.MIXTURE_OR_TASK_NAME=\"flip_imagenet1k_zeroshot_seqio\" \
       --gin.CHECKPOINT_PATH=\"...\" --gin.EVAL_OUTPUT_DIR=\"...\"
 
-Templates follow `flip_t5x.data.zeroshot.template_set` (ZEROSHOT_TEMPLATES); the lengths are the
+Templates follow `flip_t5x.data.prompts.template_set` (ZEROSHOT_TEMPLATES); the lengths are the
 model's (runs/eval.gin binds TASK_FEATURE_LENGTHS from IMAGE_SIZE and TEXT_LENGTH; without an image
 length the prompt rows are refused). The metric reads the embeddings from `aux_values` (seqio
 decodes plain predictions with the text vocabulary, which would turn them into strings). The
@@ -44,7 +44,7 @@ import tasks
 from flip_t5x.evaluation import metrics as seqio_metrics
 from flip_t5x.data import preprocessors
 from flip_t5x.data import sources
-from flip_t5x.data import zeroshot
+from flip_t5x.data import prompts
 
 SUFFIX = "_seqio"
 RETRIEVAL_TASK = "flip_img2dataset_retrieval"
@@ -60,7 +60,7 @@ def prepend_prompts(dataset: tf.data.Dataset,
                     sequence_length: Optional[Mapping[str, int]] = None,
                     output_features: Optional[Mapping[str, seqio.Feature]] = None, *,
                     class_names_fn: Callable[[], Sequence[str]],
-                    templates_fn: Callable[[], Sequence[str]] = zeroshot.templates
+                    templates_fn: Callable[[], Sequence[str]] = prompts.templates
                     ) -> tf.data.Dataset:
   """Zero-shot image examples -> prompt examples followed by the image examples."""
   names = list(class_names_fn())
@@ -95,7 +95,7 @@ def prepend_prompts(dataset: tf.data.Dataset,
 
 def register_zeroshot_seqio_task(base_task_name: str, name: Optional[str] = None,
                                  class_names_fn: Optional[Callable[[], Sequence[str]]] = None,
-                                 templates_fn: Callable[[], Sequence[str]] = zeroshot.templates
+                                 templates_fn: Callable[[], Sequence[str]] = prompts.templates
                                  ) -> seqio.Task:
   """Registers the evaluator-ready variant of zero-shot task `base_task_name`."""
   base = seqio.get_mixture_or_task(base_task_name)

@@ -16,8 +16,8 @@ import tensorflow_datasets as tfds
 
 import tasks  # registers the tasks  # noqa: F401
 from flip_t5x.evaluation import zeroshot as zeroshot_eval
+from flip_t5x.data import prompts
 from flip_t5x.data import vocabulary as vocabulary_lib
-from flip_t5x.data import zeroshot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LENGTHS = {"image": 32, "targets": 16}
@@ -89,7 +89,7 @@ def test_flip_imagenet1k_zeroshot_on_mock_imagenet2012(model_and_params, vocab,
   model, params = model_and_params
   with tfds.testing.mock_data(num_examples=10):
     class_names = tasks.zeroshot_class_names("flip_imagenet1k_zeroshot")
-    assert class_names == zeroshot.imagenet_class_names() and len(class_names) == 1000
+    assert class_names == prompts.imagenet_class_names() and len(class_names) == 1000
     assert class_names[:2] == ["tench", "goldfish"]
     result = zeroshot_eval.zeroshot_evaluate(
         model, params, task_name="flip_imagenet1k_zeroshot", split="validation",

@@ -23,8 +23,8 @@ import seqio
 import tensorflow as tf
 
 from flip_t5x.data import preprocessors
+from flip_t5x.data import prompts
 from flip_t5x.data import shard_readers
-from flip_t5x.data import zeroshot
 
 
 @gin.configurable(module="flip_t5x.data.sources")
@@ -111,8 +111,8 @@ class Img2DatasetSource(seqio.DataSource):
 
 def list_image_folder(root: str, class_names_file: Optional[str] = None
                       ) -> Tuple[List[str], List[int], List[str]]:
-  """(files, labels, class_names) for a `root/CLASS/*.jpg` tree; see `zeroshot.folder_classes`."""
-  folders, class_names = zeroshot.folder_classes(root, class_names_file)
+  """(files, labels, class_names) for a `root/CLASS/*.jpg` tree; see `prompts.folder_classes`."""
+  folders, class_names = prompts.folder_classes(root, class_names_file)
   files, labels = [], []
   for label, folder in enumerate(folders):
     for name in sorted(tf.io.gfile.listdir(os.path.join(root, folder))):
@@ -144,7 +144,7 @@ class FolderSource(seqio.DataSource):
 
   def class_names(self) -> List[str]:
     """Label-ordered class names (the zero-shot classifier's rows)."""
-    return zeroshot.folder_classes(self._root_fn(), self._class_names_file_fn())[1]
+    return prompts.folder_classes(self._root_fn(), self._class_names_file_fn())[1]
 
   def get_dataset(self, split: str = "validation", shuffle: bool = False,
                   seed: Optional[int] = None, shard_info: Optional[seqio.ShardInfo] = None, *,

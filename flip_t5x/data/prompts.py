@@ -1,11 +1,11 @@
-"""Zero-shot classification: class names, prompt templates and prompt tokenisation.
+"""Zero-shot prompts: class names, prompt templates and their tokenisation.
 
 The CLIP ImageNet-1K class names (index = TFDS `imagenet2012` label) and the two template sets
 (80 prompts, and the 7 FLIP evaluates with by default) ship as files in `flip_t5x/data/assets`.
 The template set is chosen in gin:
 
     ZEROSHOT_TEMPLATES = "80"   # "7" (default), "80", or a file path
-    # the model file binds it: flip_t5x.data.zeroshot.template_set.name = %ZEROSHOT_TEMPLATES
+    # the model file binds it: flip_t5x.data.prompts.template_set.name = %ZEROSHOT_TEMPLATES
 
 Evaluators build class embeddings from `prompt_token_ids(class_names, templates(), vocab, L)`:
 for each class, every template filled with the class name.
@@ -40,7 +40,7 @@ def imagenet_class_names() -> List[str]:
   return read_lines(IMAGENET_CLASSNAMES_FILE)
 
 
-@gin.configurable(module="flip_t5x.data.zeroshot")
+@gin.configurable(module="flip_t5x.data.prompts")
 def template_set(name: str = "7") -> str:
   """Selected template set (gin: ZEROSHOT_TEMPLATES): "7" (FLIP's), "80" or a file path."""
   return str(name)
