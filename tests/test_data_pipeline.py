@@ -240,8 +240,10 @@ def test_resume_position(shards, tmp_path, fmt):
     got = next(resumed)
     np.testing.assert_array_equal(got["texts"].numpy(), want["texts"].numpy())
     np.testing.assert_array_equal(got["images"].numpy(), want["images"].numpy())
-  fresh = iter(_dataset(shuffle=True, seed=11, num_epochs=None, batch=3).as_numpy_iterator())
-  assert not checkpoints.restore_input_position(fresh, str(tmp_path / "missing"))
+  fresh = _dataset(shuffle=True, seed=11, num_epochs=None, batch=3)
+  assert not checkpoints.restore_input_position(iter(fresh), str(tmp_path / "missing"))
+  with pytest.raises(TypeError, match="tf.data iterator"):  # t5x reads another key than numpy's
+    checkpoints.save_input_position(fresh.as_numpy_iterator(), str(tmp_path / "numpy"))
 
 
 def test_missing_or_empty_pattern_is_a_clear_error(shards, tmp_path):

@@ -29,7 +29,7 @@ seeds seqio derives from the dataset seed (`seqio.map_over_dataset(num_seeds=1)`
 from __future__ import annotations
 
 import functools
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Sequence
 
 import gin
 import seqio
@@ -91,9 +91,6 @@ class SkipCounters:
                                  name=f"skipped_{name}")
       self.kept = tf.Variable(tf.constant(0, tf.int64), trainable=False, name=f"kept_{name}")
 
-  def trackables(self) -> dict:
-    return {"skipped": self.skipped, "kept": self.kept}
-
 
 _COUNTERS: Dict[str, SkipCounters] = {}
 
@@ -103,6 +100,18 @@ def counters(name: str = "train") -> SkipCounters:
   if name not in _COUNTERS:
     _COUNTERS[name] = SkipCounters(name)
   return _COUNTERS[name]
+
+
+def counter_variables(names: Sequence[str] = ("train",)) -> Dict[str, tf.Variable]:
+  """The counters of `names` as checkpoint items: {"<name>_skipped": ..., "<name>_kept": ...}.
+
+  `flip_t5x.checkpoints.position` saves and restores them with the input position.
+  """
+  out = {}
+  for name in names:
+    c = counters(name)
+    out.update({f"{name}_skipped": c.skipped, f"{name}_kept": c.kept})
+  return out
 
 
 def skipped_counts(name: str = "train") -> Dict[str, int]:
