@@ -40,7 +40,8 @@ from flip_t5x.evaluation import retrieval
 from flip_t5x.evaluation import zeroshot
 from flip_t5x.pretrained import cli as pretrained_cli
 from flip_t5x.runtime import gin_utils
-# Registers the zero-shot tasks and their gin configurables at import, before gin is locked.
+# Registers the zero-shot tasks and their gin configurable at import, before gin is locked.
+import tasks
 from tasks import zeroshot_seqio  # pylint: disable=unused-import
 
 MODES = ("zeroshot", "retrieval")
@@ -190,7 +191,7 @@ def evaluate(*, model: models.FlipModel, dataset_cfg: Any, output_dir: str,
                 batch_size=int(dataset_cfg.batch_size), max_examples=max_examples, mesh=mesh,
                 data_axis=data_axis)
   if mode == "zeroshot":
-    name = prompts.template_set() if template_set is None else str(template_set)
+    name = tasks.config().zeroshot_templates if template_set is None else str(template_set)
     templates = prompts.templates(name)
     metrics = zeroshot.zeroshot_evaluate(
         model, params, class_names=None if class_names is None else _read_class_names(

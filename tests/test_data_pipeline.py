@@ -212,7 +212,7 @@ def test_hosts_read_disjoint_shards(shards):
   everything = texts(_dataset())
   assert host0 and host1 and not host0 & host1
   assert host0 | host1 == everything
-  files = shard_readers.expand_data_pattern(tasks.train_data_pattern())
+  files = shard_readers.expand_data_pattern(tasks.config().train_data_pattern)
   assert len(files) == 4
 
 
@@ -263,9 +263,10 @@ def test_comma_separated_patterns_and_gin_pixel_limit(shards):
   root = shards["root"]
   gin.parse_config(
       BINDING_GIN +
-      f'tasks.train_data_pattern.pattern = "{root}/tfrecord/00000.tfrecord, {root}/tfrecord/0000[12].tfrecord"\n'
+      f'tasks.TaskConfig.train_data_pattern = "{root}/tfrecord/00000.tfrecord, '
+      f'{root}/tfrecord/0000[12].tfrecord"\n'
       f'VOCAB_FILE = "{shards["vocab"]}"\n'
-      'flip_t5x.data.preprocessors.max_image_pixels.limit = 4000')
+      'tasks.TaskConfig.max_image_pixels = 4000')
   assert list(_dataset().as_numpy_iterator()) == []  # every 64x80+ image is over the limit
   assert preprocessors.skipped_counts()["too_large"] >= 3 * shards["expected"]["tfrecord"]["ok"] // 4
 
@@ -287,8 +288,8 @@ def test_image_header_sizes():
 
 
 def test_crop_window_left_edge_steps_keep_area_and_aspect():
-  exact = preprocessors.train_augmentation(crop_x_step=1)
-  stepped = preprocessors.train_augmentation(crop_x_step=16)
+  exact = images.TrainAugmentation(crop_x_step=1)
+  stepped = images.TrainAugmentation(crop_x_step=16)
   hw = tf.constant([480, 640], tf.int64)
   lefts = []
   for s in range(20):
@@ -301,4 +302,4 @@ def test_crop_window_left_edge_steps_keep_area_and_aspect():
     lefts.append(left)
   assert any(x % 16 for x in lefts)  # the exact windows were not aligned by chance
   with pytest.raises(ValueError, match="crop_x_step"):
-    preprocessors.train_augmentation(crop_x_step=0)
+    images.TrainAugmentation(crop_x_step=0)

@@ -19,6 +19,7 @@ from flip_t5x.data import feature_converters
 from flip_t5x.data import preprocessors
 from flip_t5x.data import prompts
 from flip_t5x.data import vocabulary
+from flip_t5x.evaluation import datasets
 from flip_t5x.evaluation import zeroshot as zeroshot_eval
 
 S, L = 32, 8
@@ -47,11 +48,14 @@ def test_assets():
   assert names[0] == "tench" and names.count("missile") == 2  # CLIP list: "missile", "sunglasses" twice
   assert len(prompts.templates("80")) == 80 and len(prompts.templates("7")) == 7
   assert prompts.templates() == prompts.templates("7")  # FLIP's default
+  # The zero-shot tasks' templates (flip_t5x.eval, the periodic zero-shot, the *_seqio tasks).
+  assert datasets.task_templates("flip_folder_zeroshot") == prompts.templates("7")
   gin.parse_config(dp.BINDING_GIN + 'ZEROSHOT_TEMPLATES = "80"')
-  assert len(prompts.templates()) == 80
+  assert datasets.task_templates("flip_folder_zeroshot") == prompts.templates("80")
+  assert prompts.templates() == prompts.templates("7")  # gin reaches the tasks only
   gin.clear_config()
-  gin.parse_config('flip_t5x.data.prompts.template_set.name = "7"')
-  assert len(prompts.templates()) == 7
+  gin.parse_config('tasks.TaskConfig.zeroshot_templates = "7"')
+  assert len(datasets.task_templates("flip_imagenet1k_zeroshot")) == 7
   with pytest.raises(ValueError, match="template set"):
     prompts.templates("12")
 

@@ -96,9 +96,9 @@ def setup(tmp_path_factory):
 def _bind_data(d):
   """Where the tasks read the fixture's data (in-process tests; the gin files bind the same)."""
   gin.clear_config()
-  gin.bind_parameter("flip_t5x.data.vocabulary.wordpiece_vocab_file.path", str(d / "vocab.txt"))
-  gin.bind_parameter("tasks.zeroshot_folder.root", str(d / "zeroshot"))
-  gin.bind_parameter("tasks.zeroshot_seqio.retrieval_data_pattern.pattern",
+  gin.bind_parameter("tasks.TaskConfig.vocab_file", str(d / "vocab.txt"))
+  gin.bind_parameter("tasks.TaskConfig.zeroshot_folder", str(d / "zeroshot"))
+  gin.bind_parameter("tasks.TaskConfig.retrieval_data_pattern",
                      str(d / "shards" / "*.tfrecord"))
 
 

@@ -70,7 +70,8 @@ def bruteforce_top1(model, params, vocab, task_name, class_names):
 
 def test_flip_tfds_zeroshot_on_mock_cifar10(model_and_params, vocab, clean_gin_and_counters):
   model, params = model_and_params
-  gin.parse_config(["tasks.zeroshot_tfds.name = 'cifar10'", "tasks.zeroshot_tfds.split = 'test'"])
+  gin.parse_config(["tasks.TaskConfig.zeroshot_tfds_name = 'cifar10'",
+                    "tasks.TaskConfig.zeroshot_tfds_split = 'test'"])
   with tfds.testing.mock_data(num_examples=12):
     class_names = tasks.zeroshot_class_names("flip_tfds_zeroshot")
     assert class_names == tfds.builder("cifar10").info.features["label"].names

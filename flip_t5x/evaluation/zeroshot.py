@@ -157,7 +157,7 @@ def zeroshot_evaluate(model: models.FlipModel, params: PyTree, *, task_name: str
                       mesh: Optional[jax.sharding.Mesh] = None, data_axis: Any = "data",
                       text_batch_size: Optional[int] = None,
                       log_every_s: float = 30.0) -> Dict[str, Any]:
-  """Zero-shot top-1/top-5 (%) of `params` on a labelled seqio task; no gin involved.
+  """Zero-shot top-1/top-5 (%) of `params` on a labelled seqio task.
 
   Args:
     model: the FlipModel (its towers are jitted once per model and reused across calls).
@@ -167,8 +167,8 @@ def zeroshot_evaluate(model: models.FlipModel, params: PyTree, *, task_name: str
     feature_lengths: task feature lengths, {"image": S, "targets": L}; L is the prompt length.
     batch_size: images per step (a multiple of the data-axis size when `mesh` is given).
     class_names: label-ordered names; default: the task source's `class_names()`.
-    templates: prompt templates ('{}' = class name); default: the gin-selected set
-      (`flip_t5x.data.prompts.templates()`, FLIP's 7 unless configured).
+    templates: prompt templates ('{}' = class name); default: the task source's `templates()`
+      (FLIP's tasks: ZEROSHOT_TEMPLATES), else FLIP's 7.
     vocabulary: tokenizer of the prompts; default: the task's `targets` vocabulary.
     max_examples: evaluate only the first N images (periodic evals during training).
     mesh, data_axis: shard every batch over this mesh axis (None: one device / jit's choice).
@@ -183,7 +183,7 @@ def zeroshot_evaluate(model: models.FlipModel, params: PyTree, *, task_name: str
   """
   t0 = time.time()
   names = datasets.task_class_names(task_name) if class_names is None else list(class_names)
-  templates = prompts.templates() if templates is None else list(templates)
+  templates = datasets.task_templates(task_name) if templates is None else list(templates)
   vocabulary = _task_vocabulary(task_name) if vocabulary is None else vocabulary
   ds = datasets.task_dataset(task_name, split, feature_lengths, ("image", "label"))
   skipped_before = datasets.skipped_counts()
