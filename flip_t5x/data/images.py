@@ -1,10 +1,10 @@
 """Image bytes -> pixels for FLIP: container detection, header size, the official crops.
 
 Pure TensorFlow ops that take their settings as arguments (`TrainAugmentation`, the eval pad):
-the magic-byte format check and header size that let the
-preprocessor skip bad or oversized images without decoding them, the official train crop "v4"
-(timm's RandomResizedCrop, stateless so a seeded run repeats) and the official centred eval crop,
-both decoding only the window for JPEG, and ImageNet mean/std normalisation.
+the magic-byte format check and header size that let the preprocessor skip bad or oversized
+images without decoding them, the official train crop "v4" (timm's RandomResizedCrop, stateless so
+a seeded run repeats) and the official centred eval crop, both decoding only the window for JPEG,
+and ImageNet mean/std normalisation.
 """
 from __future__ import annotations
 
