@@ -36,14 +36,15 @@ import tensorflow as tf
 from flip_t5x import checkpoints
 from flip_t5x import models
 from flip_t5x import pretrained
-from flip_t5x.data import zeroshot as zeroshot_lib
+from flip_t5x.data import prompts
 from flip_t5x.evaluation import EvalError
 from flip_t5x.evaluation import datasets
 from flip_t5x.evaluation import retrieval
 from flip_t5x.evaluation import zeroshot
 from flip_t5x.pretrained import cli as pretrained_cli
 from flip_t5x.runtime import gin_utils
-# Registers the zero-shot tasks and their gin configurables at import, before gin is locked.
+# Registers the zero-shot tasks and their gin configurable at import, before gin is locked.
+import tasks
 from tasks import zeroshot_seqio  # pylint: disable=unused-import
 
 MODES = ("zeroshot", "retrieval")
@@ -54,7 +55,7 @@ def _read_class_names(class_names: Union[str, Sequence[str]]) -> list:
   if isinstance(class_names, str):
     if not tf.io.gfile.exists(class_names):
       raise EvalError(f"class-names file {class_names!r} does not exist")
-    return zeroshot_lib.read_lines(class_names)
+    return prompts.read_lines(class_names)
   return list(class_names)
 
 
@@ -179,8 +180,8 @@ def evaluate(*, model: models.FlipModel, dataset_cfg: Any, output_dir: str,
                 batch_size=int(dataset_cfg.batch_size), max_examples=max_examples, mesh=mesh,
                 data_axis=data_axis, xla_options=getattr(partitioner, "xla_options", None))
   if mode == "zeroshot":
-    name = zeroshot_lib.template_set() if template_set is None else str(template_set)
-    templates = zeroshot_lib.templates(name)
+    name = tasks.config().zeroshot_templates if template_set is None else str(template_set)
+    templates = prompts.templates(name)
     metrics = zeroshot.zeroshot_evaluate(
         model, params, class_names=None if class_names is None else _read_class_names(
             class_names), templates=templates, text_batch_size=text_batch_size, **common)

@@ -31,6 +31,7 @@ from flip_t5x.checkpoints import importer
 from flip_t5x.checkpoints import release
 from flip_t5x.data import vocabulary as vocabulary_lib
 from flip_t5x.runtime import gin_utils
+import tasks
 
 FLAGS = flags.FLAGS
 
@@ -54,7 +55,7 @@ def main(argv: Sequence[str]) -> None:
   model = gin_utils.parse_gin_flags_for_model(FLAGS.gin_search_paths, FLAGS.gin_file,
                                               FLAGS.gin_bindings)
   # The official models were trained on FLIP's vocabulary: any other (VOCAB_FILE) is a warning.
-  vocabulary_lib.warn_unless_official_vocabulary(vocabulary_lib.wordpiece_vocab_file(),
+  vocabulary_lib.warn_unless_official_vocabulary(tasks.config().vocabulary().vocab_file,
                                                  "import_checkpoint")
   if FLAGS.dry_run:
     for e in release.mapping_table(model):

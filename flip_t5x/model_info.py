@@ -24,10 +24,10 @@ import numpy as np
 
 from flip_t5x import flops
 from flip_t5x import models
-from flip_t5x.data import preprocessors
 from flip_t5x.runtime import gin_utils
 from flip_t5x.runtime import optimizers
 from flip_t5x.runtime import train_loop
+import tasks
 
 FLAGS = flags.FLAGS
 
@@ -64,7 +64,7 @@ def recipe(model: models.FlipModel, params: Any) -> Dict[str, Any]:
       "b1": hp.b1 if hp else None,
       "b2": hp.b2 if hp else None,
       "mask_ratio": model.mask_ratio,
-      "eval_crop_pad": preprocessors.eval_crop(),
+      "eval_crop_pad": tasks.config().eval_pad,
       "no_decay_parameters": (optimizers.undecayed_parameters(mask) if mask is not None
                               else None),
   }

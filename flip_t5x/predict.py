@@ -32,7 +32,7 @@ from absl import logging
 import numpy as np
 
 from flip_t5x import predictor as predictor_lib
-from flip_t5x.data import zeroshot
+from flip_t5x.data import prompts
 from flip_t5x.pretrained import cli as pretrained_cli
 from flip_t5x.runtime import gin_utils
 
@@ -91,7 +91,7 @@ def _templates(value: Optional[str]) -> Optional[List[str]]:
     return None
   if "{}" in value:
     return [value]
-  return zeroshot.templates(value)
+  return prompts.templates(value)
 
 
 def embed_files(predictor, paths: Sequence[str]
@@ -202,7 +202,7 @@ def main(argv: Sequence[str]) -> None:
   if FLAGS.query:
     text_emb = predictor.encode_texts([FLAGS.query])
   else:
-    labels = list(FLAGS.labels) if FLAGS.labels else zeroshot.read_lines(FLAGS.labels_file)
+    labels = list(FLAGS.labels) if FLAGS.labels else prompts.read_lines(FLAGS.labels_file)
     labels = [lab.strip() for lab in labels if lab.strip()]
     if not labels:
       raise app.UsageError("no labels given")

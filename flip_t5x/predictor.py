@@ -30,12 +30,13 @@ from flip_t5x import network
 from flip_t5x import pretrained
 from flip_t5x import xla_options as xla_options_lib
 from flip_t5x.data import preprocessors
+from flip_t5x.data import prompts
 from flip_t5x.data import vocabulary as vocabulary_lib
-from flip_t5x.data import zeroshot
 from flip_t5x.evaluation import encoder as encoder_lib
 from flip_t5x.evaluation import scoring
-from flip_t5x.evaluation import zeroshot as zeroshot_lib
+from flip_t5x.evaluation import zeroshot
 from flip_t5x.runtime import gin_utils
+import tasks
 
 PyTree = Any
 # A path (str/PathLike), encoded bytes, a PIL image, or pixels [H, W], [H, W, 1|3|4] in [0, 255].
@@ -117,8 +118,11 @@ class FlipPredictor:
 
   def __init__(self, model: models.FlipModel, params: PyTree,
                vocabulary: Optional[vocabulary_lib.WordPieceVocabulary] = None,
-               batch_size: int = 32, text_batch_size: int = 256,
-               xla_options: Optional[xla_options_lib.XlaOptions] = None):
+               batch_size: int = 32, text_batch_size: int = 256, *,
+               xla_options: Optional[xla_options_lib.XlaOptions] = None,
+               template_set: str = prompts.DEFAULT_TEMPLATE_SET, eval_pad: int = 0):
+    """`template_set`: the zero-shot templates by default ("7", "80" or a file); `eval_pad`: the
+    evaluation crop's (`preprocessors.eval_image`)."""
     if batch_size < 1 or text_batch_size < 1:
       raise ValueError(f"batch sizes must be >= 1, got {batch_size}, {text_batch_size}")
     self.model = model
@@ -136,8 +140,10 @@ class FlipPredictor:
     self._encoder = encoder_lib.encoder_for(model, xla_options)
     self.logit_scale = float(self.module.apply({"params": self.params},
                                                method=network.FlipTwoTower.scale))
+    self.template_set = str(template_set)
+    self.eval_pad = int(eval_pad)
     size = self.image_size
-    self._decode = tf.function(lambda data: preprocessors.eval_image(data, size),
+    self._decode = tf.function(lambda data: preprocessors.eval_image(data, size, self.eval_pad),
                                input_signature=[tf.TensorSpec([], tf.string)])
     self._class_embedding_cache = {}
 
@@ -149,21 +155,25 @@ class FlipPredictor:
     """A predictor for a checkpoint: MODEL_DIR (latest step) or checkpoint_<step>, written by
     flip_t5x or t5x (orbax or msgpack; `checkpoints.locate` lists the formats).
 
-    The gin files give the model (`MODEL`) and the vocabulary (macro `VOCAB_FILE`, unless
-    `vocab_file` is given). This replaces the process's gin configuration.
+    The gin files give the model (`MODEL`), the vocabulary (macro `VOCAB_FILE`, unless
+    `vocab_file` is given), the default zero-shot templates (`ZEROSHOT_TEMPLATES`) and the eval
+    crop (`tasks.TaskConfig.eval_pad`). This replaces the process's gin configuration.
     """
     gin_files = [gin_file] if isinstance(gin_file, (str, os.PathLike)) else list(gin_file)
     gin.clear_config()
     model = gin_utils.parse_gin_flags_for_model(
         ["."], [os.fspath(f) for f in gin_files], gin_bindings, finalize_config=False)
-    if vocab_file is None:
+    config = tasks.config()
+    if vocab_file is not None:
+      vocab = vocabulary_lib.WordPieceVocabulary(vocab_file) if vocab_file else None
+    else:
       try:
-        vocab_file = vocabulary_lib.wordpiece_vocab_file()
+        vocab = config.vocabulary()
       except ValueError:
-        vocab_file = None  # images still work; encode_texts explains what is missing
-    vocab = vocabulary_lib.WordPieceVocabulary(vocab_file) if vocab_file else None
+        vocab = None  # images still work; encode_texts explains what is missing
     params = checkpoints.load_params(path, model)
-    return cls(model, params, vocab, batch_size=batch_size, text_batch_size=text_batch_size)
+    return cls(model, params, vocab, batch_size=batch_size, text_batch_size=text_batch_size,
+               template_set=config.zeroshot_templates, eval_pad=config.eval_pad)
 
   @classmethod
   def from_pretrained(cls, name: str, cache_dir: Optional[str] = None,
@@ -279,12 +289,12 @@ class FlipPredictor:
   # ------------------------------------------------------------------------------------- scoring
   def class_embeddings(self, class_names: Sequence[str],
                        templates: Optional[Sequence[str]] = None) -> np.ndarray:
-    """[C, E] zero-shot class embeddings (CLIP protocol; templates default to the gin set)."""
-    templates = tuple(zeroshot.templates() if templates is None else
+    """[C, E] zero-shot class embeddings (CLIP protocol; templates default to `template_set`)."""
+    templates = tuple(prompts.templates(self.template_set) if templates is None else
                       ([templates] if isinstance(templates, str) else templates))
     key = (tuple(class_names), templates)
     if key not in self._class_embedding_cache:
-      self._class_embedding_cache[key] = zeroshot_lib.class_embeddings(
+      self._class_embedding_cache[key] = zeroshot.class_embeddings(
           self.encode_texts, list(class_names), list(templates))
     return self._class_embedding_cache[key]
 

@@ -7,7 +7,7 @@ cores of
     bicubic by default) from bytes in memory (the limit);
   - pipeline: `seqio.get_dataset("flip_img2dataset", ...)` (read shards, shuffle, validate,
     random-resized-crop, flip, normalise, tokenise, feature conversion); with --crop_x_steps=1,16
-    once per `train_augmentation.crop_x_step` value (keys `pipeline_crop_x_step_<v>_...`).
+    once per `tasks.TaskConfig.crop_x_step` value (keys `pipeline_crop_x_step_<v>_...`).
 Configurations are measured in alternating rounds and the medians reported, so a noisy machine
 biases raw and pipeline alike; `*_cpu_ms_per_img_*` (process CPU time per image, all threads) is
 the figure to compare on a machine shared with other work, where throughput follows the load.
@@ -35,7 +35,7 @@ _SECONDS = flags.DEFINE_float("seconds", 5.0, "Measuring time per configuration 
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating rounds; medians are reported.")
 _SIZE = flags.DEFINE_integer("image_size", 224, "Crop size.")
 _CROP_X_STEPS = flags.DEFINE_list(
-    "crop_x_steps", [], "Measure the pipeline once per train_augmentation.crop_x_step value, in "
+    "crop_x_steps", [], "Measure the pipeline once per tasks.TaskConfig.crop_x_step value, in "
     "the same alternating rounds (default: only the configured value).")
 _VOCAB = flags.DEFINE_string("vocab_file", None, "WordPiece vocab (default: the shipped BERT "
                              "vocabulary the recipes use).")
@@ -101,8 +101,7 @@ def main(argv):
   import gin  # pylint: disable=g-import-not-at-top
   import seqio  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  import tasks  # pylint: disable=g-import-not-at-top,unused-import
-  from flip_t5x.data import preprocessors  # pylint: disable=g-import-not-at-top
+  import tasks  # pylint: disable=g-import-not-at-top
   from flip_t5x.data.feature_converters import ImageTextFeatureConverter  # pylint: disable=g-import-not-at-top
 
   size = _SIZE.value
@@ -118,15 +117,14 @@ def main(argv):
 
     def raw(threads):
       ds = tf.data.Dataset.from_tensor_slices(images).repeat()
-      method = preprocessors.train_augmentation()["resize_method"]  # the recipe's resize
+      method = tasks.config().resize_method  # the recipe's resize
       ds = ds.map(lambda b: tf.image.resize(tf.io.decode_jpeg(b, channels=3), [size, size],
                                             method=method), num_parallel_calls=threads)
       return ds.with_options(_options(threads))
 
     def pipeline(threads, crop_x_step):
       if crop_x_step is not None:
-        gin.bind_parameter("flip_t5x.data.preprocessors.train_augmentation.crop_x_step",
-                           crop_x_step)
+        gin.bind_parameter("tasks.TaskConfig.crop_x_step", crop_x_step)
       ds = seqio.get_dataset("flip_img2dataset",
                              task_feature_lengths={"image": size, "targets": 32},
                              dataset_split="train", shuffle=True, seed=0, num_epochs=None,

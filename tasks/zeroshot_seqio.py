@@ -17,12 +17,12 @@ scores the image rows, giving the same top-1/top-5 as `flip_t5x.eval`.
       --gin.MIXTURE_OR_TASK_NAME=\"flip_imagenet1k_zeroshot_seqio\" \
       --gin.CHECKPOINT_PATH=\"...\" --gin.EVAL_OUTPUT_DIR=\"...\"
 
-Templates follow `flip_t5x.data.zeroshot.template_set` (ZEROSHOT_TEMPLATES); the lengths are the
-model's (runs/eval.gin binds TASK_FEATURE_LENGTHS from IMAGE_SIZE and TEXT_LENGTH; without an image
-length the prompt rows are refused). The metric reads the embeddings from `aux_values` (seqio
-decodes plain predictions with the text vocabulary, which would turn them into strings). The
-prompt rows carry zero images of the eval size; runs/eval.gin turns the evaluator's in-memory
-cache off (`utils.DatasetConfig.use_memory_cache`: it would keep every row's image, see
+Templates are the base task source's (`tasks.ZeroShotSource.templates`: ZEROSHOT_TEMPLATES); the
+lengths are the model's (runs/eval.gin binds TASK_FEATURE_LENGTHS from IMAGE_SIZE and TEXT_LENGTH;
+without an image length the prompt rows are refused). The metric reads the embeddings from
+`aux_values` (seqio decodes plain predictions with the text vocabulary, which would turn them into
+strings). The prompt rows carry zero images of the eval size; runs/eval.gin turns the evaluator's
+in-memory cache off (`utils.DatasetConfig.use_memory_cache`: it would keep every row's image, see
 docs/performance.md, Measurements) and sets `seqio.JSONLogger.write_n_results = 0` (else every row's
 embeddings are written). `flip_t5x.eval` is the faster way to the same numbers.
 
@@ -36,15 +36,14 @@ from __future__ import annotations
 import functools
 from typing import Callable, List, Mapping, Optional, Sequence
 
-import gin
 import seqio
 import tensorflow as tf
 
 import tasks
-from flip_t5x.evaluation import metrics as seqio_metrics
 from flip_t5x.data import preprocessors
+from flip_t5x.data import prompts
 from flip_t5x.data import sources
-from flip_t5x.data import zeroshot
+from flip_t5x.evaluation import metrics as seqio_metrics
 
 SUFFIX = "_seqio"
 RETRIEVAL_TASK = "flip_img2dataset_retrieval"
@@ -60,7 +59,7 @@ def prepend_prompts(dataset: tf.data.Dataset,
                     sequence_length: Optional[Mapping[str, int]] = None,
                     output_features: Optional[Mapping[str, seqio.Feature]] = None, *,
                     class_names_fn: Callable[[], Sequence[str]],
-                    templates_fn: Callable[[], Sequence[str]] = zeroshot.templates
+                    templates_fn: Callable[[], Sequence[str]] = prompts.templates
                     ) -> tf.data.Dataset:
   """Zero-shot image examples -> prompt examples followed by the image examples."""
   names = list(class_names_fn())
@@ -95,13 +94,19 @@ def prepend_prompts(dataset: tf.data.Dataset,
 
 def register_zeroshot_seqio_task(base_task_name: str, name: Optional[str] = None,
                                  class_names_fn: Optional[Callable[[], Sequence[str]]] = None,
-                                 templates_fn: Callable[[], Sequence[str]] = zeroshot.templates
+                                 templates_fn: Optional[Callable[[], Sequence[str]]] = None
                                  ) -> seqio.Task:
-  """Registers the evaluator-ready variant of zero-shot task `base_task_name`."""
+  """Registers the evaluator-ready variant of zero-shot task `base_task_name`.
+
+  `class_names_fn` and `templates_fn` default to the base task source's `class_names` and
+  `templates` (FLIP's 7 templates when the source has none).
+  """
   base = seqio.get_mixture_or_task(base_task_name)
   name = name or base_task_name + SUFFIX
   if class_names_fn is None:
     class_names_fn = functools.partial(class_names, base_task_name)
+  if templates_fn is None:
+    templates_fn = getattr(base.source, "templates", prompts.templates)
   return seqio.TaskRegistry.add(
       name,
       source=base.source,
@@ -118,21 +123,21 @@ for _base in BASE_TASKS:
     register_zeroshot_seqio_task(_base)
 
 
-@gin.configurable(module="tasks.zeroshot_seqio")
-def retrieval_data_pattern(pattern: Optional[str] = None) -> str:
-  """Glob(s) of the captioned eval shards (gin: RETRIEVAL_DATA_PATTERN, gin_configs/tasks.gin)."""
+def retrieval_source(c: tasks.TaskConfig) -> sources.Img2DatasetSource:
+  pattern = c.retrieval_data_pattern
   if not pattern:
     raise ValueError("flip_img2dataset_retrieval needs RETRIEVAL_DATA_PATTERN = "
                      "\"/path/to/eval_shards/*.tfrecord\" in gin (img2dataset output).")
-  return pattern
+  return sources.Img2DatasetSource(pattern, splits=("validation", "test"), counter="eval",
+                                   read=c.read_options())
 
 
 if RETRIEVAL_TASK not in seqio.TaskRegistry.names():
   seqio.TaskRegistry.add(
       RETRIEVAL_TASK,
-      source=sources.Img2DatasetSource(retrieval_data_pattern, splits=("validation", "test"),
-                                       counter="eval"),
+      source=tasks.ConfiguredSource(retrieval_source, ("validation", "test"),
+                                    performs_internal_shuffling=True, arbitrary_sharding=False),
       output_features=tasks.output_features(),
-      preprocessors=[preprocessors.eval_preprocessor],
+      preprocessors=[functools.partial(tasks.preprocess, train=False)],
       metric_fns=[seqio_metrics.retrieval_metric],
       shuffle_buffer_size=None)

@@ -235,8 +235,7 @@ def test_earlier_flip_t5x_input_position_still_restores(layout, tmp_path):
   saved = iter(tf.data.Dataset.range(10))
   for _ in range(4):
     next(saved)
-  counters = {f"train_{k}": v for k, v in preprocessors.counters("train").trackables().items()}
-  tf.train.Checkpoint(iterator=saved, **counters).write(
+  tf.train.Checkpoint(iterator=saved, **preprocessors.counter_variables(["train"])).write(
       str(tmp_path / "checkpoint_4" / "input_position" / "input_position-00000-of-00001"))
   ckpt = checkpoints.TrainCheckpointer(str(tmp_path), layout, enable_async=False)
   assert ckpt.has_input_position(4)

@@ -51,8 +51,8 @@ def shards(tmp_path_factory):
 def _configure(shards, buffer, cycle=3, extra=""):
   gin.parse_config(dp.BINDING_GIN + f'TRAIN_DATA_PATTERN = "{shards["pattern"]}"\n'
                    f'VOCAB_FILE = "{shards["vocab"]}"\n'
-                   f"flip_t5x.data.sources.record_shuffle_buffer_size.size = {buffer}\n"
-                   f"flip_t5x.data.sources.interleave_cycle_length.length = {cycle}\n{extra}")
+                   f"tasks.TaskConfig.record_shuffle_buffer_size = {buffer}\n"
+                   f"tasks.TaskConfig.interleave_cycle_length = {cycle}\n{extra}")
 
 
 def _captions(n, seed=0, shard_info=None, shuffle=True):
@@ -129,7 +129,7 @@ def test_official_order_sorted_files_every_pass(shards):
   # shuffle_files off + one file at a time + no buffer: the sorted files over and over, as the
   # official pipeline reads them before its shuffle buffer.
   _configure(shards, buffer=1, cycle=1,
-             extra="flip_t5x.data.sources.shuffle_files.enabled = False")
+             extra="tasks.TaskConfig.shuffle_files = False")
   in_files = _captions(RECORDS, shuffle=False)
   assert in_files == [_caption(i) for i in range(RECORDS)]
   assert _captions(3 * RECORDS) == in_files * 3

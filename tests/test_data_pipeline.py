@@ -212,7 +212,7 @@ def test_hosts_read_disjoint_shards(shards):
   everything = texts(_dataset())
   assert host0 and host1 and not host0 & host1
   assert host0 | host1 == everything
-  files = shard_readers.expand_data_pattern(tasks.train_data_pattern())
+  files = shard_readers.expand_data_pattern(tasks.config().train_data_pattern)
   assert len(files) == 4
 
 
@@ -240,8 +240,10 @@ def test_resume_position(shards, tmp_path, fmt):
     got = next(resumed)
     np.testing.assert_array_equal(got["texts"].numpy(), want["texts"].numpy())
     np.testing.assert_array_equal(got["images"].numpy(), want["images"].numpy())
-  fresh = iter(_dataset(shuffle=True, seed=11, num_epochs=None, batch=3).as_numpy_iterator())
-  assert not checkpoints.restore_input_position(fresh, str(tmp_path / "missing"))
+  fresh = _dataset(shuffle=True, seed=11, num_epochs=None, batch=3)
+  assert not checkpoints.restore_input_position(iter(fresh), str(tmp_path / "missing"))
+  with pytest.raises(TypeError, match="tf.data iterator"):  # t5x reads another key than numpy's
+    checkpoints.save_input_position(fresh.as_numpy_iterator(), str(tmp_path / "numpy"))
 
 
 def test_missing_or_empty_pattern_is_a_clear_error(shards, tmp_path):
@@ -261,9 +263,10 @@ def test_comma_separated_patterns_and_gin_pixel_limit(shards):
   root = shards["root"]
   gin.parse_config(
       BINDING_GIN +
-      f'tasks.train_data_pattern.pattern = "{root}/tfrecord/00000.tfrecord, {root}/tfrecord/0000[12].tfrecord"\n'
+      f'tasks.TaskConfig.train_data_pattern = "{root}/tfrecord/00000.tfrecord, '
+      f'{root}/tfrecord/0000[12].tfrecord"\n'
       f'VOCAB_FILE = "{shards["vocab"]}"\n'
-      'flip_t5x.data.preprocessors.max_image_pixels.limit = 4000')
+      'tasks.TaskConfig.max_image_pixels = 4000')
   assert list(_dataset().as_numpy_iterator()) == []  # every 64x80+ image is over the limit
   assert preprocessors.skipped_counts()["too_large"] >= 3 * shards["expected"]["tfrecord"]["ok"] // 4
 
@@ -285,8 +288,8 @@ def test_image_header_sizes():
 
 
 def test_crop_window_left_edge_steps_keep_area_and_aspect():
-  exact = preprocessors.train_augmentation(crop_x_step=1)
-  stepped = preprocessors.train_augmentation(crop_x_step=16)
+  exact = images.TrainAugmentation(crop_x_step=1)
+  stepped = images.TrainAugmentation(crop_x_step=16)
   hw = tf.constant([480, 640], tf.int64)
   lefts = []
   for s in range(20):
@@ -299,4 +302,4 @@ def test_crop_window_left_edge_steps_keep_area_and_aspect():
     lefts.append(left)
   assert any(x % 16 for x in lefts)  # the exact windows were not aligned by chance
   with pytest.raises(ValueError, match="crop_x_step"):
-    preprocessors.train_augmentation(crop_x_step=0)
+    images.TrainAugmentation(crop_x_step=0)

@@ -12,7 +12,7 @@ import seqio
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-import tasks  # pylint: disable=unused-import  (registers the tasks)
+import tasks
 import test_data_pipeline as dp
 from flip_t5x.data import vocab_builder
 from flip_t5x.data import vocabulary
@@ -126,18 +126,20 @@ def test_accents_and_batches(bert):
 def test_vocab_file_from_gin(bert, tmp_path):
   gin.clear_config()
   try:
-    lazy = vocabulary.WordPieceVocabulary()  # created before gin is parsed, like task features
+    lazy = tasks.output_features()["targets"].vocabulary  # the tasks', built before gin is parsed
     assert lazy.vocab_file == BERT_VOCAB  # nothing bound: FLIP's vocabulary, shipped
+    assert vocabulary.WordPieceVocabulary().vocab_file == BERT_VOCAB  # the library's default
     other = tmp_path / "vocab.txt"
     other.write_text("[PAD]\n[UNK]\ndog\n")
     gin.parse_config(dp.BINDING_GIN + f'VOCAB_FILE = "{other}"')
     assert lazy.vocab_file == str(other) and lazy.encode("dog") == [2]
-    gin.parse_config(f'flip_t5x.data.vocabulary.wordpiece_vocab_file.path = "{BERT_VOCAB}"')
+    assert vocabulary.WordPieceVocabulary().vocab_file == BERT_VOCAB  # gin reaches the tasks only
+    gin.parse_config(f'tasks.TaskConfig.vocab_file = "{BERT_VOCAB}"')
     assert lazy.vocab_size == 30523 and lazy.encode("dog") == [3899]  # the binding wins
     gin.clear_config()
     gin.parse_config(dp.BINDING_GIN + 'VOCAB_FILE = ""')
     with pytest.raises(ValueError, match="VOCAB_FILE is empty"):
-      vocabulary.WordPieceVocabulary().encode("dog")
+      lazy.encode("dog")
   finally:
     gin.clear_config()
 

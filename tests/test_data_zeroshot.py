@@ -17,8 +17,9 @@ from flip_t5x import models
 from flip_t5x import network
 from flip_t5x.data import feature_converters
 from flip_t5x.data import preprocessors
+from flip_t5x.data import prompts
 from flip_t5x.data import vocabulary
-from flip_t5x.data import zeroshot
+from flip_t5x.evaluation import datasets
 from flip_t5x.evaluation import zeroshot as zeroshot_eval
 
 S, L = 32, 8
@@ -42,23 +43,26 @@ def _converter():
 
 
 def test_assets():
-  names = zeroshot.imagenet_class_names()
+  names = prompts.imagenet_class_names()
   assert len(names) == 1000 and len(set(names)) == 998
   assert names[0] == "tench" and names.count("missile") == 2  # CLIP list: "missile", "sunglasses" twice
-  assert len(zeroshot.templates("80")) == 80 and len(zeroshot.templates("7")) == 7
-  assert zeroshot.templates() == zeroshot.templates("7")  # FLIP's default
+  assert len(prompts.templates("80")) == 80 and len(prompts.templates("7")) == 7
+  assert prompts.templates() == prompts.templates("7")  # FLIP's default
+  # The zero-shot tasks' templates (flip_t5x.eval, the periodic zero-shot, the *_seqio tasks).
+  assert datasets.task_templates("flip_folder_zeroshot") == prompts.templates("7")
   gin.parse_config(dp.BINDING_GIN + 'ZEROSHOT_TEMPLATES = "80"')
-  assert len(zeroshot.templates()) == 80
+  assert datasets.task_templates("flip_folder_zeroshot") == prompts.templates("80")
+  assert prompts.templates() == prompts.templates("7")  # gin reaches the tasks only
   gin.clear_config()
-  gin.parse_config('flip_t5x.data.zeroshot.template_set.name = "7"')
-  assert len(zeroshot.templates()) == 7
+  gin.parse_config('tasks.TaskConfig.zeroshot_templates = "7"')
+  assert len(datasets.task_templates("flip_imagenet1k_zeroshot")) == 7
   with pytest.raises(ValueError, match="template set"):
-    zeroshot.templates("12")
+    prompts.templates("12")
 
 
 def test_prompt_token_ids(vocab_file):
   vocab = vocabulary.WordPieceVocabulary(vocab_file)
-  ids = zeroshot.prompt_token_ids(["cat", "red fox"], ["a photo of the {}.", "{}"], vocab, L)
+  ids = prompts.prompt_token_ids(["cat", "red fox"], ["a photo of the {}.", "{}"], vocab, L)
   assert ids.shape == (2, 2, L) and ids.dtype == np.int32
   assert vocab.decode(ids[1, 0]) == "a photo of the red fox ."
   assert ids[0, 1].tolist() == [9] + [0] * (L - 1)
@@ -75,7 +79,7 @@ def test_imagenet_zeroshot_with_mock_data(vocab_file):
     test_split = list(seqio.get_mixture_or_task("flip_imagenet1k_zeroshot").get_dataset(
         {"image": S, "targets": L}, split="test", shuffle=False).as_numpy_iterator())
   assert len(examples) == 6 == len(test_split)
-  names = zeroshot.imagenet_class_names()
+  names = prompts.imagenet_class_names()
   vocab = vocabulary.WordPieceVocabulary(vocab_file)
   for ex in examples:
     assert ex["images"].shape == (S, S, 3) and ex["images"].dtype == np.float32
@@ -128,10 +132,10 @@ def test_folder_zeroshot(tmp_path, vocab_file):
 
   names = tmp_path / "names.txt"
   names.write_text("dog\tdomestic dog\ncat\ttabby cat\nred_fox\tred fox\n")
-  assert zeroshot.folder_classes(str(root), str(names)) == (
+  assert prompts.folder_classes(str(root), str(names)) == (
       ["dog", "cat", "red_fox"], ["domestic dog", "tabby cat", "red fox"])
   names.write_text("kitty\npuppy\nfox\n")
-  assert zeroshot.folder_classes(str(root), str(names))[1] == ["kitty", "puppy", "fox"]
+  assert prompts.folder_classes(str(root), str(names))[1] == ["kitty", "puppy", "fox"]
 
 
 def test_folder_zeroshot_needs_a_root(vocab_file):

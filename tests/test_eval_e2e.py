@@ -31,7 +31,7 @@ from flip_t5x.evaluation import EvalError
 from flip_t5x.evaluation import retrieval as retrieval_eval
 from flip_t5x.evaluation import zeroshot as zeroshot_eval
 from flip_t5x.data import shards
-from flip_t5x.data import zeroshot
+from flip_t5x.data import prompts
 from flip_t5x import checkpoints
 from flip_t5x.runtime import gin_utils
 import test_eval_metrics
@@ -68,7 +68,7 @@ def _tiny_model():
 def setup(tmp_path_factory):
   d = tmp_path_factory.mktemp("eval")
   words = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", ".", ","}
-  for text in list(zeroshot.templates("7")) + list(CLASSES) + list(CAPTIONS):
+  for text in list(prompts.templates("7")) + list(CLASSES) + list(CAPTIONS):
     words.update(text.replace("{}", " ").replace(".", " ").replace(",", " ").lower().split())
   special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
   (d / "vocab.txt").write_text("\n".join(special + sorted(words - set(special))) + "\n")
@@ -96,9 +96,9 @@ def setup(tmp_path_factory):
 def _bind_data(d):
   """Where the tasks read the fixture's data (in-process tests; the gin files bind the same)."""
   gin.clear_config()
-  gin.bind_parameter("flip_t5x.data.vocabulary.wordpiece_vocab_file.path", str(d / "vocab.txt"))
-  gin.bind_parameter("tasks.zeroshot_folder.root", str(d / "zeroshot"))
-  gin.bind_parameter("tasks.zeroshot_seqio.retrieval_data_pattern.pattern",
+  gin.bind_parameter("tasks.TaskConfig.vocab_file", str(d / "vocab.txt"))
+  gin.bind_parameter("tasks.TaskConfig.zeroshot_folder", str(d / "zeroshot"))
+  gin.bind_parameter("tasks.TaskConfig.retrieval_data_pattern",
                      str(d / "shards" / "*.tfrecord"))
 
 
@@ -151,7 +151,7 @@ def _finish(proc):
 
 
 def _bruteforce_class_embeddings(model, params, class_names, templates):
-  ids = zeroshot.prompt_token_ids(class_names, templates, tasks.output_features()["targets"]
+  ids = prompts.prompt_token_ids(class_names, templates, tasks.output_features()["targets"]
                                   .vocabulary, LENGTHS["targets"])
   emb = np.asarray(model.encode_texts(params, ids.reshape(-1, LENGTHS["targets"])))
   emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
@@ -164,7 +164,7 @@ def own_zeroshot(setup):
   """flip_t5x.eval's in-process zero-shot result (computed once: building the dataset is slow)."""
   return zeroshot_eval.zeroshot_evaluate(
       setup["model"], setup["params"], task_name="flip_folder_zeroshot", split="validation",
-      feature_lengths=LENGTHS, batch_size=5, templates=zeroshot.templates("7"))
+      feature_lengths=LENGTHS, batch_size=5, templates=prompts.templates("7"))
 
 
 def _predict_with_aux_fn(model, params, batch_size=4):
@@ -258,7 +258,7 @@ def test_zeroshot_seqio_path_and_bruteforce_agree(setup, binaries, own_zeroshot)
   model, params = setup["model"], setup["params"]
   names = zeroshot_seqio.class_names("flip_folder_zeroshot")
   assert names == sorted(CLASSES)  # labels follow the sorted folder names
-  templates = zeroshot.templates("7")
+  templates = prompts.templates("7")
   assert own_zeroshot["num_examples"] == 12
   assert own_zeroshot["num_classes"] == 6 and own_zeroshot["num_templates"] == 7
 
@@ -279,7 +279,7 @@ def test_zeroshot_seqio_path_and_bruteforce_agree(setup, binaries, own_zeroshot)
 
   # Brute force: unbatched, unjitted towers and plain numpy ranking on the same images.
   vocab = tasks.output_features()["targets"].vocabulary
-  ids = zeroshot.prompt_token_ids(names, templates, vocab, LENGTHS["targets"])
+  ids = prompts.prompt_token_ids(names, templates, vocab, LENGTHS["targets"])
   emb = np.asarray(model.encode_texts(params, ids.reshape(-1, LENGTHS["targets"])))
   emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
   emb = emb.reshape(len(names), len(templates), -1).mean(axis=1)

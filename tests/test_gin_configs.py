@@ -93,7 +93,7 @@ def test_parses_and_builds_the_model_from_shapes(files):
 
 def test_no_library_code_looks_gin_up_by_name():
   """Values reach flip_t5x/ and tasks/ by binding (e.g. tasks.gin's
-  `tasks.train_data_pattern.pattern = %TRAIN_DATA_PATTERN`), never by `gin.query_parameter`."""
+  `tasks.TaskConfig.train_data_pattern = %TRAIN_DATA_PATTERN`), never by `gin.query_parameter`."""
   files = [p for d in ("flip_t5x", "tasks")
            for p in glob.glob(os.path.join(ROOT, d, "**", "*.py"), recursive=True)]
   assert len(files) > 20
@@ -104,3 +104,20 @@ def test_no_library_code_looks_gin_up_by_name():
     lookups += [f"{os.path.relpath(path, ROOT)}:{node.lineno}" for node in ast.walk(tree)
                 if isinstance(node, ast.Attribute) and node.attr == "query_parameter"]
   assert not lookups
+
+
+def test_data_and_evaluation_take_arguments_not_gin():
+  """flip_t5x/data and flip_t5x/evaluation import no gin: their functions and classes take the
+  values the edges (the binaries, `tasks.TaskConfig`) read from gin."""
+  files = [p for d in ("data", "evaluation")
+           for p in glob.glob(os.path.join(ROOT, "flip_t5x", d, "*.py"))]
+  assert len(files) > 10
+  importers = []
+  for path in files:
+    with open(path, encoding="utf-8") as f:
+      tree = ast.parse(f.read(), path)
+    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    if any(name == "gin" or name.startswith("gin.") for name in names):
+      importers.append(os.path.relpath(path, ROOT))
+  assert importers == []

@@ -27,7 +27,7 @@ import tensorflow_datasets as tfds
 import tasks
 from flip_t5x import checkpoints
 from flip_t5x import eval as flip_eval
-from flip_t5x.data import zeroshot
+from flip_t5x.data import prompts
 from flip_t5x.evaluation import zeroshot as zeroshot_eval
 from flip_t5x.pretrained import cli as pretrained_cli
 from flip_t5x.runtime import gin_utils
@@ -109,7 +109,7 @@ def labels_at_ranks(model, params, images):
     pixels = np.stack([ex["image"] for ex in ds.as_numpy_iterator()])
   vocab = tasks.output_features()["targets"].vocabulary
   class_emb = zeroshot_eval.model_class_embeddings(
-      model, params, zeroshot.imagenet_class_names(), zeroshot.templates("7"), vocab,
+      model, params, prompts.imagenet_class_names(), prompts.templates("7"), vocab,
       LENGTHS["targets"])
   z = np.asarray(model.encode_images(params, pixels), np.float64)
   sims = (z / np.linalg.norm(z, axis=1, keepdims=True)) @ class_emb.T

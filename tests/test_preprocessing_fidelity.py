@@ -14,6 +14,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
+import tasks
 from flip_t5x.data import images
 from flip_t5x.data import preprocessors
 from flip_t5x.data import vocabulary as vocabulary_lib
@@ -101,14 +102,13 @@ def official_eval_image(data: bytes, size: int, pad: int) -> np.ndarray:
 # Evaluation crop.
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 @pytest.mark.parametrize("pad", [0, 32])
-def test_eval_image_matches_official_center_crop(fmt, pad, clean_gin_and_counters):
-  gin.bind_parameter("flip_t5x.data.preprocessors.eval_crop.eval_pad", pad)
+def test_eval_image_matches_official_center_crop(fmt, pad):
   size = 224
   for k, (h, w) in enumerate(SHAPES):
     if pad and min(h, w) < 8:
       continue  # the official crop would be empty (side 0)
     data = _encode(_pixels(h, w, seed=k), fmt)
-    got = preprocessors.eval_image(tf.constant(data), size).numpy()
+    got = preprocessors.eval_image(tf.constant(data), size, pad).numpy()
     want = official_eval_image(data, size, pad)
     diff = np.abs(got - want).mean()
     assert got.shape == (size, size, 3) and diff < 0.01, (fmt, pad, (h, w), diff)
@@ -122,23 +122,25 @@ def test_eval_image_is_not_clipped():
 
 def test_eval_crop_rejects_negative_pad():
   with pytest.raises(ValueError, match="eval_pad"):
-    preprocessors.eval_crop(eval_pad=-1)
+    preprocessors.eval_image(tf.constant(_encode(_pixels(64, 80), "PNG")), 32, eval_pad=-1)
 
 
-def test_eval_preprocessor_uses_the_official_crop(tmp_path, clean_gin_and_counters):
+@pytest.mark.parametrize("pad", [0, 32])
+def test_eval_preprocessor_uses_the_official_crop(tmp_path, pad, clean_gin_and_counters):
   """The seqio eval pipeline (flip_t5x.eval, periodic zero-shot, *_seqio tasks) gives the same
-  pixels as the reference."""
+  pixels as the reference, with the pad gin binds."""
+  gin.bind_parameter("tasks.TaskConfig.eval_pad", pad)
   vocab_file = tmp_path / "vocab.txt"
   vocab_file.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "photo"]))
   vocab = vocabulary_lib.WordPieceVocabulary(str(vocab_file))
   encoded = [_encode(_pixels(h, w, seed=k), "JPEG") for k, (h, w) in enumerate(SHAPES[:4])]
   ds = tf.data.Dataset.from_tensor_slices({"image": encoded, "text": [b"a photo"] * len(encoded)})
-  ds = preprocessors.eval_preprocessor(ds, {"image": 64, "targets": 8},
-                                       {"targets": seqio.Feature(vocab)})
+  ds = tasks.preprocess(ds, {"image": 64, "targets": 8}, {"targets": seqio.Feature(vocab)},
+                        train=False)
   got = [ex["image"] for ex in ds.as_numpy_iterator()]
   assert len(got) == len(encoded)
   for data, pixels in zip(encoded, got):
-    assert np.abs(pixels - official_eval_image(data, 64, 0)).mean() < 0.01
+    assert np.abs(pixels - official_eval_image(data, 64, pad)).mean() < 0.01
 
 
 # ------------------------------------------------------------------------------------------------
@@ -168,7 +170,7 @@ def simulate_crop_v4(hw, size: int, n: int, seed: int = 0, area_range=(0.5, 1.0)
 
 
 def product_windows(hw, size: int, n: int, crop_x_step: int = 1) -> np.ndarray:
-  aug = preprocessors.train_augmentation(crop_x_step=crop_x_step)
+  aug = images.TrainAugmentation(crop_x_step=crop_x_step)
   seeds = tf.stack([tf.range(n, dtype=tf.int64), tf.fill([n], tf.constant(11, tf.int64))], 1)
   fn = tf.function(lambda s: tf.map_fn(
       lambda seed: images.crop_window(tf.constant(hw, tf.int64), seed, aug, size), s,
@@ -232,18 +234,18 @@ def test_crop_v4_falls_back_for_extreme_aspect_images():
   assert abs(rate - sim_rate) <= 4 * np.sqrt(sim_rate * (1 - sim_rate) / n), (rate, sim_rate)
 
 
-def test_crop_x_step_is_off_by_default():
-  windows = product_windows((480, 640), 224, 64, crop_x_step=preprocessors.train_augmentation()[
-      "crop_x_step"])
+def test_crop_x_step_is_off_by_default(clean_gin_and_counters):
+  windows = product_windows((480, 640), 224, 64,
+                            crop_x_step=tasks.TaskConfig().augmentation().crop_x_step)
   assert (windows[:, 1] % 16 != 0).any()
 
 
-def test_train_image_is_official_crop_and_tf2_bicubic(clean_gin_and_counters):
+def test_train_image_is_official_crop_and_tf2_bicubic():
   """Crop window, TF2 bicubic resize (no antialias, no clipping) and flip, against numpy."""
   size, hw = 64, (120, 90)
   data = _encode(_pixels(*hw, seed=3), "PNG")
   pixels = _decode(data)
-  aug = preprocessors.train_augmentation()
+  aug = images.TrainAugmentation()
   flips = []
   for s in range(8):
     seed = tf.constant([s, 5], tf.int64)

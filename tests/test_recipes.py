@@ -118,7 +118,7 @@ def test_steps_given_later_win_over_epochs():
 
 
 def test_recipe_reads_what_is_bound():
-  r = resolved(["flip_vit_b.gin"], ["flip_t5x.data.preprocessors.eval_crop.eval_pad = 32",
+  r = resolved(["flip_vit_b.gin"], ["tasks.TaskConfig.eval_pad = 32",
                                     "WEIGHT_DECAY = 0.05", "MASK_RATIO = 0.75",
                                     "optimizers.adamw.b2 = 0.98"])
   assert (r["eval_crop_pad"], r["weight_decay"], r["mask_ratio"], r["b2"]) == (32, 0.05, 0.75, 0.98)

@@ -79,9 +79,8 @@ def _dataset_cfg() -> utils.FlipDatasetConfig:
 
 
 def _flip_batches(cfg, skip=0):
-  return utils.get_flip_dataset(cfg, 0, 1, feature_converters.ImageTextFeatureConverter,
-                                cfg.batch_size, skip_batches=skip, seed=cfg.seed
-                                ).as_numpy_iterator()
+  return iter(utils.get_flip_dataset(cfg, 0, 1, feature_converters.ImageTextFeatureConverter,
+                                     cfg.batch_size, skip_batches=skip, seed=cfg.seed))
 
 
 def test_t5x_train_restores_a_flip_t5x_data_position(tmp_path):

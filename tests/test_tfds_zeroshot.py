@@ -16,8 +16,8 @@ import tensorflow_datasets as tfds
 
 import tasks  # registers the tasks  # noqa: F401
 from flip_t5x.evaluation import zeroshot as zeroshot_eval
+from flip_t5x.data import prompts
 from flip_t5x.data import vocabulary as vocabulary_lib
-from flip_t5x.data import zeroshot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LENGTHS = {"image": 32, "targets": 16}
@@ -70,7 +70,8 @@ def bruteforce_top1(model, params, vocab, task_name, class_names):
 
 def test_flip_tfds_zeroshot_on_mock_cifar10(model_and_params, vocab, clean_gin_and_counters):
   model, params = model_and_params
-  gin.parse_config(["tasks.zeroshot_tfds.name = 'cifar10'", "tasks.zeroshot_tfds.split = 'test'"])
+  gin.parse_config(["tasks.TaskConfig.zeroshot_tfds_name = 'cifar10'",
+                    "tasks.TaskConfig.zeroshot_tfds_split = 'test'"])
   with tfds.testing.mock_data(num_examples=12):
     class_names = tasks.zeroshot_class_names("flip_tfds_zeroshot")
     assert class_names == tfds.builder("cifar10").info.features["label"].names
@@ -89,7 +90,7 @@ def test_flip_imagenet1k_zeroshot_on_mock_imagenet2012(model_and_params, vocab,
   model, params = model_and_params
   with tfds.testing.mock_data(num_examples=10):
     class_names = tasks.zeroshot_class_names("flip_imagenet1k_zeroshot")
-    assert class_names == zeroshot.imagenet_class_names() and len(class_names) == 1000
+    assert class_names == prompts.imagenet_class_names() and len(class_names) == 1000
     assert class_names[:2] == ["tench", "goldfish"]
     result = zeroshot_eval.zeroshot_evaluate(
         model, params, task_name="flip_imagenet1k_zeroshot", split="validation",

@@ -40,13 +40,16 @@ def _shard_name(prefix: str, shard_id: int, num_shards: int) -> str:
   return f"{prefix}-{shard_id:03}-of-{num_shards:03}"
 
 
-def _tf_iterator(iterator: Any) -> Any:
-  return getattr(iterator, "_iterator", iterator)  # a NumpyIterator's tf.data iterator
+def _tf_iterator(iterator: Any) -> tf.data.Iterator:
+  """`iterator`, refused unless it is a tf.data iterator (`iter(dataset)`).
 
-
-def _counters(counter_names: Sequence[str]) -> dict:
-  return {f"{name}_{k}": v for name in counter_names
-          for k, v in preprocessors.counters(name).trackables().items()}
+  t5x's `ds` key holds that iterator's state; a `tf.data.NumpyIterator` (`as_numpy_iterator()`)
+  saves under another key, which t5x does not read.
+  """
+  if not isinstance(iterator, tf.data.Iterator):
+    raise TypeError(f"the input position needs a tf.data iterator (iter(dataset)), got "
+                    f"{type(iterator).__name__}")
+  return iterator
 
 
 def position_files(directory: str, shard_id: int = 0, num_shards: int = 1) -> PositionFiles:
@@ -60,13 +63,13 @@ def save_input_position(iterator: Any, directory: str, shard_id: int = 0, num_sh
                         counter_names: Sequence[str] = ("train",)) -> PositionFiles:
   """Writes this shard's tf.data iterator state and skip counters into `directory`.
 
-  `iterator`: a tf.data iterator (`iter(ds)`) or `ds.as_numpy_iterator()`, positioned after the
-  batches consumed.
+  `iterator`: a tf.data iterator (`iter(ds)`), positioned after the batches consumed.
   """
+  iterator = _tf_iterator(iterator)
   files = position_files(directory, shard_id, num_shards)
   tf.io.gfile.makedirs(os.fspath(directory))
-  tf.train.Checkpoint(ds=_tf_iterator(iterator)).write(files.iterator)
-  tf.train.Checkpoint(**_counters(counter_names)).write(files.counters)
+  tf.train.Checkpoint(ds=iterator).write(files.iterator)
+  tf.train.Checkpoint(**preprocessors.counter_variables(counter_names)).write(files.counters)
   return files
 
 
@@ -77,18 +80,20 @@ def restore_input_position(iterator: Any, directory: str, shard_id: int = 0, num
   Raises:
     InputPositionError: the saved position is another pipeline's (another tf.data graph).
   """
+  iterator = _tf_iterator(iterator)
   files = position_files(directory, shard_id, num_shards)
   if not tf.io.gfile.exists(files.iterator + ".index"):
     return False
   try:
-    tf.train.Checkpoint(ds=_tf_iterator(iterator)).read(files.iterator).assert_consumed()
+    tf.train.Checkpoint(ds=iterator).read(files.iterator).assert_consumed()
   except (tf.errors.OpError, AssertionError, ValueError) as e:
     raise layout.InputPositionError(
         f"the tf.data position in {files.iterator} does not fit this run's input pipeline (a "
         f"tf.data iterator restores only into an identical graph): "
         f"{str(e).splitlines()[0][:200]}") from None
   if tf.io.gfile.exists(files.counters + ".index"):
-    tf.train.Checkpoint(**_counters(counter_names)).read(files.counters).assert_consumed()
+    counters = preprocessors.counter_variables(counter_names)
+    tf.train.Checkpoint(**counters).read(files.counters).assert_consumed()
   else:
     logging.info("%s has no FLIP skip counters (written by t5x?): they restart at 0", directory)
   return True
@@ -103,11 +108,12 @@ def legacy_prefix(step_dir: epath.Path, process_index: int, process_count: int) 
 def restore_legacy_input_position(iterator: Any, step_dir: epath.Path,
                                   counter_names: Sequence[str] = ("train",)) -> bool:
   """Restores an earlier flip_t5x release's position (`flip_items` layout); False if absent."""
+  iterator = _tf_iterator(iterator)
   prefix = legacy_prefix(step_dir, jax.process_index(), jax.process_count())
   if not tf.io.gfile.exists(prefix + ".index"):
     return False
-  tf.train.Checkpoint(iterator=_tf_iterator(iterator),
-                      **_counters(counter_names)).read(prefix).assert_consumed()
+  counters = preprocessors.counter_variables(counter_names)
+  tf.train.Checkpoint(iterator=iterator, **counters).read(prefix).assert_consumed()
   return True
 
 

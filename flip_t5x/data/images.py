@@ -1,15 +1,16 @@
 """Image bytes -> pixels for FLIP: container detection, header size, the official crops.
 
-Pure TensorFlow ops with no configuration of their own (`flip_t5x.data.preprocessors` reads the
-gin settings and passes them in): the magic-byte format check and header size that let the
-preprocessor skip bad or oversized images without decoding them, the official train crop "v4"
-(timm's RandomResizedCrop, stateless so a seeded run repeats) and the official centred eval crop,
-both decoding only the window for JPEG, and ImageNet mean/std normalisation.
+Pure TensorFlow ops that take their settings as arguments (`TrainAugmentation`, the eval pad):
+the magic-byte format check and header size that let the preprocessor skip bad or oversized
+images without decoding them, the official train crop "v4" (timm's RandomResizedCrop, stateless so
+a seeded run repeats) and the official centred eval crop, both decoding only the window for JPEG,
+and ImageNet mean/std normalisation.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Mapping
+from typing import Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -135,11 +136,38 @@ def center_crop_window(hw: tf.Tensor, size: int, pad: int) -> tf.Tensor:
   return tf.stack([top, left, side, side])
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainAugmentation:
+  """FLIP's random-resized crop ("v4", timm's RandomResizedCrop) + flip settings.
+
+  resize_method: `tf.image.resize` method from the crop to the output size; the official code
+  resizes with TF2's bicubic (half-pixel centres, no antialiasing).
+  crop_x_step: an opt-in speed option that moves the crop's left edge left to a multiple of this
+  many pixels (area and aspect ratio unchanged). 16 is a JPEG MCU width: libjpeg then decodes the
+  crop straight into the output instead of realigning every row (scripts/bench_input.py). 1 (the
+  default, as the official code) keeps the sampled position.
+  """
+
+  area_range: Tuple[float, float] = (0.5, 1.0)
+  aspect_ratio_range: Tuple[float, float] = (3 / 4, 4 / 3)
+  flip: bool = True
+  resize_method: str = "bicubic"
+  crop_x_step: int = 1
+
+  def __post_init__(self):
+    if int(self.crop_x_step) < 1:
+      raise ValueError(f"crop_x_step must be >= 1, got {self.crop_x_step}")
+    object.__setattr__(self, "area_range", tuple(self.area_range))
+    object.__setattr__(self, "aspect_ratio_range", tuple(self.aspect_ratio_range))
+    object.__setattr__(self, "crop_x_step", int(self.crop_x_step))
+
+
 _CROP_ATTEMPTS = 10  # candidate (area, aspect) draws of the official crop "v4"
 _FALLBACK_PAD = 32  # the official v4 crop falls back to the centred size / (size + 32) square
 
 
-def crop_window(hw: tf.Tensor, seed: tf.Tensor, aug: Mapping, size: int) -> tf.Tensor:
+def crop_window(hw: tf.Tensor, seed: tf.Tensor, aug: TrainAugmentation, size: int
+                ) -> tf.Tensor:
   """The official random-resized-crop "v4" window [top, left, height, width] (int32).
 
   Ten (area, aspect) draws (area fraction uniform in `area_range`, aspect log-uniform in
@@ -151,9 +179,9 @@ def crop_window(hw: tf.Tensor, seed: tf.Tensor, aug: Mapping, size: int) -> tf.T
   area_seed, aspect_seed, top_seed, left_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, 4))
   area = tf.cast(hw[0] * hw[1], tf.float32)
-  lo, hi = aug["area_range"]
+  lo, hi = aug.area_range
   target_area = tf.random.stateless_uniform([_CROP_ATTEMPTS], area_seed, lo, hi) * area
-  log_lo, log_hi = np.log(aug["aspect_ratio_range"][0]), np.log(aug["aspect_ratio_range"][1])
+  log_lo, log_hi = np.log(aug.aspect_ratio_range[0]), np.log(aug.aspect_ratio_range[1])
   aspect = tf.exp(tf.random.stateless_uniform([_CROP_ATTEMPTS], aspect_seed, log_lo, log_hi))
   widths = tf.maximum(tf.cast(tf.round(tf.sqrt(target_area * aspect)), tf.int32), 1)
   heights = tf.maximum(tf.cast(tf.round(tf.sqrt(target_area / aspect)), tf.int32), 1)
@@ -168,7 +196,7 @@ def crop_window(hw: tf.Tensor, seed: tf.Tensor, aug: Mapping, size: int) -> tf.T
   random_window = tf.stack([offset(hw[0] - h, top_seed), offset(hw[1] - w, left_seed), h, w])
   window = tf.where(first < _CROP_ATTEMPTS, random_window,
                     center_crop_window(hw, size, _FALLBACK_PAD))
-  left = window[1] // aug["crop_x_step"] * aug["crop_x_step"]
+  left = window[1] // aug.crop_x_step * aug.crop_x_step
   return tf.tensor_scatter_nd_update(window, [[1]], [left])
 
 
@@ -185,16 +213,15 @@ def _decode_window(data: tf.Tensor, fmt: tf.Tensor, window: tf.Tensor) -> tf.Ten
 
 
 def train_image(data: tf.Tensor, fmt: tf.Tensor, hw: tf.Tensor, size: int, seed: tf.Tensor,
-                aug: Mapping) -> tf.Tensor:
+                aug: TrainAugmentation) -> tf.Tensor:
   """Official crop "v4" (decoding only the crop for JPEG), resize, flip -> float32 [size, size, 3].
 
-  `aug`: the settings `preprocessors.train_augmentation` returns. No clipping after the bicubic
-  resize, as the official code.
+  No clipping after the bicubic resize, as the official code.
   """
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   image = _decode_window(data, fmt, crop_window(hw, crop_seed, aug, size))
-  image = tf.image.resize(image, [size, size], method=aug["resize_method"], antialias=False)
-  if aug["flip"]:
+  image = tf.image.resize(image, [size, size], method=aug.resize_method, antialias=False)
+  if aug.flip:
     do_flip = tf.random.stateless_uniform([], flip_seed) < 0.5
     image = tf.cond(do_flip, lambda: tf.image.flip_left_right(image), lambda: image)
   return normalize_image(image)

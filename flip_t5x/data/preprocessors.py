@@ -22,16 +22,15 @@ The counters are cumulative over the process (restored with the input position b
 writes them to its metrics, e.g. as `input/skipped/<reason>`.
 
 The image ops (format check, header size, the official crops) live in `flip_t5x.data.images`; this
-module binds their gin settings (`train_augmentation`, `eval_crop`, `max_image_pixels`).
+module takes their settings as arguments (`max_image_pixels`, `augmentation`, `eval_pad`), which
+the tasks (`tasks.TaskConfig`) pass as gin binds them.
 Augmentation is deterministic for a given seed: per-record randomness uses stateless ops keyed by
 seeds seqio derives from the dataset seed (`seqio.map_over_dataset(num_seeds=1)`).
 """
 from __future__ import annotations
 
-import functools
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Sequence
 
-import gin
 import seqio
 import tensorflow as tf
 
@@ -46,38 +45,8 @@ SKIP_REASONS = ("ok", "empty_image", "unknown_format", "too_large", "decode_erro
  DAMAGED_FILE) = range(len(SKIP_REASONS))
 
 
-@gin.configurable(module="flip_t5x.data.preprocessors")
-def max_image_pixels(limit: int = 89_478_485) -> int:
-  """Largest width*height decoded (PIL's default bomb limit); larger images are skipped."""
-  return int(limit)
-
-
-@gin.configurable(module="flip_t5x.data.preprocessors")
-def train_augmentation(area_range=(0.5, 1.0), aspect_ratio_range=(3 / 4, 4 / 3),
-                       flip: bool = True, resize_method: str = "bicubic",
-                       crop_x_step: int = 1) -> dict:
-  """FLIP's random-resized crop ("v4", timm's RandomResizedCrop) + flip settings.
-
-  resize_method: `tf.image.resize` method from the crop to the output size; the official code
-  resizes with TF2's bicubic (half-pixel centres, no antialiasing).
-  crop_x_step: an opt-in speed option that moves the crop's left edge left to a multiple of this
-  many pixels (area and aspect ratio unchanged). 16 is a JPEG MCU width: libjpeg then decodes the
-  crop straight into the output instead of realigning every row (scripts/bench_input.py). 1 (the
-  default, as the official code) keeps the sampled position.
-  """
-  if int(crop_x_step) < 1:
-    raise ValueError(f"train_augmentation.crop_x_step must be >= 1, got {crop_x_step}")
-  return dict(area_range=tuple(area_range), aspect_ratio_range=tuple(aspect_ratio_range),
-              flip=flip, resize_method=resize_method, crop_x_step=int(crop_x_step))
-
-
-@gin.configurable(module="flip_t5x.data.preprocessors")
-def eval_crop(eval_pad: int = 0) -> int:
-  """The official `eval_pad`: evaluation crops the centred square of side size / (size + pad) of
-  the short side (0, FLIP's setting: the whole short side; 32 is the classic 224/256 crop)."""
-  if int(eval_pad) < 0:
-    raise ValueError(f"eval_crop.eval_pad must be >= 0, got {eval_pad}")
-  return int(eval_pad)
+# Largest width*height decoded (PIL's default bomb limit); larger images are skipped.
+MAX_IMAGE_PIXELS = 89_478_485
 
 
 # ------------------------------------------------------------------------------------------------
@@ -91,9 +60,6 @@ class SkipCounters:
                                  name=f"skipped_{name}")
       self.kept = tf.Variable(tf.constant(0, tf.int64), trainable=False, name=f"kept_{name}")
 
-  def trackables(self) -> dict:
-    return {"skipped": self.skipped, "kept": self.kept}
-
 
 _COUNTERS: Dict[str, SkipCounters] = {}
 
@@ -103,6 +69,18 @@ def counters(name: str = "train") -> SkipCounters:
   if name not in _COUNTERS:
     _COUNTERS[name] = SkipCounters(name)
   return _COUNTERS[name]
+
+
+def counter_variables(names: Sequence[str] = ("train",)) -> Dict[str, tf.Variable]:
+  """The counters of `names` as checkpoint items: {"<name>_skipped": ..., "<name>_kept": ...}.
+
+  `flip_t5x.checkpoints.position` saves and restores them with the input position.
+  """
+  out = {}
+  for name in names:
+    c = counters(name)
+    out.update({f"{name}_skipped": c.skipped, f"{name}_kept": c.kept})
+  return out
 
 
 def skipped_counts(name: str = "train") -> Dict[str, int]:
@@ -124,13 +102,17 @@ def reset_counts(name: Optional[str] = None) -> None:
     c.kept.assign(0)
 
 
-def eval_image(data: tf.Tensor, size: int) -> tf.Tensor:
-  """The official eval crop (`images.center_crop_image`) with the gin-bound `eval_crop` pad.
+def eval_image(data: tf.Tensor, size: int, eval_pad: int = 0) -> tf.Tensor:
+  """The official eval crop (`images.center_crop_image`): the centred square of side
+  size / (size + eval_pad) of the short side.
 
-  Every evaluation path (flip_t5x.eval, the periodic zero-shot, the seqio tasks, FlipPredictor)
-  goes through here.
+  `eval_pad` is the official setting of that name: 0, FLIP's, crops the whole short side; 32 is the
+  classic 224/256 crop. Every evaluation path (flip_t5x.eval, the periodic zero-shot, the seqio
+  tasks, FlipPredictor) goes through here.
   """
-  return images.center_crop_image(data, size, eval_crop())
+  if int(eval_pad) < 0:
+    raise ValueError(f"eval_pad must be >= 0, got {eval_pad}")
+  return images.center_crop_image(data, size, int(eval_pad))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -179,6 +161,9 @@ def image_text_preprocessor(
     *,
     train: bool = True,
     counter: str = "train",
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
+    augmentation: images.TrainAugmentation = images.TrainAugmentation(),
+    eval_pad: int = 0,
 ) -> tf.data.Dataset:
   """Raw `{image, text[, label]}` bytes -> `{image, targets[, label]}`, skipping bad records.
 
@@ -188,14 +173,16 @@ def image_text_preprocessor(
     output_features: the task's features; `targets` must carry the WordPiece vocabulary.
     train: the official crop "v4" + flip if True, else its centre crop (`eval_image`).
     counter: name of the skip counters this pipeline adds to (see `skipped_counts`).
+    max_image_pixels: images whose header says more pixels (width * height) are skipped.
+    augmentation: the training crop and flip (train only).
+    eval_pad: the evaluation crop's pad (`eval_image`; evaluation only).
   """
   size, length = image_size(sequence_length), _text_length(sequence_length)
   if output_features and "targets" in output_features:
     vocab = output_features["targets"].vocabulary
   else:
     vocab = vocabulary_lib.WordPieceVocabulary()
-  limit = max_image_pixels()
-  aug = train_augmentation() if train else None
+  limit = int(max_image_pixels)
   counts = counters(counter)
 
   # Plain graph code (no Python control flow on tensors): skipping autograph saves seconds of
@@ -223,10 +210,10 @@ def image_text_preprocessor(
     reason = tf.where(tf.equal(pre, OK) & too_large, TOO_LARGE, pre)
     ok = tf.equal(reason, OK)
     if train:
-      image = tf.cond(ok, lambda: images.train_image(data, fmt, hw, size, seed, aug),
+      image = tf.cond(ok, lambda: images.train_image(data, fmt, hw, size, seed, augmentation),
                       lambda: tf.zeros([size, size, 3], tf.float32))
     else:
-      image = tf.cond(ok, lambda: eval_image(data, size),
+      image = tf.cond(ok, lambda: eval_image(data, size, eval_pad),
                       lambda: tf.zeros([size, size, 3], tf.float32))
     image = tf.ensure_shape(image, [size, size, 3])
     out = {"image": image, "targets": rec["_targets"],
@@ -273,7 +260,3 @@ def image_text_preprocessor(
   options = tf.data.Options()
   options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
   return dataset.map(drop_private, num_parallel_calls=tf.data.AUTOTUNE).with_options(options)
-
-
-train_preprocessor = functools.partial(image_text_preprocessor, train=True, counter="train")
-eval_preprocessor = functools.partial(image_text_preprocessor, train=False, counter="eval")

@@ -61,7 +61,7 @@ def detect_format(files: Sequence[str], fmt: str = "auto") -> str:
       kinds.add("tfrecord")
     else:
       raise ValueError(f"Cannot tell the format of {f!r} from its extension; set the data format "
-                       "(tasks.train_data_format.fmt = 'tfrecord' or 'webdataset').")
+                       "(TRAIN_DATA_FORMAT = 'tfrecord' or 'webdataset').")
   if len(kinds) != 1:
     raise ValueError(f"Data pattern mixes formats {sorted(kinds)}; use one format per pattern.")
   return kinds.pop()

@@ -4,11 +4,10 @@ Ids are the line indices of the vocabulary file ([PAD] on line 0 is the padding 
 appended because FLIP's text tower pools position 0 (the first WordPiece). `vocab_size` is the
 number of lines + 1, as in FLIP's configs (30,522-line BERT vocab -> 30,523).
 
-The file is resolved lazily (at first use, not at construction) so tasks can be registered at
-import time before gin is parsed: the `vocab_file` argument, else `wordpiece_vocab_file`'s `path`,
-which the model file binds to the macro VOCAB_FILE (gin_configs/models/flip_base.gin). None, the
-default, means the vocabulary FLIP trained on, shipped in the package (`BERT_UNCASED_VOCAB_FILE`:
-BERT's uncased WordPiece, 30,522 lines, the official repo's `vocab/vocab_bert_base.txt`).
+The file is read at first use, not at construction. `vocab_file` None, the default, means the
+vocabulary FLIP trained on, shipped in the package (`BERT_UNCASED_VOCAB_FILE`: BERT's uncased
+WordPiece, 30,522 lines, the official repo's `vocab/vocab_bert_base.txt`). The tasks' vocabulary
+follows the model file's VOCAB_FILE (`tasks.TaskConfig.vocab_file`).
 """
 from __future__ import annotations
 
@@ -18,7 +17,6 @@ import os
 from typing import Iterable, List, Optional, Sequence
 
 from absl import logging
-import gin
 import seqio
 import tensorflow as tf
 import tensorflow_text as tf_text
@@ -27,21 +25,6 @@ ASSETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 # FLIP's text vocabulary (input_pipeline_laion.py: md5 64800d5d8528ce344256daf115d4965e).
 BERT_UNCASED_VOCAB_FILE = os.path.join(ASSETS_DIR, "bert_uncased_wordpiece_vocab.txt")
 BERT_UNCASED_VOCAB_MD5 = "64800d5d8528ce344256daf115d4965e"
-
-
-@gin.configurable(module="flip_t5x.data.vocabulary")
-def wordpiece_vocab_file(path: Optional[str] = None) -> str:
-  """The vocabulary file (gin: VOCAB_FILE); None: the shipped BERT uncased vocabulary.
-
-  The default is the file FLIP's released models were trained on, so recipes need no binding.
-  """
-  if path is None:
-    return BERT_UNCASED_VOCAB_FILE
-  if not path:
-    raise ValueError(
-        "VOCAB_FILE is empty: leave it unset for FLIP's BERT uncased vocabulary, or set "
-        "VOCAB_FILE = \"/path/vocab.txt\" (e.g. built with `python -m flip_t5x.build_vocab`).")
-  return path
 
 
 def file_md5(path: str) -> str:
@@ -100,7 +83,6 @@ def _tokenizer(path: str, lower_case: bool) -> tf_text.FastBertTokenizer:
         lower_case_nfd_strip_accents=lower_case)
 
 
-@gin.configurable(module="flip_t5x.data.vocabulary")
 class WordPieceVocabulary(seqio.Vocabulary):
   """Lower-casing BERT WordPiece (tensorflow-text FastBertTokenizer); ids = file line indices."""
 
@@ -111,7 +93,7 @@ class WordPieceVocabulary(seqio.Vocabulary):
 
   @property
   def vocab_file(self) -> str:
-    return self._vocab_file or wordpiece_vocab_file()
+    return BERT_UNCASED_VOCAB_FILE if self._vocab_file is None else self._vocab_file
 
   @property
   def tokens(self) -> Sequence[str]:
@@ -123,7 +105,7 @@ class WordPieceVocabulary(seqio.Vocabulary):
 
   @property
   def tf_tokenizer(self) -> tf_text.FastBertTokenizer:
-    # Keyed by the file the vocabulary resolves to now: gin may point VOCAB_FILE elsewhere later.
+    # Keyed by the file the vocabulary resolves to now (the tasks' follows VOCAB_FILE).
     return _tokenizer(self.vocab_file, self._lower_case)
 
   @property

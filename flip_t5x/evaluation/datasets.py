@@ -12,6 +12,7 @@ import seqio
 import tensorflow as tf
 
 from flip_t5x.data import preprocessors
+from flip_t5x.data import prompts
 from flip_t5x.evaluation import EvalError
 
 
@@ -40,6 +41,12 @@ def task_class_names(task_name: str) -> List[str]:
     return list(class_names())
   except ValueError as e:
     raise EvalError(f"Cannot tell the class names of task {task_name!r} ({e})") from e
+
+
+def task_templates(task_name: str) -> List[str]:
+  """The zero-shot prompt templates a task's source names (`templates()`), else FLIP's set."""
+  templates = getattr(getattr(get_task(task_name), "source", None), "templates", None)
+  return list(templates()) if callable(templates) else prompts.templates()
 
 
 def task_dataset(task_name: str, split: str, feature_lengths: Mapping[str, int],

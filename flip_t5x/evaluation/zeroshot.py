@@ -16,7 +16,7 @@ import seqio
 
 from flip_t5x import models
 from flip_t5x import xla_options as xla_options_lib
-from flip_t5x.data import zeroshot as zeroshot_data
+from flip_t5x.data import prompts
 from flip_t5x.evaluation import EvalError
 from flip_t5x.evaluation import datasets
 from flip_t5x.evaluation import encoder as encoder_lib
@@ -82,7 +82,7 @@ def model_class_embeddings(model: models.FlipModel, params: PyTree, class_names:
     raise EvalError("zero-shot eval needs at least one class name")
   if not templates:
     raise EvalError("zero-shot eval needs at least one prompt template")
-  ids = zeroshot_data.prompt_token_ids(class_names, templates, vocabulary, text_length)
+  ids = prompts.prompt_token_ids(class_names, templates, vocabulary, text_length)
   sharding = encoder_lib.data_sharding(mesh, data_axis, batch_size)
   prompt_emb = encoder_lib.encoder_for(model, xla_options).encode_texts(
       params, ids.reshape(-1, text_length), batch_size, sharding)
@@ -160,7 +160,7 @@ def zeroshot_evaluate(model: models.FlipModel, params: PyTree, *, task_name: str
                       xla_options: Optional[xla_options_lib.XlaOptions] = None,
                       text_batch_size: Optional[int] = None,
                       log_every_s: float = 30.0) -> Dict[str, Any]:
-  """Zero-shot top-1/top-5 (%) of `params` on a labelled seqio task; no gin involved.
+  """Zero-shot top-1/top-5 (%) of `params` on a labelled seqio task.
 
   Args:
     model: the FlipModel (its towers are jitted once per model and reused across calls).
@@ -170,8 +170,8 @@ def zeroshot_evaluate(model: models.FlipModel, params: PyTree, *, task_name: str
     feature_lengths: task feature lengths, {"image": S, "targets": L}; L is the prompt length.
     batch_size: images per step (a multiple of the data-axis size when `mesh` is given).
     class_names: label-ordered names; default: the task source's `class_names()`.
-    templates: prompt templates ('{}' = class name); default: the gin-selected set
-      (`flip_t5x.data.zeroshot.templates()`, FLIP's 7 unless configured).
+    templates: prompt templates ('{}' = class name); default: the task source's `templates()`
+      (FLIP's tasks: ZEROSHOT_TEMPLATES), else FLIP's 7.
     vocabulary: tokenizer of the prompts; default: the task's `targets` vocabulary.
     max_examples: evaluate only the first N images (periodic evals during training).
     mesh, data_axis: shard every batch over this mesh axis (None: one device / jit's choice).
@@ -187,7 +187,7 @@ def zeroshot_evaluate(model: models.FlipModel, params: PyTree, *, task_name: str
   """
   t0 = time.time()
   names = datasets.task_class_names(task_name) if class_names is None else list(class_names)
-  templates = zeroshot_data.templates() if templates is None else list(templates)
+  templates = datasets.task_templates(task_name) if templates is None else list(templates)
   vocabulary = _task_vocabulary(task_name) if vocabulary is None else vocabulary
   ds = datasets.task_dataset(task_name, split, feature_lengths, ("image", "label"))
   skipped_before = datasets.skipped_counts()

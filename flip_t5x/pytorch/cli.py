@@ -15,10 +15,10 @@ from absl import app
 from absl import flags
 
 from flip_t5x import predictor as predictor_lib
-from flip_t5x.data import preprocessors
 from flip_t5x.pretrained import cli as pretrained_cli
 from flip_t5x.pytorch import convert
 from flip_t5x.runtime import gin_utils
+import tasks
 
 FLAGS = flags.FLAGS
 
@@ -50,6 +50,6 @@ def load_predictor() -> Tuple[predictor_lib.FlipPredictor, Dict[str, Any]]:
 
 
 def preprocess_config(predictor: predictor_lib.FlipPredictor) -> Dict[str, Any]:
-  """The transforms' settings: the model's image size, the gin-bound eval pad and train crop."""
-  return convert.preprocess_config(predictor.image_size, preprocessors.eval_crop(),
-                                   preprocessors.train_augmentation())
+  """The transforms' settings: the model's image size and eval pad, the gin-bound train crop."""
+  return convert.preprocess_config(predictor.image_size, predictor.eval_pad,
+                                   tasks.config().augmentation())

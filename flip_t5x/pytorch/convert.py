@@ -41,14 +41,14 @@ def model_config(module: network.FlipTwoTower) -> Dict[str, Any]:
           "layer_norm_epsilon": layers.LayerNorm.epsilon}
 
 
-def preprocess_config(image_size: int, eval_pad: int, augmentation: Mapping[str, Any]
+def preprocess_config(image_size: int, eval_pad: int, augmentation: images.TrainAugmentation
                       ) -> Dict[str, Any]:
-  """What `transforms.image_transforms` builds from: the eval crop's pad, the train crop's ranges
-  (`preprocessors.eval_crop()`, `preprocessors.train_augmentation()`), ImageNet mean/std."""
+  """What `transforms.image_transforms` builds from: the eval crop's pad, the train crop's ranges,
+  ImageNet mean/std."""
   return {"image_size": int(image_size), "mean": list(images.MEAN_RGB),
           "std": list(images.STDDEV_RGB), "eval_pad": int(eval_pad),
-          "train_area_range": list(augmentation["area_range"]),
-          "train_aspect_ratio_range": list(augmentation["aspect_ratio_range"])}
+          "train_area_range": list(augmentation.area_range),
+          "train_aspect_ratio_range": list(augmentation.aspect_ratio_range)}
 
 
 def _linear(kernel: np.ndarray, in_axes: int = 1) -> np.ndarray:

@@ -75,11 +75,11 @@ class Tokenizer:
 
   def __call__(self, texts: Union[str, Sequence[str]],
                context_length: Optional[int] = None) -> torch.Tensor:
-    from flip_t5x.data import zeroshot  # pylint: disable=g-import-not-at-top
+    from flip_t5x.data import prompts  # pylint: disable=g-import-not-at-top
     texts = [texts] if isinstance(texts, str) else list(texts)
     length = int(context_length or self.context_length)
     # Each text is its own prompt ("{}"): the zero-shot prompts' tokenization, ids 0-padded.
-    ids = zeroshot.prompt_token_ids(texts, ["{}"], self.vocabulary, length)[:, 0]
+    ids = prompts.prompt_token_ids(texts, ["{}"], self.vocabulary, length)[:, 0]
     return torch.from_numpy(ids.astype("int64"))
 
 

@@ -230,7 +230,7 @@ class DeviceIterator:
   def __init__(self, ds: tf.data.Dataset, sharding: jax.sharding.Sharding,
                global_batch_size: int, prefetch: int = 1, *,
                hold_at: Optional[Callable[[int], bool]] = None, start_step: int = 0):
-    self._it = ds.as_numpy_iterator()
+    self._it = iter(ds)  # tf.data's own iterator: `global_batch` reads its tensors as numpy
     self._sharding = sharding
     self._global_batch_size = global_batch_size
     self._prefetch = max(0, prefetch)

@@ -43,7 +43,7 @@ cd "$ROOT"
   --gin.MIXTURE_OR_TASK_NAME="'flip_img2dataset'" --gin.TRAIN_DATA_PATTERN="'$TMP/shards/*.tfrecord'" \
   --gin.VOCAB_FILE="'$TMP/vocab.txt'" --gin.TASK_FEATURE_LENGTHS="{'image': 16, 'targets': 16}" \
   --gin.BATCH_SIZE=4 --gin.WARMUP_STEPS=1 --gin.WARMUP_EPOCHS=None \
-  --gin.flip_t5x.data.sources.record_shuffle_buffer_size.size=4 >"$TMP/train.log" 2>&1 \
+  --gin.tasks.TaskConfig.record_shuffle_buffer_size=4 >"$TMP/train.log" 2>&1 \
   || { tail -20 "$TMP/train.log"; exit 1; }
 rm -rf tests/data/t5x_tiny
 mkdir -p tests/data/t5x_tiny

@@ -1,21 +1,20 @@
-"""Zero-shot classification: class names, prompt templates and prompt tokenisation.
+"""Zero-shot prompts: class names, prompt templates and their tokenisation.
 
 The CLIP ImageNet-1K class names (index = TFDS `imagenet2012` label) and the two template sets
 (80 prompts, and the 7 FLIP evaluates with by default) ship as files in `flip_t5x/data/assets`.
-The template set is chosen in gin:
+A template set is named "7", "80" or by a file path; gin chooses it with the model file's macro
 
     ZEROSHOT_TEMPLATES = "80"   # "7" (default), "80", or a file path
-    # the model file binds it: flip_t5x.data.zeroshot.template_set.name = %ZEROSHOT_TEMPLATES
 
-Evaluators build class embeddings from `prompt_token_ids(class_names, templates(), vocab, L)`:
-for each class, every template filled with the class name.
+(`tasks.TaskConfig.zeroshot_templates`). Evaluators build class embeddings from
+`prompt_token_ids(class_names, templates(name), vocab, L)`: for each class, every template filled
+with the class name.
 """
 from __future__ import annotations
 
 import os
 from typing import List, Optional, Sequence, Tuple
 
-import gin
 import numpy as np
 import tensorflow as tf
 
@@ -27,6 +26,7 @@ TEMPLATE_FILES = {
     "80": os.path.join(ASSETS_DIR, "imagenet1k_templates_80.txt"),
     "7": os.path.join(ASSETS_DIR, "imagenet1k_templates_7.txt"),
 }
+DEFAULT_TEMPLATE_SET = "7"  # FLIP's
 
 
 def read_lines(path: str) -> List[str]:
@@ -40,15 +40,9 @@ def imagenet_class_names() -> List[str]:
   return read_lines(IMAGENET_CLASSNAMES_FILE)
 
 
-@gin.configurable(module="flip_t5x.data.zeroshot")
-def template_set(name: str = "7") -> str:
-  """Selected template set (gin: ZEROSHOT_TEMPLATES): "7" (FLIP's), "80" or a file path."""
-  return str(name)
-
-
-def templates(name: Optional[str] = None) -> List[str]:
+def templates(name: str = DEFAULT_TEMPLATE_SET) -> List[str]:
   """Prompt templates ('{}' = class name) of set `name` ("7", "80" or a file path)."""
-  name = template_set() if name is None else str(name)
+  name = str(name)
   path = TEMPLATE_FILES.get(name, name)
   if not tf.io.gfile.exists(path):
     raise ValueError(f"Unknown template set {name!r}: use one of {sorted(TEMPLATE_FILES)} or a "
