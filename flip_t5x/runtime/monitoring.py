@@ -1,21 +1,20 @@
 """What users see while a run goes: throughput, FLOP utilisation, metric writers, progress line.
 
 FLIP-only options live in `MonitoringConfig` (gin: `monitoring.MonitoringConfig.X`), which t5x
-never sees. Writers: clu's default writer into MODEL_DIR (TensorBoard + console; console only on
-processes other than 0) and `metrics.jsonl`, one JSON object of scalars per line, for scripts.
+never sees: flip_t5x.train hands it to the loop as `train(monitoring_cfg=...)`. Writers: clu's
+default writer into MODEL_DIR (TensorBoard + console; console only on processes other than 0)
+and `metrics.jsonl`, one JSON object of scalars per line, for scripts.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import sys
 import time
-from typing import Any, Mapping, Optional, TextIO
+from typing import Any, List, Mapping, Optional, TextIO
 
 from absl import logging
 from clu import metric_writers
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,14 +54,6 @@ class MonitoringConfig:
   peak_flops_per_device: Optional[float] = None
   measure_peak_flops: bool = True
   prefetch_batches: int = 1
-
-
-def monitoring_config() -> MonitoringConfig:
-  """The gin-configured `MonitoringConfig` (defaults when gin never saw it)."""
-  try:
-    return gin.get_configurable(MonitoringConfig)()
-  except (ValueError, KeyError):
-    return MonitoringConfig()
 
 
 def peak_flops_per_device(device: Any, override: Optional[float] = None,
@@ -193,56 +184,24 @@ class Throughput:
     return out
 
 
-class ProgressLine:
-  """One terminal line of training progress (step/total, loss, images/s, ETA) on stderr.
+def progress_line(total_steps: int, done: int = 0, stream: Optional[TextIO] = None,
+                  min_interval_s: float = 0.5) -> progress.Progress:
+  """Training's line on stderr: `step 5/10 (50%) | loss 2.5000 | 80.0 img/s | ETA 2m05s`.
 
-  On a terminal the line is rewritten in place (`\r`) as steps finish, at most every
-  `min_interval_s`; elsewhere (a log file, a pipe) one plain line is written per stats report, so
-  logs stay readable. Loss, images/s and ETA are those of the latest report (`Throughput`'s
+  Loss, images/s and ETA are those of the latest stats report (`report_fields`, `Throughput`'s
   figures); absl logs, TensorBoard and metrics.jsonl still get every scalar.
   """
+  return progress.Progress(None, total_steps, done, stream=stream, min_interval_s=min_interval_s,
+                           format_done=progress.format_steps, own_figures=False)
 
-  def __init__(self, total_steps: int, stream: Optional[TextIO] = None,
-               min_interval_s: float = 0.5):
-    self.total_steps = total_steps
-    self.stream = sys.stderr if stream is None else stream
-    self.is_tty = bool(getattr(self.stream, "isatty", lambda: False)())
-    self.min_interval_s = min_interval_s
-    self.report: Mapping[str, float] = {}
-    self._last_write = -float("inf")
-    self._shown = False
 
-  def text(self, step: int) -> str:
-    parts = [f"step {step}/{self.total_steps} ({100.0 * step / max(self.total_steps, 1):.0f}%)"]
-    if "loss" in self.report:
-      parts.append(f"loss {self.report['loss']:.4f}")
-    if "timing/images_per_second" in self.report:
-      parts.append(f"{self.report['timing/images_per_second']:.1f} img/s")
-    if "timing/eta_hours" in self.report:
-      parts.append(f"ETA {progress.format_duration(self.report['timing/eta_hours'] * 3600.0)}")
-    return " | ".join(parts)
-
-  def update(self, step: int, report: Optional[Mapping[str, Any]] = None) -> None:
-    """A finished step; `report` (the stats written at this step) refreshes the figures."""
-    if report is not None:
-      self.report = {k: float(v) for k, v in report.items()
-                     if k in ("loss", "timing/images_per_second", "timing/eta_hours")}
-    now = time.monotonic()
-    if self.is_tty:
-      recent = now - self._last_write < self.min_interval_s
-      if report is None and step != self.total_steps and recent:
-        return
-      # Cursor back to column 0 after the text: a log line that follows overwrites it.
-      self.stream.write(f"\r\033[K{self.text(step)}\r")
-    elif report is not None:
-      self.stream.write(self.text(step) + "\n")
-    else:
-      return
-    self.stream.flush()
-    self._last_write, self._shown = now, True
-
-  def close(self, step: int) -> None:
-    """Leaves the last state on its own line on a terminal."""
-    if self.is_tty and self._shown:
-      self.stream.write(f"\r\033[K{self.text(step)}\n")
-      self.stream.flush()
+def report_fields(report: Mapping[str, Any]) -> List[str]:
+  """The progress line's figures of a stats report: loss, images/s, ETA (those it has)."""
+  fields = []
+  if "loss" in report:
+    fields.append(f"loss {float(report['loss']):.4f}")
+  if "timing/images_per_second" in report:
+    fields.append(f"{float(report['timing/images_per_second']):.1f} img/s")
+  if "timing/eta_hours" in report:
+    fields.append(f"ETA {progress.format_duration(float(report['timing/eta_hours']) * 3600.0)}")
+  return fields
