@@ -484,7 +484,8 @@ def register_train_for_gin() -> Callable[..., Any]:
 
   `flip_t5x.train` (and `model_info`) call it before parsing gin files; a test or notebook gets
   `train` attached to its `__main__` module, exactly what t5x's binary exposes.
-  Returns the gin-configured `train` (call it after parsing the gin files).
+  Returns the gin-configured `train` (call it after parsing the gin files, then
+  `FLIP_ONLY_BINDINGS`, as flip_t5x.train does).
   """
   main_module = sys.modules["__main__"]
   if getattr(main_module, "train", None) is not train:
