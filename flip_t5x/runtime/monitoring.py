@@ -11,10 +11,11 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, List, Mapping, Optional, TextIO
+from typing import Any, Callable, List, Mapping, Optional, Sequence, TextIO
 
 from absl import logging
 from clu import metric_writers
+from clu import periodic_actions
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -184,6 +185,30 @@ class Throughput:
     return out
 
 
+def device_throughput(model: Any, config: MonitoringConfig, batch_size: int,
+                      total_steps: int) -> Throughput:
+  """`Throughput` against the peak of this run's devices (timed now when unknown and asked)."""
+  peak = peak_flops_per_device(
+      jax.devices()[0], config.peak_flops_per_device,
+      measure_dtype=(getattr(model.module, "dtype", "float32")
+                     if config.measure_peak_flops else None))
+  return Throughput(model, batch_size, total_steps, peak, jax.device_count())
+
+
+def clu_hooks(writer: metric_writers.MetricWriter, config: MonitoringConfig, model_dir: str,
+              start_step: int, total_steps: int, stats_period: int
+              ) -> List[Callable[[int], Any]]:
+  """clu's periodic actions: steps/s and uptime to the writer; the jax profiler if asked."""
+  hooks = [periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
+                                           every_steps=stats_period, every_secs=None)]
+  if config.profile_steps > 0 and jax.process_index() == 0:
+    hooks.append(periodic_actions.Profile(
+        logdir=model_dir, num_profile_steps=config.profile_steps,
+        first_profile=start_step + config.profile_first_step, every_steps=None,
+        every_secs=None, profile_duration_ms=None))
+  return hooks
+
+
 def progress_line(total_steps: int, done: int = 0, stream: Optional[TextIO] = None,
                   min_interval_s: float = 0.5) -> progress.Progress:
   """Training's line on stderr: `step 5/10 (50%) | loss 2.5000 | 80.0 img/s | ETA 2m05s`.
@@ -205,3 +230,43 @@ def report_fields(report: Mapping[str, Any]) -> List[str]:
   if "timing/eta_hours" in report:
     fields.append(f"ETA {progress.format_duration(float(report['timing/eta_hours']) * 3600.0)}")
   return fields
+
+
+class Reports:
+  """What a run shows as it goes: clu's hooks every step; every `stats_period` steps (and the
+  last) the metrics averaged on device, throughput and `input_counts()` to the writer; the
+  progress line on process 0. `check_loss` runs before a report is written (the loop's
+  non-finite check)."""
+
+  def __init__(self, writer: metric_writers.MetricWriter, throughput: Throughput,
+               hooks: Sequence[Callable[[int], Any]], stats_period: int, start_step: int,
+               total_steps: int, *, check_loss: Callable[[], None],
+               input_counts: Callable[[], Mapping[str, float]]):
+    self.writer, self.throughput, self.hooks = writer, throughput, hooks
+    self.stats_period, self.total_steps = stats_period, total_steps
+    self.check_loss, self.input_counts = check_loss, input_counts
+    self.metrics = MetricsAccumulator()
+    self.progress = progress_line(total_steps, start_step) if jax.process_index() == 0 else None
+
+  def start(self, step: int) -> None:
+    """Throughput is measured from `step` on."""
+    self.throughput.start(step)
+
+  def step_done(self, step: int, scalars: Mapping[str, jax.Array]) -> None:
+    self.metrics.add(scalars)
+    for hook in self.hooks:
+      hook(step)
+    if step % self.stats_period == 0 or step == self.total_steps:
+      self.check_loss()
+      out = dict(self.metrics.result())
+      out.update(self.throughput.report(step))
+      out.update(self.input_counts())
+      self.writer.write_scalars(step, out)
+      if self.progress is not None:
+        self.progress.update(1, report_fields(out))
+    elif self.progress is not None:
+      self.progress.update(1)
+
+  def close(self) -> None:
+    if self.progress is not None:
+      self.progress.close()

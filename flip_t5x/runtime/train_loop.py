@@ -14,10 +14,9 @@ import math
 import os
 import sys
 import time
-from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Mapping, Optional, Tuple
 
 from absl import logging
-from clu import periodic_actions
 import gin
 import jax
 from jax.experimental import multihost_utils
@@ -73,28 +72,12 @@ def _skipped_counts() -> Mapping[str, float]:
 
 
 # ------------------------------------------------------------------------------------ set-up
-def _refuse_unsupported(actions: Any, use_hardware_rng: bool) -> None:
-  if actions:
-    raise train_checks.TrainConfigError(
-        "train.actions: t5x trainer actions are not supported by flip_t5x")
-  if use_hardware_rng:
-    logging.info("use_hardware_rng ignored: FLIP's masks come from threefry (mesh-invariant)")
-
-
 def _open_model_dir(model_dir: str) -> Any:
   """MODEL_DIR, made by process 0 before any process writes into it, and its metric writer."""
   if jax.process_index() == 0:
     os.makedirs(model_dir, exist_ok=True)
   multihost_utils.sync_global_devices("flip_t5x.train: model_dir")
   return monitoring.create_writer(model_dir)
-
-
-def _checkpointer(model_dir: str, layout: train_state_lib.StateLayout, save_cfg: Any,
-                  data_layout: Any) -> checkpoints.TrainCheckpointer:
-  return checkpoints.TrainCheckpointer(
-      model_dir, layout, keep=save_cfg.keep if save_cfg is not None else None,
-      enable_async=getattr(save_cfg, "use_async", True), shard_id=data_layout.shard_id,
-      num_shards=data_layout.num_shards)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,29 +160,6 @@ def _input_stream(ckpt: checkpoints.TrainCheckpointer, start: _Start,
   return batches_from(start.step)
 
 
-def _hooks(writer: Any, monitor: monitoring.MonitoringConfig, model_dir: str, start_step: int,
-           total_steps: int, stats_period: int) -> List[Callable[[int], Any]]:
-  """clu's periodic actions: steps/s and uptime to the writer; the jax profiler if asked."""
-  hooks = [periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
-                                           every_steps=stats_period, every_secs=None)]
-  if monitor.profile_steps > 0 and jax.process_index() == 0:
-    hooks.append(periodic_actions.Profile(
-        logdir=model_dir, num_profile_steps=monitor.profile_steps,
-        first_profile=start_step + monitor.profile_first_step, every_steps=None,
-        every_secs=None, profile_duration_ms=None))
-  return hooks
-
-
-def _throughput(model: Any, monitor: monitoring.MonitoringConfig, batch_size: int,
-                total_steps: int) -> monitoring.Throughput:
-  """steps/s, images/s and FLOP utilisation against the device's peak (timed now if unknown)."""
-  peak = monitoring.peak_flops_per_device(
-      jax.devices()[0], monitor.peak_flops_per_device,
-      measure_dtype=(getattr(model.module, "dtype", "float32")
-                     if monitor.measure_peak_flops else None))
-  return monitoring.Throughput(model, batch_size, total_steps, peak, jax.device_count())
-
-
 # ------------------------------------------------------------------------ during the steps
 class _Saves:
   """Checkpoints at SaveCheckpointConfig's steps (every `period`, `checkpoint_steps`, the last),
@@ -256,45 +216,6 @@ class _LossCheck:
           "Lower the learning rate or set optimizers.adamw.grad_clip_norm.")
 
 
-class _Reports:
-  """What a run shows as it goes: clu's hooks every step; every `stats_period` steps (and the
-  last) the metrics averaged on device, throughput and input counts to the writer; the progress
-  line on process 0."""
-
-  def __init__(self, writer: Any, throughput: monitoring.Throughput,
-               hooks: Sequence[Callable[[int], Any]], stats_period: int, start_step: int,
-               total_steps: int, check_loss: Callable[[], None]):
-    self.writer, self.throughput, self.hooks = writer, throughput, hooks
-    self.stats_period, self.total_steps = stats_period, total_steps
-    self.check_loss = check_loss
-    self.metrics = monitoring.MetricsAccumulator()
-    self.progress = (monitoring.progress_line(total_steps, start_step)
-                     if jax.process_index() == 0 else None)
-
-  def start(self, step: int) -> None:
-    """Throughput is measured from `step` on."""
-    self.throughput.start(step)
-
-  def step_done(self, step: int, scalars: Mapping[str, jax.Array]) -> None:
-    self.metrics.add(scalars)
-    for hook in self.hooks:
-      hook(step)
-    if step % self.stats_period == 0 or step == self.total_steps:
-      self.check_loss()
-      out = dict(self.metrics.result())
-      out.update(self.throughput.report(step))
-      out.update(_skipped_counts())
-      self.writer.write_scalars(step, out)
-      if self.progress is not None:
-        self.progress.update(1, monitoring.report_fields(out))
-    elif self.progress is not None:
-      self.progress.update(1)
-
-  def close(self) -> None:
-    if self.progress is not None:
-      self.progress.close()
-
-
 class _Evals:
   """Evaluation of the current parameters, written at the step: the unmasked loss on `eval_steps`
   batches of train_eval_dataset_cfg, zero-shot accuracy on infer_eval_dataset_cfg."""
@@ -339,53 +260,40 @@ class _Evals:
                                      f"zeroshot/{name}/top5": res.get("top5", float("nan"))})
 
 
-@dataclasses.dataclass
-class _Steps:
-  """Runs the steps from `start` to `total_steps`, then the final evaluation; flushes the writer
-  and waits for the last checkpoint also when a step fails."""
-
-  trainer: Any
-  batches: utils.DeviceIterator
-  loss_check: _LossCheck
-  reports: _Reports
-  saves: _Saves
-  evals: _Evals
-  eval_period: int
-  total_steps: int
-
-  def run(self, start: _Start) -> Tuple[int, train_state_lib.TrainState]:
-    step, state = start.step, start.state
-    t_start = time.time()
-    try:
-      for step in range(start.step, self.total_steps):
-        batch = next(self.batches)
-        with jax.profiler.StepTraceAnnotation("train", step_num=step):
-          state, scalars = self.trainer.train_step(state, batch)
-        if step == start.step:
-          jax.block_until_ready(scalars)  # keep compilation out of the throughput figures
-          self.reports.start(step + 1)
-        self._after_step(step + 1, state, scalars)
-      step = self.total_steps
-      if self.eval_period:
-        self.evals(step, state.params)
-    finally:
-      self.reports.close()
-      self.reports.writer.flush()
-      self.saves.ckpt.close()  # waits for the last asynchronous save
-    self.reports.writer.close()
-    logging.info("finished at step %d in %.1fs", step, time.time() - t_start)
-    return step, state
-
-  def _after_step(self, step: int, state: train_state_lib.TrainState,
-                  scalars: Mapping[str, jax.Array]) -> None:
-    """Step `step` is done (dispatched): its report, checkpoint and evaluation when due."""
-    self.loss_check.step_done(step, scalars)
-    self.reports.step_done(step, scalars)
-    if self.saves.due(step):
-      self.loss_check.check()
-      self.saves.save(step, state, self.batches)
-    if self.eval_period and step % self.eval_period == 0 and step != self.total_steps:
-      self.evals(step, state.params)
+def _run_steps(start: _Start, total_steps: int, trainer: Any, batches: utils.DeviceIterator,
+               loss_check: _LossCheck, reports: monitoring.Reports, saves: _Saves, evals: _Evals,
+               eval_period: int) -> Tuple[int, train_state_lib.TrainState]:
+  """The steps from `start` to `total_steps`, each followed by its report, checkpoint and eval
+  when due, then the final eval; the writer is flushed and the last save waited for also when a
+  step fails."""
+  step, state = start.step, start.state
+  t_start = time.time()
+  try:
+    for step in range(start.step, total_steps):
+      batch = next(batches)
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        state, scalars = trainer.train_step(state, batch)
+      done = step + 1
+      if step == start.step:
+        jax.block_until_ready(scalars)  # keep compilation out of the throughput figures
+        reports.start(done)
+      loss_check.step_done(done, scalars)
+      reports.step_done(done, scalars)
+      if saves.due(done):
+        loss_check.check()
+        saves.save(done, state, batches)
+      if eval_period and done % eval_period == 0 and done != total_steps:
+        evals(done, state.params)
+    step = total_steps
+    if eval_period:
+      evals(step, state.params)
+  finally:
+    reports.close()
+    reports.writer.flush()
+    saves.ckpt.close()  # waits for the last asynchronous save
+  reports.writer.close()
+  logging.info("finished at step %d in %.1fs", step, time.time() - t_start)
+  return step, state
 
 
 # ------------------------------------------------------------------------------------- train
@@ -414,7 +322,7 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
   """
   del inference_evaluator_cls, concurrent_metrics, train_eval_get_dataset_fn
   del train_state_initializer_cls, use_orbax, verify_matching_vocabs_fn, gc_period
-  _refuse_unsupported(actions, use_hardware_rng)
+  train_checks.refuse_t5x_only(actions, use_hardware_rng)
   train_checks.validate(model, train_dataset_cfg, checkpoint_cfg, partitioner, model_dir,
                         total_steps, eval_period, eval_steps, stats_period, random_seed,
                         infer_eval_dataset_cfg)
@@ -429,7 +337,11 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
   # The train state: restored, imported or initialised, and its trainer.
   layout = train_state_lib.StateLayout(model, trainer_lib.unwrap_optimizer(model), partitioner,
                                        model.input_shapes(batch_size))
-  ckpt = _checkpointer(model_dir, layout, save_cfg, partitioner.get_data_layout(batch_size))
+  data_layout = partitioner.get_data_layout(batch_size)
+  ckpt = checkpoints.TrainCheckpointer(
+      model_dir, layout, keep=save_cfg.keep if save_cfg is not None else None,
+      enable_async=getattr(save_cfg, "use_async", True), shard_id=data_layout.shard_id,
+      num_shards=data_layout.num_shards)
   start = _restore_or_start(ckpt, layout, model, model_dir, restore_cfg, random_seed,
                             train_dataset_cfg.seed)
   if relative_steps:
@@ -452,11 +364,12 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
       partitioner=partitioner, data_seed=start.data_seed, prefetch=monitor.prefetch_batches,
       hold_at=saves.due if saves.with_input else None, start_step=start.step))
   stats_period = stats_period or eval_period or 100
-  throughput = _throughput(model, monitor, batch_size, total_steps)
-  hooks = _hooks(writer, monitor, model_dir, start.step, total_steps, stats_period)
   loss_check = _LossCheck(saves)
-  reports = _Reports(writer, throughput, hooks, stats_period, start.step, total_steps,
-                     loss_check.check)
+  reports = monitoring.Reports(
+      writer, monitoring.device_throughput(model, monitor, batch_size, total_steps),
+      monitoring.clu_hooks(writer, monitor, model_dir, start.step, total_steps, stats_period),
+      stats_period, start.step, total_steps, check_loss=loss_check.check,
+      input_counts=_skipped_counts)
   evals = _Evals(trainer, model, partitioner, get_dataset_fn, writer, train_eval_dataset_cfg,
                  infer_eval_dataset_cfg, train_dataset_cfg.task_feature_lengths, eval_steps)
   if run_eval_before_training:
@@ -465,8 +378,8 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
   reports.start(start.step)
   logging.info("training steps %d..%d, global batch %d, %d device(s) as %s", start.step,
                total_steps, batch_size, jax.device_count(), dict(partitioner.mesh.shape))
-  steps = _Steps(trainer, batches, loss_check, reports, saves, evals, eval_period, total_steps)
-  return steps.run(start)
+  return _run_steps(start, total_steps, trainer, batches, loss_check, reports, saves, evals,
+                    eval_period)
 
 
 # `train`'s FLIP-only parameters, bound by flip_t5x.train after the gin files: under upstream
