@@ -56,7 +56,8 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app_usage_error(f"unexpected arguments: {argv[1:]}")
   configured_train = train_loop.register_train_for_gin()
-  gin_utils.parse_gin_flags(FLAGS.gin_search_paths, FLAGS.gin_file, FLAGS.gin_bindings)
+  gin_utils.parse_gin_flags(FLAGS.gin_search_paths, FLAGS.gin_file,
+                            [train_loop.FLIP_ONLY_BINDINGS, *FLAGS.gin_bindings])
   _maybe_initialize_distributed()
   # A value a configurable rejects while gin builds train()'s arguments (MASK_RATIO = 1.5 in
   # FlipModel) is a configuration error, raised before anything is compiled.

@@ -32,20 +32,21 @@ def test_quiet_level_follows_verbose_and_the_users_setting():
 
 def test_progress_line_plain_when_not_a_terminal():
   out = io.StringIO()
-  line = monitoring.ProgressLine(10, stream=out)
+  line = monitoring.progress_line(10, stream=out)
   line.update(1)  # no report yet: nothing in a log
-  line.update(5, {"loss": 2.5, "timing/images_per_second": 80.0, "timing/eta_hours": 125 / 3600,
-                  "grad_norm": 1.0})
-  line.close(5)
+  line.update(4, monitoring.report_fields({"loss": 2.5, "timing/images_per_second": 80.0,
+                                           "timing/eta_hours": 125 / 3600, "grad_norm": 1.0}))
+  line.close()
   assert out.getvalue() == "step 5/10 (50%) | loss 2.5000 | 80.0 img/s | ETA 2m05s\n"
 
 
 def test_progress_line_rewritten_in_place_on_a_terminal():
   out = _Terminal()
-  line = monitoring.ProgressLine(4, stream=out, min_interval_s=0.0)
+  line = monitoring.progress_line(4, stream=out, min_interval_s=0.0)
   line.update(1)
-  line.update(2, {"loss": 3.0, "timing/images_per_second": 10.0, "timing/eta_hours": 1.05})
-  line.close(2)
+  line.update(1, monitoring.report_fields({"loss": 3.0, "timing/images_per_second": 10.0,
+                                           "timing/eta_hours": 1.05}))
+  line.close()
   text = out.getvalue()
   assert text.count("\n") == 1 and text.endswith("step 2/4 (50%) | loss 3.0000 | 10.0 img/s | "
                                                  "ETA 1h03m\n")

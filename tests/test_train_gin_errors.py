@@ -56,6 +56,8 @@ def _cases(tmp: str) -> Dict[str, Case]:
       "required_unset": Case(train, ["MODEL_DIR", "gin_configs/runs/pretrain.gin"],
                              model_dir=False),
       "wrong_type": Case([LENGTHS, "--gin.TRAIN_STEPS='abc'"], ["total_steps", "abc"]),
+      "t5x_trainer_actions": Case(train + ["--gin.train_script.train.actions={'train': ['x']}"],
+                                  ["train.actions", "not supported by flip_t5x"]),
       "missing_gin_file": Case(["--gin_file=gin_configs/no_such_file.gin"], ["no_such_file.gin"]),
       "malformed_flag": Case(["--gin.TRAIN_STEPS"], ["--gin.TRAIN_STEPS", "--gin.NAME=VALUE"]),
       "mask_ratio_out_of_range": Case(train + ["--gin.MASK_RATIO=1.5"],
@@ -126,7 +128,7 @@ NAMES = ["unknown_binding", "required_unset", "wrong_type", "missing_gin_file", 
          "mask_ratio_out_of_range", "batch_not_divisible_by_devices",
          "data_pattern_matching_nothing", "missing_vocabulary_file", "model_info_mask_ratio",
          "predict_mask_ratio", "eval_mask_ratio", "task_lengths_differ_from_model",
-         "patch_size_not_dividing_image", "eval_lengths_differ_from_model"]
+         "patch_size_not_dividing_image", "eval_lengths_differ_from_model", "t5x_trainer_actions"]
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import difflib
-import time
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
-from absl import logging
 import jax
 import numpy as np
 import seqio
@@ -95,27 +93,3 @@ def skipped_since(before: Mapping[str, int]) -> Dict[str, int]:
   now = skipped_counts()
   return {reason: n - before.get(reason, 0) for reason, n in now.items()
           if n - before.get(reason, 0) > 0}
-
-
-class Progress:
-  """Counts images and logs images/s every `every_s` seconds."""
-
-  def __init__(self, what: str, every_s: float):
-    self.what, self.every_s = what, every_s
-    self.start = self.last = time.time()
-    self.count = 0
-
-  def update(self, n: int) -> None:
-    self.count += n
-    now = time.time()
-    if now - self.last >= self.every_s:
-      self.last = now
-      logging.info("%s: %d images, %.1f images/s", self.what, self.count, self.rate)
-
-  @property
-  def seconds(self) -> float:
-    return time.time() - self.start
-
-  @property
-  def rate(self) -> float:
-    return self.count / max(self.seconds, 1e-9)

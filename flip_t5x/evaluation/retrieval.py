@@ -10,6 +10,7 @@ import numpy as np
 
 from flip_t5x import models
 from flip_t5x import xla_options as xla_options_lib
+from flip_t5x import progress as progress_lib
 from flip_t5x.evaluation import EvalError
 from flip_t5x.evaluation import datasets
 from flip_t5x.evaluation import encoder as encoder_lib
@@ -53,16 +54,18 @@ def retrieval_evaluate(model: models.FlipModel, params: PyTree, *, task_name: st
   encoder = encoder_lib.encoder_for(model, xla_options)
   sharding = encoder_lib.data_sharding(mesh, data_axis, batch_size)
   image_emb, text_emb = [], []
-  progress = datasets.Progress(f"retrieval {task_name}", log_every_s)
+  progress = progress_lib.Progress(f"retrieval {task_name}", log_every_s=log_every_s,
+                                  format_value=progress_lib.format_count("images"))
   for batch in datasets.numpy_batches(ds, ("image", "targets"), batch_size, max_examples):
     image_emb.append(encoder.encode_images(params, batch["image"], batch_size, sharding))
     text_emb.append(encoder.encode_texts(params, batch["targets"], batch_size, sharding))
     progress.update(len(batch["image"]))
+  progress.close()
   if not image_emb:
     raise EvalError(f"Task {task_name!r} split {split!r} yielded no examples")
   result = {"task": task_name, "split": split}
   result.update(retrieval_recall(np.concatenate(image_emb), np.concatenate(text_emb), ks))
-  result.update(num_examples=progress.count, images_per_second=progress.rate,
+  result.update(num_examples=progress.done, images_per_second=progress.rate,
                 seconds=time.time() - t0, skipped=datasets.skipped_since(skipped_before))
   logging.info("retrieval %s: %s", task_name, result)
   return result

@@ -15,6 +15,7 @@ import numpy as np
 import seqio
 
 from flip_t5x import models
+from flip_t5x import progress as progress_lib
 from flip_t5x import xla_options as xla_options_lib
 from flip_t5x.data import prompts
 from flip_t5x.evaluation import EvalError
@@ -199,13 +200,15 @@ def zeroshot_evaluate(model: models.FlipModel, params: PyTree, *, task_name: str
   encoder = encoder_lib.encoder_for(model, xla_options)
   sharding = encoder_lib.data_sharding(mesh, data_axis, batch_size)
   acc = ZeroShotAccumulator(class_emb, ks=(1, 5))
-  progress = datasets.Progress(f"zero-shot {task_name}", log_every_s)
+  progress = progress_lib.Progress(f"zero-shot {task_name}", log_every_s=log_every_s,
+                                  format_value=progress_lib.format_count("images"))
   for batch in datasets.numpy_batches(ds, ("image", "label"), batch_size, max_examples):
     labels = batch["label"]
     if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
       raise EvalError(f"label {int(labels.max())} outside the {len(names)} class names")
     acc.update(encoder.encode_images(params, batch["image"], batch_size, sharding), labels)
     progress.update(labels.size)
+  progress.close()
   if not acc.num_examples:
     raise EvalError(f"Task {task_name!r} split {split!r} yielded no examples")
   result = {"task": task_name, "split": split}

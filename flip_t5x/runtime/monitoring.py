@@ -1,21 +1,21 @@
 """What users see while a run goes: throughput, FLOP utilisation, metric writers, progress line.
 
 FLIP-only options live in `MonitoringConfig` (gin: `monitoring.MonitoringConfig.X`), which t5x
-never sees. Writers: clu's default writer into MODEL_DIR (TensorBoard + console; console only on
-processes other than 0) and `metrics.jsonl`, one JSON object of scalars per line, for scripts.
+never sees: flip_t5x.train hands it to the loop as `train(monitoring_cfg=...)`. Writers: clu's
+default writer into MODEL_DIR (TensorBoard + console; console only on processes other than 0)
+and `metrics.jsonl`, one JSON object of scalars per line, for scripts.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import sys
 import time
-from typing import Any, Mapping, Optional, TextIO
+from typing import Any, Callable, List, Mapping, Optional, Sequence, TextIO
 
 from absl import logging
 from clu import metric_writers
-import gin
+from clu import periodic_actions
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,16 +57,8 @@ class MonitoringConfig:
   prefetch_batches: int = 1
 
 
-def monitoring_config() -> MonitoringConfig:
-  """The gin-configured `MonitoringConfig` (defaults when gin never saw it)."""
-  try:
-    return gin.get_configurable(MonitoringConfig)()
-  except (ValueError, KeyError):
-    return MonitoringConfig()
-
-
 def peak_flops_per_device(device: Any, override: Optional[float] = None,
-                          measure_dtype: Any = None) -> Optional[float]:
+                          measure_dtype: Any = None, xla_options: Any = None) -> Optional[float]:
   """The configured peak, else the vendor figure for the device kind, else (if `measure_dtype`)
   a matmul measured now in that dtype (CPUs, unlisted accelerators), else None."""
   if override:
@@ -77,7 +69,7 @@ def peak_flops_per_device(device: Any, override: Optional[float] = None,
       return value
   if measure_dtype is None:
     return None
-  peak = flops.MatmulPeak(measure_dtype)
+  peak = flops.MatmulPeak(measure_dtype, xla_options=xla_options)
   measured = peak.measure()
   logging.info("no known peak for %r: measured matmul peak %.1f GFLOP/s (%s, %d^2) for the "
                "FLOP-utilisation estimate", kind, measured / 1e9, jnp.dtype(measure_dtype).name,
@@ -193,56 +185,89 @@ class Throughput:
     return out
 
 
-class ProgressLine:
-  """One terminal line of training progress (step/total, loss, images/s, ETA) on stderr.
+def device_throughput(model: Any, config: MonitoringConfig, batch_size: int,
+                      total_steps: int, xla_options: Any = None) -> Throughput:
+  """`Throughput` against the peak of this run's devices (timed now when unknown and asked,
+  compiled with the steps' `xla_options`, so it is the peak of the matmul library they use)."""
+  peak = peak_flops_per_device(
+      jax.devices()[0], config.peak_flops_per_device,
+      measure_dtype=(getattr(model.module, "dtype", "float32")
+                     if config.measure_peak_flops else None), xla_options=xla_options)
+  return Throughput(model, batch_size, total_steps, peak, jax.device_count())
 
-  On a terminal the line is rewritten in place (`\r`) as steps finish, at most every
-  `min_interval_s`; elsewhere (a log file, a pipe) one plain line is written per stats report, so
-  logs stay readable. Loss, images/s and ETA are those of the latest report (`Throughput`'s
+
+def clu_hooks(writer: metric_writers.MetricWriter, config: MonitoringConfig, model_dir: str,
+              start_step: int, total_steps: int, stats_period: int
+              ) -> List[Callable[[int], Any]]:
+  """clu's periodic actions: steps/s and uptime to the writer; the jax profiler if asked."""
+  hooks = [periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
+                                           every_steps=stats_period, every_secs=None)]
+  if config.profile_steps > 0 and jax.process_index() == 0:
+    hooks.append(periodic_actions.Profile(
+        logdir=model_dir, num_profile_steps=config.profile_steps,
+        first_profile=start_step + config.profile_first_step, every_steps=None,
+        every_secs=None, profile_duration_ms=None))
+  return hooks
+
+
+def progress_line(total_steps: int, done: int = 0, stream: Optional[TextIO] = None,
+                  min_interval_s: float = 0.5) -> progress.Progress:
+  """Training's line on stderr: `step 5/10 (50%) | loss 2.5000 | 80.0 img/s | ETA 2m05s`.
+
+  Loss, images/s and ETA are those of the latest stats report (`report_fields`, `Throughput`'s
   figures); absl logs, TensorBoard and metrics.jsonl still get every scalar.
   """
+  return progress.Progress(None, total_steps, done, stream=stream, min_interval_s=min_interval_s,
+                           format_done=progress.format_steps, own_figures=False)
 
-  def __init__(self, total_steps: int, stream: Optional[TextIO] = None,
-               min_interval_s: float = 0.5):
-    self.total_steps = total_steps
-    self.stream = sys.stderr if stream is None else stream
-    self.is_tty = bool(getattr(self.stream, "isatty", lambda: False)())
-    self.min_interval_s = min_interval_s
-    self.report: Mapping[str, float] = {}
-    self._last_write = -float("inf")
-    self._shown = False
 
-  def text(self, step: int) -> str:
-    parts = [f"step {step}/{self.total_steps} ({100.0 * step / max(self.total_steps, 1):.0f}%)"]
-    if "loss" in self.report:
-      parts.append(f"loss {self.report['loss']:.4f}")
-    if "timing/images_per_second" in self.report:
-      parts.append(f"{self.report['timing/images_per_second']:.1f} img/s")
-    if "timing/eta_hours" in self.report:
-      parts.append(f"ETA {progress.format_duration(self.report['timing/eta_hours'] * 3600.0)}")
-    return " | ".join(parts)
+def report_fields(report: Mapping[str, Any]) -> List[str]:
+  """The progress line's figures of a stats report: loss, images/s, ETA (those it has)."""
+  fields = []
+  if "loss" in report:
+    fields.append(f"loss {float(report['loss']):.4f}")
+  if "timing/images_per_second" in report:
+    fields.append(f"{float(report['timing/images_per_second']):.1f} img/s")
+  if "timing/eta_hours" in report:
+    fields.append(f"ETA {progress.format_duration(float(report['timing/eta_hours']) * 3600.0)}")
+  return fields
 
-  def update(self, step: int, report: Optional[Mapping[str, Any]] = None) -> None:
-    """A finished step; `report` (the stats written at this step) refreshes the figures."""
-    if report is not None:
-      self.report = {k: float(v) for k, v in report.items()
-                     if k in ("loss", "timing/images_per_second", "timing/eta_hours")}
-    now = time.monotonic()
-    if self.is_tty:
-      recent = now - self._last_write < self.min_interval_s
-      if report is None and step != self.total_steps and recent:
-        return
-      # Cursor back to column 0 after the text: a log line that follows overwrites it.
-      self.stream.write(f"\r\033[K{self.text(step)}\r")
-    elif report is not None:
-      self.stream.write(self.text(step) + "\n")
-    else:
-      return
-    self.stream.flush()
-    self._last_write, self._shown = now, True
 
-  def close(self, step: int) -> None:
-    """Leaves the last state on its own line on a terminal."""
-    if self.is_tty and self._shown:
-      self.stream.write(f"\r\033[K{self.text(step)}\n")
-      self.stream.flush()
+class Reports:
+  """What a run shows as it goes: clu's hooks every step; every `stats_period` steps (and the
+  last) the metrics averaged on device, throughput and `input_counts()` to the writer; the
+  progress line on process 0. `check_loss` runs before a report is written (the loop's
+  non-finite check)."""
+
+  def __init__(self, writer: metric_writers.MetricWriter, throughput: Throughput,
+               hooks: Sequence[Callable[[int], Any]], stats_period: int, start_step: int,
+               total_steps: int, *, check_loss: Callable[[], None],
+               input_counts: Callable[[], Mapping[str, float]]):
+    self.writer, self.throughput, self.hooks = writer, throughput, hooks
+    self.stats_period, self.total_steps = stats_period, total_steps
+    self.check_loss, self.input_counts = check_loss, input_counts
+    self.metrics = MetricsAccumulator()
+    self.progress = progress_line(total_steps, start_step) if jax.process_index() == 0 else None
+
+  def start(self, step: int) -> None:
+    """Throughput is measured from `step` on."""
+    self.throughput.start(step)
+
+  def step_done(self, step: int, scalars: Mapping[str, jax.Array]) -> None:
+    self.metrics.add(scalars)
+    for hook in self.hooks:
+      hook(step)
+    if step % self.stats_period == 0 or step == self.total_steps:
+      self.check_loss()
+      out = dict(self.metrics.result())
+      out.update(self.throughput.report(step))
+      out.update(self.input_counts())
+      self.writer.write_scalars(step, out)
+      if self.progress is not None:
+        self.progress.update(1, report_fields(out))
+    elif self.progress is not None:
+      self.progress.update(1)
+
+  def close(self) -> None:
+    if self.progress is not None:
+      self.progress.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Sequence
 
+from absl import logging
 import jax
 import numpy as np
 import seqio
@@ -28,6 +29,13 @@ def _check(cond: bool, binding: str, message: str) -> None:
 
 def _is_int(x: Any) -> bool:
   return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def refuse_t5x_only(actions: Any, use_hardware_rng: bool) -> None:
+  """t5x machinery without a FLIP counterpart: trainer actions are an error, hardware rng a note."""
+  _check(not actions, "train.actions", "t5x trainer actions are not supported by flip_t5x")
+  if use_hardware_rng:
+    logging.info("use_hardware_rng ignored: FLIP's masks come from threefry (mesh-invariant)")
 
 
 def validate(model, train_dataset_cfg, checkpoint_cfg, partitioner, model_dir, total_steps,

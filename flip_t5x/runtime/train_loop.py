@@ -8,6 +8,8 @@ parameters only, with a fresh optimizer.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import os
 import sys
@@ -15,7 +17,6 @@ import time
 from typing import Any, Callable, Mapping, Optional, Tuple
 
 from absl import logging
-from clu import periodic_actions
 import gin
 import jax
 from jax.experimental import multihost_utils
@@ -70,16 +71,31 @@ def _skipped_counts() -> Mapping[str, float]:
   return out
 
 
-def _batch_shapes(cfg: Any) -> Mapping[str, Tuple[int, ...]]:
-  s, length = cfg.task_feature_lengths["image"], cfg.task_feature_lengths["targets"]
-  return {"images": (cfg.batch_size, s, s, 3), "texts": (cfg.batch_size, length)}
+# ------------------------------------------------------------------------------------ set-up
+def _open_model_dir(model_dir: str) -> Any:
+  """MODEL_DIR, made by process 0 before any process writes into it, and its metric writer."""
+  if jax.process_index() == 0:
+    os.makedirs(model_dir, exist_ok=True)
+  multihost_utils.sync_global_devices("flip_t5x.train: model_dir")
+  return monitoring.create_writer(model_dir)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Start:
+  """Where a run starts: its state and seeds, and the MODEL_DIR checkpoint it resumes (or None)."""
+
+  state: train_state_lib.TrainState
+  step: int
+  latest: Optional[int]
+  seed: int
+  data_seed: int
 
 
 def _restore_or_start(ckpt: checkpoints.TrainCheckpointer, layout: train_state_lib.StateLayout,
-                      model: Any, model_dir: str, restore_cfg: Any, random_seed: Optional[int]
-                      ) -> Tuple[Optional[int], train_state_lib.TrainState, Mapping[str, Any], int]:
-  """(latest step, state, its metadata, seed): MODEL_DIR's latest checkpoint if there is one,
-  else parameters from INITIAL_CHECKPOINT_PATH (fresh optimizer, step 0) or a fresh init."""
+                      model: Any, model_dir: str, restore_cfg: Any, random_seed: Optional[int],
+                      dataset_seed: Optional[int]) -> _Start:
+  """MODEL_DIR's latest checkpoint if there is one, else parameters from INITIAL_CHECKPOINT_PATH
+  (fresh optimizer, step 0) or a fresh init."""
   latest = ckpt.latest_step()
   meta = {}
   if latest is not None:
@@ -103,9 +119,184 @@ def _restore_or_start(ckpt: checkpoints.TrainCheckpointer, layout: train_state_l
                    "fresh", found.path, found.format, found.step)
     else:
       state = layout.initialize(init_rng)
-  return latest, state, meta, seed
+  data_seed = dataset_seed if dataset_seed is not None else seed
+  if "data_seed" in meta:
+    data_seed = int(meta["data_seed"])
+  return _Start(state, int(state.step), latest, seed, data_seed)
 
 
+def _device_batches(skip: int, *, get_dataset_fn: Callable[..., Any], cfg: Any, model: Any,
+                    partitioner: Any, data_seed: int, prefetch: int,
+                    hold_at: Optional[Callable[[int], bool]], start_step: int
+                    ) -> utils.DeviceIterator:
+  """The training batches on device from step `start_step` on, `skip` batches into the stream."""
+  batch_size = int(cfg.batch_size)
+  layout = partitioner.get_data_layout(batch_size)
+  # Per-process rows: batch / shards (t5x's DataLayout.batch_size is the global batch).
+  ds = get_dataset_fn(cfg, layout.shard_id, layout.num_shards, model.FEATURE_CONVERTER_CLS,
+                      batch_size // layout.num_shards, skip_batches=skip, seed=data_seed)
+  return utils.DeviceIterator(ds, partitioner.data_sharding, batch_size, prefetch=prefetch,
+                              hold_at=hold_at, start_step=start_step)
+
+
+def _input_stream(ckpt: checkpoints.TrainCheckpointer, start: _Start,
+                  batches_from: Callable[[int], utils.DeviceIterator]) -> utils.DeviceIterator:
+  """The data position: the checkpoint's tf.data iterator state when it has one (save_dataset)
+  and it fits this pipeline; otherwise skip `step` batches of the seeded stream (exact for a
+  flip_t5x run, but re-reads the consumed data)."""
+  latest = start.latest
+  if latest is not None and ckpt.has_input_position(latest):
+    batches = batches_from(0)
+    try:
+      ckpt.restore_input_position(latest, batches.synced_iterator())
+      logging.info("input stream repositioned from checkpoint_%d", latest)
+      return batches
+    except checkpoints.InputPositionError as e:
+      logging.warning("%s; skipping %d batches to resume the data stream instead", e, start.step)
+  elif latest is not None:
+    logging.warning("checkpoint_%d has no input position: skipping %d batches to resume the "
+                    "data stream (set SaveCheckpointConfig.save_dataset = True to avoid this)",
+                    latest, start.step)
+  return batches_from(start.step)
+
+
+# ------------------------------------------------------------------------ during the steps
+class _Saves:
+  """Checkpoints at SaveCheckpointConfig's steps (every `period`, `checkpoint_steps`, the last),
+  with the run's seeds and, with `save_dataset`, the input position."""
+
+  def __init__(self, ckpt: checkpoints.TrainCheckpointer, save_cfg: Any, total_steps: int,
+               start: _Start, batch_size: int):
+    self.ckpt = ckpt
+    self.period = save_cfg.period if save_cfg is not None and save_cfg.period else None
+    self.steps = set(getattr(save_cfg, "checkpoint_steps", None) or ())
+    self.total_steps = total_steps
+    self.with_input = bool(getattr(save_cfg, "save_dataset", False))
+    self.meta = {"seed": start.seed, "data_seed": int(start.data_seed), "batch_size": batch_size,
+                 "data_position": ("dataset item" if self.with_input
+                                   else "batches consumed = step")}
+    self.last = start.latest  # the newest checkpoint in MODEL_DIR
+
+  def due(self, step: int) -> bool:
+    return bool((self.period and step % self.period == 0) or step in self.steps
+                or step == self.total_steps)
+
+  def save(self, step: int, state: train_state_lib.TrainState,
+           batches: utils.DeviceIterator) -> None:
+    self.ckpt.save(state, dict(self.meta, step=step),
+                   input_iterator=batches.synced_iterator() if self.with_input else None)
+    self.last = step
+
+
+class _LossCheck:
+  """Stops the run on a non-finite loss before anything of that step is saved or reported.
+
+  A step's loss is read (a device sync) once the next step is dispatched, or when its step
+  reports or saves: the host never waits on the step it has just launched.
+  """
+
+  def __init__(self, saves: _Saves):
+    self.saves = saves
+    self.pending = None  # (step, scalars) whose loss has not been checked yet
+
+  def step_done(self, step: int, scalars: Mapping[str, jax.Array]) -> None:
+    if self.pending is not None:
+      self.check()
+    self.pending = (step, scalars)
+
+  def check(self) -> None:
+    step, scalars = self.pending
+    loss = float(jax.device_get(scalars["loss"]))
+    if not math.isfinite(loss):
+      self.saves.ckpt.close()  # finish any earlier (good) save; nothing of this step is written
+      last = self.saves.last
+      raise trainer_lib.NonFiniteLossError(
+          f"loss is {loss} at step {step}: training stopped; the latest checkpoint "
+          f"({'checkpoint_%d' % last if last is not None else 'none'}) is untouched. "
+          "Lower the learning rate or set optimizers.adamw.grad_clip_norm.")
+
+
+class _Evals:
+  """Evaluation of the current parameters, written at the step: the unmasked loss on `eval_steps`
+  batches of train_eval_dataset_cfg, zero-shot accuracy on infer_eval_dataset_cfg."""
+
+  def __init__(self, trainer: Any, model: Any, partitioner: Any,
+               get_dataset_fn: Callable[..., Any], writer: Any, train_eval_cfg: Any,
+               infer_eval_cfg: Any, train_lengths: Mapping[str, int], eval_steps: int):
+    self.trainer, self.model, self.partitioner = trainer, model, partitioner
+    self.get_dataset_fn, self.writer = get_dataset_fn, writer
+    self.train_eval_cfg, self.infer_eval_cfg = train_eval_cfg, infer_eval_cfg
+    self.train_lengths, self.eval_steps = train_lengths, eval_steps
+
+  def __call__(self, step: int, params: PyTree) -> None:
+    if self.train_eval_cfg is not None and self.eval_steps:
+      self._train_eval(step, params)
+    if self.infer_eval_cfg is not None:
+      self._zeroshot(step, params)
+
+  def _train_eval(self, step: int, params: PyTree) -> None:
+    cfg = self.train_eval_cfg
+    layout = self.partitioner.get_data_layout(cfg.batch_size)
+    ds = self.get_dataset_fn(cfg, layout.shard_id, layout.num_shards,
+                             self.model.FEATURE_CONVERTER_CLS, cfg.batch_size // layout.num_shards)
+    acc = monitoring.MetricsAccumulator()
+    for batch in utils.DeviceIterator(ds.take(self.eval_steps), self.partitioner.data_sharding,
+                                      cfg.batch_size):
+      acc.add(self.trainer.eval_step(params, batch))
+    name = cfg.mixture_or_task_name if isinstance(cfg.mixture_or_task_name, str) else "eval"
+    self.writer.write_scalars(step, {f"train_eval/{name}/{k}": v
+                                     for k, v in acc.result().items()})
+
+  def _zeroshot(self, step: int, params: PyTree) -> None:
+    cfg = self.infer_eval_cfg
+    res = zeroshot.zeroshot_evaluate(
+        self.model, params, task_name=cfg.mixture_or_task_name, split=cfg.split,
+        feature_lengths=cfg.task_feature_lengths or self.train_lengths,
+        batch_size=cfg.batch_size,
+        max_examples=(self.eval_steps * cfg.batch_size) if self.eval_steps else None,
+        mesh=self.partitioner.mesh, xla_options=self.partitioner.xla_options)
+    name = cfg.mixture_or_task_name
+    self.writer.write_scalars(step, {f"zeroshot/{name}/top1": res["top1"],
+                                     f"zeroshot/{name}/top5": res.get("top5", float("nan"))})
+
+
+def _run_steps(start: _Start, total_steps: int, trainer: Any, batches: utils.DeviceIterator,
+               loss_check: _LossCheck, reports: monitoring.Reports, saves: _Saves, evals: _Evals,
+               eval_period: int) -> Tuple[int, train_state_lib.TrainState]:
+  """The steps from `start` to `total_steps`, each followed by its report, checkpoint and eval
+  when due, then the final eval; the writer is flushed and the last save waited for also when a
+  step fails."""
+  step, state = start.step, start.state
+  t_start = time.time()
+  try:
+    for step in range(start.step, total_steps):
+      batch = next(batches)
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        state, scalars = trainer.train_step(state, batch)
+      done = step + 1
+      if step == start.step:
+        jax.block_until_ready(scalars)  # keep compilation out of the throughput figures
+        reports.start(done)
+      loss_check.step_done(done, scalars)
+      reports.step_done(done, scalars)
+      if saves.due(done):
+        loss_check.check()
+        saves.save(done, state, batches)
+      if eval_period and done % eval_period == 0 and done != total_steps:
+        evals(done, state.params)
+    step = total_steps
+    if eval_period:
+      evals(step, state.params)
+  finally:
+    reports.close()
+    reports.writer.flush()
+    saves.ckpt.close()  # waits for the last asynchronous save
+  reports.writer.close()
+  logging.info("finished at step %d in %.1fs", step, time.time() - t_start)
+  return step, state
+
+
+# ------------------------------------------------------------------------------------- train
 def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = None,
           infer_eval_dataset_cfg: Any = None, checkpoint_cfg: Any, partitioner: Any,
           trainer_cls: Callable[..., Any] = trainer_lib.FlipTrainer, model_dir: str,
@@ -118,21 +309,20 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
           concurrent_metrics: bool = True, actions: Any = None,
           train_eval_get_dataset_fn: Any = None, run_eval_before_training: bool = False,
           train_state_initializer_cls: Any = None, use_orbax: bool = True,
-          verify_matching_vocabs_fn: Any = None, gc_period: int = 0
+          verify_matching_vocabs_fn: Any = None, gc_period: int = 0,
+          monitoring_cfg: Optional[monitoring.MonitoringConfig] = None
           ) -> Tuple[int, train_state_lib.TrainState]:
   """Trains `model` to `total_steps`, resuming from MODEL_DIR's latest checkpoint.
 
   Parameter names are t5x.train's; those about t5x machinery FLIP does not use
   (`inference_evaluator_cls`, `train_state_initializer_cls`, `actions`, `use_orbax`, ...) are
-  accepted so t5x gin files bind cleanly. Returns (final step, final train state).
+  accepted so t5x gin files bind cleanly. `monitoring_cfg` is FLIP's own (profiling, peak FLOPs,
+  prefetch; default `MonitoringConfig()`): flip_t5x.train binds it (`FLIP_ONLY_BINDINGS`).
+  Returns (final step, final train state).
   """
   del inference_evaluator_cls, concurrent_metrics, train_eval_get_dataset_fn
   del train_state_initializer_cls, use_orbax, verify_matching_vocabs_fn, gc_period
-  if actions:
-    raise train_checks.TrainConfigError(
-        "train.actions: t5x trainer actions are not supported by flip_t5x")
-  if use_hardware_rng:
-    logging.info("use_hardware_rng ignored: FLIP's masks come from threefry (mesh-invariant)")
+  train_checks.refuse_t5x_only(actions, use_hardware_rng)
   train_checks.validate(model, train_dataset_cfg, checkpoint_cfg, partitioner, model_dir,
                         total_steps, eval_period, eval_steps, stats_period, random_seed,
                         infer_eval_dataset_cfg)
@@ -140,193 +330,66 @@ def train(*, model: Any, train_dataset_cfg: Any, train_eval_dataset_cfg: Any = N
   model_dir = os.fspath(model_dir)
   save_cfg = checkpoint_cfg.save if checkpoint_cfg is not None else None
   restore_cfg = checkpoint_cfg.restore if checkpoint_cfg is not None else None
-  monitor = monitoring.monitoring_config()
+  monitor = monitoring_cfg or monitoring.MonitoringConfig()
   batch_size = int(train_dataset_cfg.batch_size)
-  if jax.process_index() == 0:
-    os.makedirs(model_dir, exist_ok=True)
-  multihost_utils.sync_global_devices("flip_t5x.train: model_dir")
-  writer = monitoring.create_writer(model_dir)
+  writer = _open_model_dir(model_dir)
 
-  # ------------------------------------------------------------ state
-  tx = trainer_lib.unwrap_optimizer(model)
-  layout = train_state_lib.StateLayout(model, tx, partitioner, _batch_shapes(train_dataset_cfg))
+  # The train state: restored, imported or initialised, and its trainer.
+  layout = train_state_lib.StateLayout(model, trainer_lib.unwrap_optimizer(model), partitioner,
+                                       model.input_shapes(batch_size))
   data_layout = partitioner.get_data_layout(batch_size)
-  keep = save_cfg.keep if save_cfg is not None else None
-  ckpt = checkpoints.TrainCheckpointer(model_dir, layout, keep=keep,
-                                       enable_async=getattr(save_cfg, "use_async", True),
-                                       shard_id=data_layout.shard_id,
-                                       num_shards=data_layout.num_shards)
-  latest, state, meta, seed = _restore_or_start(ckpt, layout, model, model_dir, restore_cfg,
-                                                  random_seed)
+  ckpt = checkpoints.TrainCheckpointer(
+      model_dir, layout, keep=save_cfg.keep if save_cfg is not None else None,
+      enable_async=getattr(save_cfg, "use_async", True), shard_id=data_layout.shard_id,
+      num_shards=data_layout.num_shards)
+  start = _restore_or_start(ckpt, layout, model, model_dir, restore_cfg, random_seed,
+                            train_dataset_cfg.seed)
   if relative_steps:
-    total_steps = int(state.step) + int(relative_steps)
-  start_step = int(state.step)
-  data_seed = train_dataset_cfg.seed if train_dataset_cfg.seed is not None else seed
-  if "data_seed" in meta:
-    data_seed = int(meta["data_seed"])
+    total_steps = start.step + int(relative_steps)
   trainer = trainer_cls(model=model, partitioner=partitioner, layout=layout,
-                        rng=_rngs(seed)[1])
+                        rng=_rngs(start.seed)[1])
   # After the trainer, as t5x.train does: operative_config.gin lists its bindings too.
-  summarize_config_fn(model_dir, writer, start_step)
-
-  if start_step >= total_steps:
-    logging.info("already at step %d >= TRAIN_STEPS=%d: nothing to do", start_step, total_steps)
+  summarize_config_fn(model_dir, writer, start.step)
+  if start.step >= total_steps:
+    logging.info("already at step %d >= TRAIN_STEPS=%d: nothing to do", start.step, total_steps)
     ckpt.close()
     writer.close()
-    return start_step, state
+    return start.step, start.state
 
-  save_period = save_cfg.period if save_cfg is not None and save_cfg.period else None
-  save_steps = set(getattr(save_cfg, "checkpoint_steps", None) or ())
-  save_dataset = bool(getattr(save_cfg, "save_dataset", False))
-
-  def is_save_step(step: int) -> bool:
-    return bool((save_period and step % save_period == 0) or step in save_steps
-                or step == total_steps)
-
-  # ------------------------------------------------------------- data
-  # The data position: the checkpoint's tf.data iterator state when it has one (save_dataset)
-  # and it fits this pipeline; otherwise skip `step` batches of the seeded stream (exact for a
-  # flip_t5x run, but re-reads the consumed data).
-  def input_batches(skip: int) -> utils.DeviceIterator:
-    # Per-process rows: batch / shards (t5x's DataLayout.batch_size is the global batch).
-    ds = get_dataset_fn(train_dataset_cfg, data_layout.shard_id, data_layout.num_shards,
-                        model.FEATURE_CONVERTER_CLS, batch_size // data_layout.num_shards,
-                        skip_batches=skip, seed=data_seed)
-    return utils.DeviceIterator(ds, partitioner.data_sharding, batch_size,
-                                prefetch=monitor.prefetch_batches,
-                                hold_at=is_save_step if save_dataset else None,
-                                start_step=start_step)
-
-  batches = None
-  if latest is not None and ckpt.has_input_position(latest):
-    batches = input_batches(0)
-    try:
-      ckpt.restore_input_position(latest, batches.synced_iterator())
-      logging.info("input stream repositioned from checkpoint_%d", latest)
-    except checkpoints.InputPositionError as e:
-      logging.warning("%s; skipping %d batches to resume the data stream instead", e, start_step)
-      batches = None
-  elif latest is not None:
-    logging.warning("checkpoint_%d has no input position: skipping %d batches to resume the "
-                    "data stream (set SaveCheckpointConfig.save_dataset = True to avoid this)",
-                    latest, start_step)
-  if batches is None:
-    batches = input_batches(start_step)
-
+  # The input stream, and what happens between the steps.
+  saves = _Saves(ckpt, save_cfg, total_steps, start, batch_size)
+  batches = _input_stream(ckpt, start, functools.partial(
+      _device_batches, get_dataset_fn=get_dataset_fn, cfg=train_dataset_cfg, model=model,
+      partitioner=partitioner, data_seed=start.data_seed, prefetch=monitor.prefetch_batches,
+      hold_at=saves.due if saves.with_input else None, start_step=start.step))
   stats_period = stats_period or eval_period or 100
-  throughput = monitoring.Throughput(
-      model, batch_size, total_steps,
-      monitoring.peak_flops_per_device(
-          jax.devices()[0], monitor.peak_flops_per_device,
-          measure_dtype=(getattr(model.module, "dtype", "float32")
-                         if monitor.measure_peak_flops else None)),
-      jax.device_count())
-  hooks = [periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
-                                           every_steps=stats_period, every_secs=None)]
-  if monitor.profile_steps > 0 and jax.process_index() == 0:
-    hooks.append(periodic_actions.Profile(
-        logdir=model_dir, num_profile_steps=monitor.profile_steps,
-        first_profile=start_step + monitor.profile_first_step, every_steps=None,
-        every_secs=None, profile_duration_ms=None))
-
-  meta_base = {"seed": seed, "data_seed": int(data_seed), "batch_size": batch_size,
-               "data_position": ("dataset item" if save_dataset
-                                 else "batches consumed = step")}
-  accumulator = monitoring.MetricsAccumulator()
-  pending = None  # (step, scalars) whose loss has not been checked yet
-  last_saved = latest
-
-  def check_finite(p):
-    step, scalars = p
-    loss = float(jax.device_get(scalars["loss"]))
-    if not math.isfinite(loss):
-      ckpt.close()  # finish any earlier (good) save; nothing of this step is written
-      raise trainer_lib.NonFiniteLossError(
-          f"loss is {loss} at step {step}: training stopped; the latest checkpoint "
-          f"({'checkpoint_%d' % last_saved if last_saved is not None else 'none'}) is untouched. "
-          "Lower the learning rate or set optimizers.adamw.grad_clip_norm.")
-
-  def run_evals(step: int, params: PyTree) -> None:
-    if train_eval_dataset_cfg is not None and eval_steps:
-      _train_eval(trainer, params, train_eval_dataset_cfg, model, partitioner, get_dataset_fn,
-                  eval_steps, writer, step)
-    if infer_eval_dataset_cfg is not None:
-      cfg = infer_eval_dataset_cfg
-      lengths = cfg.task_feature_lengths or train_dataset_cfg.task_feature_lengths
-      res = zeroshot.zeroshot_evaluate(
-          model, params, task_name=cfg.mixture_or_task_name, split=cfg.split,
-          feature_lengths=lengths, batch_size=cfg.batch_size,
-          max_examples=(eval_steps * cfg.batch_size) if eval_steps else None,
-          mesh=partitioner.mesh, xla_options=partitioner.xla_options)
-      name = cfg.mixture_or_task_name
-      writer.write_scalars(step, {f"zeroshot/{name}/top1": res["top1"],
-                                  f"zeroshot/{name}/top5": res.get("top5", float("nan"))})
-
+  loss_check = _LossCheck(saves)
+  reports = monitoring.Reports(
+      writer, monitoring.device_throughput(model, monitor, batch_size, total_steps,
+                                         partitioner.xla_options),
+      monitoring.clu_hooks(writer, monitor, model_dir, start.step, total_steps, stats_period),
+      stats_period, start.step, total_steps, check_loss=loss_check.check,
+      input_counts=_skipped_counts)
+  evals = _Evals(trainer, model, partitioner, get_dataset_fn, writer, train_eval_dataset_cfg,
+                 infer_eval_dataset_cfg, train_dataset_cfg.task_feature_lengths, eval_steps)
   if run_eval_before_training:
-    run_evals(start_step, state.params)
-  throughput.start(start_step)
-  logging.info("training steps %d..%d, global batch %d, %d device(s) as %s", start_step,
+    evals(start.step, start.state.params)
+
+  reports.start(start.step)
+  logging.info("training steps %d..%d, global batch %d, %d device(s) as %s", start.step,
                total_steps, batch_size, jax.device_count(), dict(partitioner.mesh.shape))
-  step = start_step
-  t_start = time.time()
-  progress = monitoring.ProgressLine(total_steps) if jax.process_index() == 0 else None
-  try:
-    for step in range(start_step, total_steps):
-      batch = next(batches)
-      with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        state, scalars = trainer.train_step(state, batch)
-      new_step = step + 1
-      if step == start_step:
-        jax.block_until_ready(scalars)  # keep compilation out of the throughput figures
-        throughput.start(new_step)
-      if pending is not None:
-        check_finite(pending)
-      pending = (new_step, scalars)
-      accumulator.add(scalars)
-      for hook in hooks:
-        hook(new_step)
-      is_last = new_step == total_steps
-      if new_step % stats_period == 0 or is_last:
-        check_finite(pending)
-        out = dict(accumulator.result())
-        out.update(throughput.report(new_step))
-        out.update(_skipped_counts())
-        writer.write_scalars(new_step, out)
-        if progress is not None:
-          progress.update(new_step, out)
-      elif progress is not None:
-        progress.update(new_step)
-      if is_save_step(new_step):
-        check_finite(pending)
-        ckpt.save(state, dict(meta_base, step=new_step),
-                  input_iterator=batches.synced_iterator() if save_dataset else None)
-        last_saved = new_step
-      if eval_period and new_step % eval_period == 0 and not is_last:
-        run_evals(new_step, state.params)
-    step = total_steps
-    if eval_period:
-      run_evals(step, state.params)
-  finally:
-    if progress is not None:
-      progress.close(step)
-    writer.flush()
-    ckpt.close()  # waits for the last asynchronous save
-  writer.close()
-  logging.info("finished at step %d in %.1fs", step, time.time() - t_start)
-  return step, state
+  return _run_steps(start, total_steps, trainer, batches, loss_check, reports, saves, evals,
+                    eval_period)
 
 
-def _train_eval(trainer, params, cfg, model, partitioner, get_dataset_fn, eval_steps, writer, step):
-  """The unmasked loss and in-batch accuracies on `eval_steps` batches of the eval split."""
-  layout = partitioner.get_data_layout(cfg.batch_size)
-  ds = get_dataset_fn(cfg, layout.shard_id, layout.num_shards, model.FEATURE_CONVERTER_CLS,
-                      cfg.batch_size // layout.num_shards)
-  ds = ds.take(eval_steps)
-  acc = monitoring.MetricsAccumulator()
-  for batch in utils.DeviceIterator(ds, partitioner.data_sharding, cfg.batch_size):
-    acc.add(trainer.eval_step(params, batch))
-  name = cfg.mixture_or_task_name if isinstance(cfg.mixture_or_task_name, str) else "eval"
-  writer.write_scalars(step, {f"train_eval/{name}/{k}": v for k, v in acc.result().items()})
+# `train`'s FLIP-only parameters, bound by flip_t5x.train after the gin files: under upstream
+# t5x.train, `train_script.train` is t5x's `train`, which has none of them, so the run files cannot.
+FLIP_ONLY_BINDINGS = """
+from __gin__ import dynamic_registration
+import __main__ as train_script
+from flip_t5x.runtime import monitoring
+train_script.train.monitoring_cfg = @monitoring.MonitoringConfig()
+"""
 
 
 def register_train_for_gin() -> Callable[..., Any]:
@@ -334,7 +397,8 @@ def register_train_for_gin() -> Callable[..., Any]:
 
   `flip_t5x.train` (and `model_info`) call it before parsing gin files; a test or notebook gets
   `train` attached to its `__main__` module, exactly what t5x's binary exposes.
-  Returns the gin-configured `train` (call it after parsing the gin files).
+  Returns the gin-configured `train` (call it after parsing the gin files, then
+  `FLIP_ONLY_BINDINGS`, as flip_t5x.train does).
   """
   main_module = sys.modules["__main__"]
   if getattr(main_module, "train", None) is not train:
