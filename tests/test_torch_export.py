@@ -158,7 +158,8 @@ def test_preprocess_val_is_the_official_eval_crop(tiny, tmp_path):
   pixels = rng.integers(0, 256, (30, 45, 3), dtype=np.uint8)
   np.testing.assert_allclose(preprocess_val(pixels).permute(1, 2, 0).numpy(),
                              pred.preprocess_image(pixels), atol=1e-5)
-  # With a pad (eval_crop.eval_pad: 32 at 224 px is the classic 224/256 crop), as the official.
+  # With a pad (tasks.TaskConfig.eval_pad: 32 at 224 px is the classic 224/256 crop), as the
+  # official code.
   padded = transforms.OfficialEvalCrop(32, images.MEAN_RGB, images.STDDEV_RGB, pad=8)
   official = images.center_crop_image(tf.constant(tf.io.encode_png(pixels).numpy()), 32, 8)
   np.testing.assert_allclose(padded.pixels(pixels), official.numpy(), atol=1e-5)
