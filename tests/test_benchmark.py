@@ -13,8 +13,7 @@ from flip_t5x import xla_options
 from flip_t5x.benchmarking import cases
 from flip_t5x.benchmarking import memory
 from flip_t5x.runtime import gin_utils
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from test_train_helpers import ROOT
 
 
 def test_timing_summary():

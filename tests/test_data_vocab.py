@@ -17,8 +17,8 @@ import test_data_pipeline as dp
 from flip_t5x.data import vocab_builder
 from flip_t5x.data import vocabulary
 from flip_t5x.data.feature_converters import ImageTextFeatureConverter
+from test_train_helpers import ROOT as REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BERT_VOCAB = vocabulary.BERT_UNCASED_VOCAB_FILE
 TEXT_LENGTH = 32  # FLIP's aug.txt.max_len
 

@@ -5,7 +5,8 @@ import subprocess
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from test_train_helpers import ROOT
+
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 

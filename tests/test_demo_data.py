@@ -14,8 +14,8 @@ import pytest
 import tensorflow as tf
 
 from flip_t5x.data import demo
+from test_train_helpers import ROOT as REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(num_train=200, num_eval_per_class=3, examples_per_shard=64, vocab_size=0)
 
 

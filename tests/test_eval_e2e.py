@@ -35,8 +35,9 @@ from flip_t5x.data import zeroshot
 from flip_t5x import checkpoints
 from flip_t5x.runtime import gin_utils
 import test_eval_metrics
+import test_train_helpers as h
+from test_train_helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "gin_configs/models/flip_tiny.gin"
 LENGTHS = {"image": 32, "targets": 16}
 CLASSES = ("cat", "dog", "red car", "blue sky", "green tree", "yellow sun")
@@ -53,15 +54,6 @@ def _png(img):
   buf = io.BytesIO()
   img.save(buf, format="PNG")
   return buf.getvalue()
-
-
-def _tiny_model():
-  gin.clear_config()
-  gin.parse_config_file(os.path.join(ROOT, "gin_configs/models/flip_tiny.gin"))
-  try:
-    return gin.query_parameter("%MODEL").scoped_configurable_fn()
-  finally:
-    gin.clear_config()
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +76,7 @@ def setup(tmp_path_factory):
       img = _image(rng, k % 3, size=(36, 36))
       w.write(shards.make_example(f"{k:05d}", _png(img), caption, 36, 36)
               .SerializeToString())
-  model = _tiny_model()
+  model = h.gin_model()
   params = model.get_initial_variables(
       jax.random.PRNGKey(0), {"images": (1, 32, 32, 3), "texts": (1, 16)})["params"]
   ckpt = checkpoints.save_params(params, str(d / "model"), step=7)

@@ -15,8 +15,8 @@ import pytest
 import tensorflow as tf
 
 from flip_t5x.data import shards
+from test_train_helpers import ROOT as REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FEATURES = {
     "jpg": tf.io.FixedLenFeature([], tf.string),
     "txt": tf.io.FixedLenFeature([], tf.string),

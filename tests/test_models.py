@@ -15,13 +15,8 @@ from flip_t5x import model_info
 from flip_t5x import models
 from flip_t5x import network
 from flip_t5x.data.feature_converters import ImageTextFeatureConverter
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(image=network.ImageTowerConfig(image_size=32, patch_size=8, width=64, depth=2,
-                                           num_heads=4),
-            text=network.TextTowerConfig(vocab_size=100, max_length=8, width=32, depth=2,
-                                         num_heads=4),
-            embed_dim=16)
+from test_train_helpers import ROOT
+from test_train_helpers import TINY_NETWORK as TINY
 
 
 def load_model(gin_file, bindings=()):

@@ -2,7 +2,6 @@
 import json
 import os
 
-import gin
 import jax
 import numpy as np
 from PIL import Image
@@ -15,9 +14,8 @@ from flip_t5x.data import vocabulary as vocabulary_lib
 from flip_t5x.evaluation import zeroshot as zeroshot_eval
 from flip_t5x import checkpoints
 import test_train_helpers as h
+from test_train_helpers import TINY_GIN
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_GIN = "gin_configs/models/flip_tiny.gin"
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "photo", "of", "the", "cat", "dog", "car", "red",
          "blue", "on", "beach", "##s", "small", "large", "itap", "bad", "origami", "in", "video",
          "game", "art", "."]
@@ -35,10 +33,7 @@ def setup(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("predictor")
   vocab_file = tmp / "vocab.txt"
   vocab_file.write_text("\n".join(VOCAB) + "\n")
-  gin.clear_config()
-  gin.parse_config_files_and_bindings([os.path.join(ROOT, TINY_GIN)], [])
-  model = gin.query_parameter("%MODEL").scoped_configurable_fn()
-  gin.clear_config()
+  model = h.gin_model(TINY_GIN)
   # The model's own parameter tree (get_initial_variables, traced only: compiling the
   # initialiser costs seconds on CPU), filled with seeded random values.
   shapes = jax.eval_shape(lambda r: model.get_initial_variables(

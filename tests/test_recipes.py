@@ -18,8 +18,7 @@ from flip_t5x import model_info
 from flip_t5x.runtime import gin_utils
 from flip_t5x.runtime import optimizers
 from flip_t5x.runtime import train_loop
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from test_train_helpers import ROOT
 
 # Transcribed from facebookresearch/flip (its only commit). Per experiment: the official config,
 # its num_epochs and warmup_epochs (configs/cfg_flip_*.py, else configs/default.py: 40) and base
