@@ -7,6 +7,8 @@ import pytest
 
 from test_train_helpers import ROOT
 
+pytestmark = pytest.mark.e2e
+
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 

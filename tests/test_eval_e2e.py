@@ -245,6 +245,7 @@ def _t5x_eval_config(setup, run_file, *bindings):
     _bind_data(d)
 
 
+@pytest.mark.e2e
 def test_zeroshot_seqio_path_and_bruteforce_agree(setup, binaries, own_zeroshot):
   """Own path == seqio.Evaluator on the `_seqio` task (what t5x.eval runs) == brute force."""
   model, params = setup["model"], setup["params"]
@@ -326,6 +327,7 @@ def test_t5x_eval_without_lengths_refuses(setup, run_file, task):
   assert "TASK_FEATURE_LENGTHS" in str(e.value).splitlines()[0]  # gin appends where it was called
 
 
+@pytest.mark.e2e
 def test_bad_inputs_in_process(setup, binaries):
   model = setup["model"]
 
@@ -369,6 +371,7 @@ def _bruteforce_retrieval(model, params, max_examples):
   return test_eval_metrics.bruteforce_recall(img, txt)
 
 
+@pytest.mark.e2e
 def test_binary_end_to_end(setup, binaries, own_zeroshot):
   d = setup["dir"]
   rc, out, err = _finish(binaries["zeroshot"])
@@ -405,6 +408,7 @@ def test_binary_end_to_end(setup, binaries, own_zeroshot):
     assert written[k] == pytest.approx(v), k
 
 
+@pytest.mark.e2e
 def test_binary_clear_errors(setup, binaries):
   rc, _, err = _finish(binaries["missing_ckpt"])
   assert rc == 2

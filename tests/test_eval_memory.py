@@ -12,12 +12,15 @@ import os
 import gin
 import jax
 import numpy as np
+import pytest
 
 from test_eval_e2e import _image, _predict_with_aux_fn
 from test_eval_e2e import t5x_eval_arguments, t5x_evaluator
 from test_gin_configs import binaries_as_main  # pylint: disable=unused-import  (autouse)
 import test_train_helpers as h
 from test_train_helpers import ROOT
+
+pytestmark = pytest.mark.e2e  # two whole t5x evaluations
 
 TASK = "flip_folder_zeroshot_seqio"
 CLASSES = ("cat", "dog", "red car")

@@ -35,6 +35,8 @@ import test_eval_e2e
 import test_train_helpers as h
 from test_train_helpers import ROOT
 
+pytestmark = pytest.mark.e2e  # runs flip_t5x.eval's main
+
 L16_FILE = "--gin_file=gin_configs/models/flip_vit_l16.gin"
 EVAL_FILE = "--gin_file=gin_configs/runs/eval_zeroshot_imagenet.gin"
 TEST_MODEL_FILE = "tests/data/imagenet_eval_model.gin"

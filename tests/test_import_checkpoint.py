@@ -408,6 +408,7 @@ def test_mapping_table_covers_the_model(tiny_model):
   assert len({e.official for e in table}) == len(table)
 
 
+@pytest.mark.e2e
 def test_command_line(official, tmp_path, tiny_model):
   """`python -m flip_t5x.import_checkpoint`, run in a fresh process as a user runs it."""
   root, _ = official

@@ -87,6 +87,7 @@ def test_masking_flops_shrink_with_the_ratio():
   assert 1.8 < speedup_05 < 2.0 and 3.0 < speedup_075 < 3.6  # image tower ~95% of the FLOPs
 
 
+@pytest.mark.e2e
 def test_model_info_binary_prints_json_last():
   out = subprocess.run(
       [sys.executable, "-m", "flip_t5x.model_info",
@@ -98,6 +99,7 @@ def test_model_info_binary_prints_json_last():
   assert info["train_gflops_per_example"] > 0 and info["eval_gflops_per_example"] > 0
 
 
+@pytest.mark.e2e
 def test_model_info_binary_names_a_bad_binding():
   out = subprocess.run(
       [sys.executable, "-m", "flip_t5x.model_info",

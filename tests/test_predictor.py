@@ -156,6 +156,7 @@ def run_cli(argv):
   return proc.returncode, proc.stdout, proc.stderr
 
 
+@pytest.mark.e2e
 def test_cli_labels_jsonl_reports_bad_files(setup):
   labels_file = setup["tmp"] / "labels.txt"
   labels_file.write_text("red car\ndog\n\nblue cat\n")
@@ -176,6 +177,7 @@ def test_cli_labels_jsonl_reports_bad_files(setup):
   np.testing.assert_allclose([d["prob"] for d in rows[0]["labels"]], probs[best], atol=1e-5)
 
 
+@pytest.mark.e2e
 def test_cli_query_table(setup):
   glob_spec = os.path.join(setup["images"], "*.png")
   code, out, err = run_cli([
@@ -193,6 +195,7 @@ def test_cli_query_table(setup):
   assert "missing.png" in lines[5] and "ERROR" in lines[5] and "missing.png" in err
 
 
+@pytest.mark.e2e
 def test_cli_labels_table(setup):
   code, out, err = run_cli([
       f"--checkpoint={setup['ckpt']}", f"--gin_file={TINY_GIN}",
@@ -206,6 +209,7 @@ def test_cli_labels_table(setup):
   assert "broken.jpg" in err
 
 
+@pytest.mark.e2e
 def test_cli_exit_status_when_nothing_is_readable(setup):
   code, out, err = run_cli([
       f"--checkpoint={setup['ckpt']}", f"--gin_file={TINY_GIN}",
@@ -220,6 +224,7 @@ def test_cli_exit_status_when_nothing_is_readable(setup):
   assert code == 1 and "pass exactly one of --labels, --labels_file, --query" in err
 
 
+@pytest.mark.e2e
 def test_cli_bad_vocabulary_is_one_line_and_exit_2(setup):
   missing = setup["tmp"] / "no_vocab.txt"
   code, out, err = run_cli([f"--checkpoint={setup['ckpt']}", f"--gin_file={TINY_GIN}",

@@ -215,6 +215,7 @@ def test_adamw_decays_exactly_the_masked_parameters():
       np.testing.assert_allclose(u, -0.5 * np.asarray(flat_p[path]), rtol=1e-6)
 
 
+@pytest.mark.e2e
 def test_model_info_binary_reports_the_recipe_of_an_experiment():
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
   cmd = [sys.executable, "-m", "flip_t5x.model_info", "--gin_file=gin_configs/flip_vit_b.gin",
