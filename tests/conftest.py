@@ -1,4 +1,5 @@
-"""Shared fixtures, and the rule that fails a run on a skip that is not about an accelerator."""
+"""Shared fixtures, the test layers' markers, and the rule that fails a run on a skip that is not
+about an accelerator."""
 import re
 
 import gin
@@ -51,38 +52,13 @@ def pytest_terminal_summary(terminalreporter):
 
 
 # ------------------------------------------------------------------------------------------------
-# Layers. `pytest -m "not e2e" tests` runs the unit layer alone; CI runs everything. A test is
-# end-to-end when it, or a fixture it uses, starts a process (a binary, as a user runs it), or
-# when its module trains or evaluates whole runs in process (E2E_MODULES).
-E2E_MODULES = {"test_demo", "test_demo_compare", "test_train_e2e", "test_train_multiprocess",
-               "test_train_webdataset", "test_runtime_multidevice", "test_masking_in_training",
-               "test_imagenet_eval", "test_eval_memory", "test_t5x_interop"}
-_SPAWNS = re.compile(r"\bsubprocess\.|\bPopen\(|\brun_binary\(|\brun_train\(|\b_run_binary\(|"
-                     r"\bstart\(\"")
-
-
-def _starts_a_process(item) -> bool:
-  import inspect  # pylint: disable=g-import-not-at-top
-  functions = [getattr(item, "function", None)]
-  for name in getattr(item, "fixturenames", ()):
-    for fixturedef in item._fixtureinfo.name2fixturedefs.get(name, ()):  # pylint: disable=protected-access
-      functions.append(fixturedef.func)
-  for fn in functions:
-    try:
-      if fn is not None and _SPAWNS.search(inspect.getsource(fn)):
-        return True
-    except (OSError, TypeError):
-      continue
-  return False
-
-
+# Layers, marked in the test modules: `pytestmark = pytest.mark.e2e` or `@pytest.mark.e2e` (
+# tests/test_layers.py fails on an unmarked test that starts a process or a binary's main), and
+# `slow`. The unit layer is `pytest -m "not e2e and not slow" tests`; CI runs everything.
 def pytest_configure(config):
-  config.addinivalue_line("markers", "e2e: starts a binary or trains a whole run (CI runs it; "
-                          "pytest -m 'not e2e' leaves it out)")
-
-
-def pytest_collection_modifyitems(config, items):
-  del config
-  for item in items:
-    if item.module.__name__ in E2E_MODULES or _starts_a_process(item):
-      item.add_marker(pytest.mark.e2e)
+  config.addinivalue_line(
+      "markers", "e2e: starts a process (a binary, as a user runs it), runs a binary's main in "
+      "process, or trains or evaluates a whole run")
+  config.addinivalue_line(
+      "markers", "slow: in process, but compiles a model's training step or a full-size "
+      "model, or scores a whole task: seconds to minutes on a CPU")

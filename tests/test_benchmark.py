@@ -13,8 +13,7 @@ from flip_t5x import xla_options
 from flip_t5x.benchmarking import cases
 from flip_t5x.benchmarking import memory
 from flip_t5x.runtime import gin_utils
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from test_train_helpers import ROOT
 
 
 def test_timing_summary():
@@ -23,6 +22,7 @@ def test_timing_summary():
   assert t["step_time_spread"] == pytest.approx(1.5) and t["samples"] == 3
 
 
+@pytest.mark.e2e
 def test_benchmark_cli_prints_sane_json_last():
   cmd = [sys.executable, "-m", "flip_t5x.benchmark",
          "--gin_file=gin_configs/models/flip_tiny.gin", "--batch_size=8",
@@ -94,6 +94,7 @@ def test_target_config_without_the_cuda_plugin_says_what_to_install():
 
 @pytest.mark.skipif(not HAS_CUDA_PLUGIN,
                     reason="needs an accelerator toolchain: jax's CUDA plugin (pip install 'jax[cuda13]')")
+@pytest.mark.e2e
 def test_memory_only_for_a_described_gpu_honours_remat():
   """XLA:GPU's memory analysis of the step for an H100 with none attached: remat shrinks it, and
   XLA's FLOPs count the recomputation."""

@@ -12,6 +12,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 import test_train_helpers as h
 
 PACKAGE = os.path.join(h.ROOT, "flip_t5x")
@@ -45,6 +47,7 @@ def test_every_binary_has_a_command_line_test_in_a_fresh_process():
   assert not untested, f"binaries without a command-line test in a fresh process: {untested}"
 
 
+@pytest.mark.e2e
 def test_every_binary_starts_and_prints_its_help():
   """`--help` in a fresh process: imports, flag definitions and gin registration of each binary."""
   procs = {name: subprocess.Popen([sys.executable, "-m", f"flip_t5x.{name}", "--help"],

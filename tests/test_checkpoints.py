@@ -333,6 +333,7 @@ def _finish(proc):
   return proc.returncode, out, err
 
 
+@pytest.mark.e2e
 def test_resume_eval_predict_tuning_and_import_read_the_t5x_checkpoint(runs, model):
   d, procs = runs
   rc, out, err = _finish(procs["eval"])
@@ -379,6 +380,7 @@ def test_resume_eval_predict_tuning_and_import_read_the_t5x_checkpoint(runs, mod
     np.testing.assert_array_equal(imported[k], v, err_msg=k)
 
 
+@pytest.mark.e2e
 def test_a_path_without_a_checkpoint_is_one_line_and_exit_2(runs):
   d, procs = runs
   for name, binary, path, what in (
@@ -396,6 +398,7 @@ def test_a_path_without_a_checkpoint_is_one_line_and_exit_2(runs):
     assert "no readable checkpoint" in last, name
 
 
+@pytest.mark.e2e
 def test_a_checkpoint_of_another_model_is_one_line_and_exit_2(runs):
   d, procs = runs
   rc, _, err = _finish(procs["tune_other_model"])

@@ -16,10 +16,10 @@ from flip_t5x.data import images
 from flip_t5x.data import preprocessors
 from flip_t5x.data import shard_readers
 from flip_t5x.data.feature_converters import ImageTextFeatureConverter
+from test_train_helpers import ROOT
 
 S, L = 32, 8
 TASK = "flip_img2dataset"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The gin files that bind the macros below to the code that reads them: VOCAB_FILE (the model's)
 # and TRAIN_DATA_PATTERN, ZEROSHOT_FOLDER, ... (the tasks').
 BINDING_GIN = (f"include '{ROOT}/gin_configs/models/flip_base.gin'\n"

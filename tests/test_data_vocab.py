@@ -17,8 +17,8 @@ import test_data_pipeline as dp
 from flip_t5x.data import vocab_builder
 from flip_t5x.data import vocabulary
 from flip_t5x.data.feature_converters import ImageTextFeatureConverter
+from test_train_helpers import ROOT as REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BERT_VOCAB = vocabulary.BERT_UNCASED_VOCAB_FILE
 TEXT_LENGTH = 32  # FLIP's aug.txt.max_len
 
@@ -154,6 +154,7 @@ def test_shipped_vocabulary_is_flips():
   assert lines[:1] == ["[PAD]"] and lines[100:104] == ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
+@pytest.mark.e2e
 def test_setup_py_installs_the_vocabulary(tmp_path):
   """setup.py's package_data copies the vocabulary into a build of the package."""
   subprocess.run([sys.executable, "setup.py", "-q", "build_py", f"--build-lib={tmp_path}"],
@@ -219,6 +220,7 @@ def test_other_vocabulary_warns(caplog, tmp_path):
   assert f"import: the vocabulary {other} is not FLIP's" in caplog.text
 
 
+@pytest.mark.e2e
 def test_import_checkpoint_warns_about_another_vocabulary(tmp_path):
   """The importer names a vocabulary the official models were not trained on (fresh process)."""
   other = tmp_path / "vocab.txt"
@@ -231,6 +233,7 @@ def test_import_checkpoint_warns_about_another_vocabulary(tmp_path):
   assert f"the vocabulary {other} is not FLIP's" in proc.stderr, proc.stderr[-3000:]
 
 
+@pytest.mark.e2e
 def test_build_vocab(tmp_path):
   captions = tmp_path / "captions.txt"
   words = ["dog", "cat", "running", "jumping", "photo", "sunset", "beach", "red", "green"]

@@ -5,7 +5,10 @@ import subprocess
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from test_train_helpers import ROOT
+
+pytestmark = pytest.mark.e2e
+
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 

@@ -54,6 +54,7 @@ def _run_dir(tmp_path, tuned_batch=256, tuned_rate_scale=1.0):
   return str(run_dir)
 
 
+@pytest.mark.e2e
 def test_equal_time_steps_from_the_two_throughputs(tmp_path):
   run_dir = _run_dir(tmp_path)
   masked = demo_compare.load_run(os.path.join(run_dir, "pretrain"))
@@ -117,6 +118,7 @@ def test_table_and_figure_are_the_runs_metrics(tmp_path):
   assert rows["unmasked"]["images_per_second"] == 205.0  # median of 210, 205, 200, 215, 190
 
 
+@pytest.mark.e2e
 def test_binary_writes_the_png_and_the_json(tmp_path):
   run_dir = _run_dir(tmp_path)
   out = str(tmp_path / "docs" / "flip_vs_unmasked.png")
@@ -133,6 +135,7 @@ def test_binary_writes_the_png_and_the_json(tmp_path):
     assert np.asarray(im.convert("L")).std() > 1.0
 
 
+@pytest.mark.e2e
 def test_binary_bad_input_is_one_line_exit_2(tmp_path):
   run_dir = _run_dir(tmp_path)
   os.remove(os.path.join(run_dir, "unmasked", "metrics.jsonl"))
@@ -143,6 +146,7 @@ def test_binary_bad_input_is_one_line_exit_2(tmp_path):
   assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.e2e
 def test_demo_script_accepts_compare():
   """--compare is an option of scripts/demo.sh: only the unknown option after it is refused."""
   proc = subprocess.run(["bash", "scripts/demo.sh", "--compare", "--bogus"], cwd=helpers.ROOT,

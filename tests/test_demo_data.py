@@ -14,8 +14,8 @@ import pytest
 import tensorflow as tf
 
 from flip_t5x.data import demo
+from test_train_helpers import ROOT as REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(num_train=200, num_eval_per_class=3, examples_per_shard=64, vocab_size=0)
 
 
@@ -135,6 +135,7 @@ def _run_cli(*args):
                         capture_output=True, text=True, timeout=120, check=False)
 
 
+@pytest.mark.e2e
 def test_cli_prints_json_summary_and_folder_can_move(tmp_path):
   result = _run_cli(f"--output_dir={tmp_path / 'a'}", "--num_train=50",
                     "--num_eval_per_class=1", "--vocab_size=0")
@@ -147,6 +148,7 @@ def test_cli_prints_json_summary_and_folder_can_move(tmp_path):
   assert moved.cached and moved.train_files[0].startswith(str(tmp_path / "b"))
 
 
+@pytest.mark.e2e
 def test_cli_without_fashion_mnist_names_the_apt_command(tmp_path):
   result = _run_cli(f"--output_dir={tmp_path}", f"--source_dir={tmp_path / 'nope'}")
   assert result.returncode != 0

@@ -35,8 +35,9 @@ from flip_t5x.data import prompts
 from flip_t5x import checkpoints
 from flip_t5x.runtime import gin_utils
 import test_eval_metrics
+import test_train_helpers as h
+from test_train_helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "gin_configs/models/flip_tiny.gin"
 LENGTHS = {"image": 32, "targets": 16}
 CLASSES = ("cat", "dog", "red car", "blue sky", "green tree", "yellow sun")
@@ -53,15 +54,6 @@ def _png(img):
   buf = io.BytesIO()
   img.save(buf, format="PNG")
   return buf.getvalue()
-
-
-def _tiny_model():
-  gin.clear_config()
-  gin.parse_config_file(os.path.join(ROOT, "gin_configs/models/flip_tiny.gin"))
-  try:
-    return gin.query_parameter("%MODEL").scoped_configurable_fn()
-  finally:
-    gin.clear_config()
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +76,7 @@ def setup(tmp_path_factory):
       img = _image(rng, k % 3, size=(36, 36))
       w.write(shards.make_example(f"{k:05d}", _png(img), caption, 36, 36)
               .SerializeToString())
-  model = _tiny_model()
+  model = h.gin_model()
   params = model.get_initial_variables(
       jax.random.PRNGKey(0), {"images": (1, 32, 32, 3), "texts": (1, 16)})["params"]
   ckpt = checkpoints.save_params(params, str(d / "model"), step=7)
@@ -253,6 +245,7 @@ def _t5x_eval_config(setup, run_file, *bindings):
     _bind_data(d)
 
 
+@pytest.mark.e2e
 def test_zeroshot_seqio_path_and_bruteforce_agree(setup, binaries, own_zeroshot):
   """Own path == seqio.Evaluator on the `_seqio` task (what t5x.eval runs) == brute force."""
   model, params = setup["model"], setup["params"]
@@ -334,6 +327,7 @@ def test_t5x_eval_without_lengths_refuses(setup, run_file, task):
   assert "TASK_FEATURE_LENGTHS" in str(e.value).splitlines()[0]  # gin appends where it was called
 
 
+@pytest.mark.e2e
 def test_bad_inputs_in_process(setup, binaries):
   model = setup["model"]
 
@@ -377,6 +371,7 @@ def _bruteforce_retrieval(model, params, max_examples):
   return test_eval_metrics.bruteforce_recall(img, txt)
 
 
+@pytest.mark.e2e
 def test_binary_end_to_end(setup, binaries, own_zeroshot):
   d = setup["dir"]
   rc, out, err = _finish(binaries["zeroshot"])
@@ -413,6 +408,7 @@ def test_binary_end_to_end(setup, binaries, own_zeroshot):
     assert written[k] == pytest.approx(v), k
 
 
+@pytest.mark.e2e
 def test_binary_clear_errors(setup, binaries):
   rc, _, err = _finish(binaries["missing_ckpt"])
   assert rc == 2

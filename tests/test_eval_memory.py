@@ -12,12 +12,16 @@ import os
 import gin
 import jax
 import numpy as np
+import pytest
 
-from test_eval_e2e import _image, _predict_with_aux_fn, _tiny_model
+from test_eval_e2e import _image, _predict_with_aux_fn
 from test_eval_e2e import t5x_eval_arguments, t5x_evaluator
 from test_gin_configs import binaries_as_main  # pylint: disable=unused-import  (autouse)
+import test_train_helpers as h
+from test_train_helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.e2e  # two whole t5x evaluations
+
 TASK = "flip_folder_zeroshot_seqio"
 CLASSES = ("cat", "dog", "red car")
 PROMPT_ROWS = len(CLASSES) * 7  # FLIP's 7 templates
@@ -39,7 +43,7 @@ def test_t5x_eval_streams_rows_and_scores_them_as_the_cache_did(tmp_path):
     for j in range(2):
       _image(rng, i).save(tmp_path / "zeroshot" / c / f"{j}.png")
 
-  model = _tiny_model()  # (clears gin: before the eval file is parsed)
+  model = h.gin_model()  # (clears gin: before the eval file is parsed)
   params = model.get_initial_variables(
       jax.random.PRNGKey(0), {"images": (1, 32, 32, 3), "texts": (1, 16)})["params"]
   args = t5x_eval_arguments(

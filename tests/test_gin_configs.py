@@ -18,8 +18,8 @@ import pytest
 from flip_t5x import eval as flip_eval
 from flip_t5x import model_info
 from flip_t5x import models
+from test_train_helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "gin_configs/models/flip_tiny.gin"
 TUNING = "gin_configs/runs/unmasked_tuning.gin"
 ALL_FILES = sorted(os.path.relpath(p, ROOT) for p in

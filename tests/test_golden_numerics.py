@@ -14,29 +14,21 @@ import json
 import os
 import sys
 
-import gin
 import jax
 import numpy as np
 import optax
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import test_train_helpers as h
+from test_train_helpers import ROOT
+
 GOLDEN = os.path.join(ROOT, "tests", "data", "golden_numerics.json")
 RTOL = 1e-5
-
-
-def tiny_model():
-  gin.clear_config()
-  try:
-    gin.parse_config_file(os.path.join(ROOT, "gin_configs/models/flip_tiny.gin"))
-    return gin.query_parameter("%MODEL").scoped_configurable_fn()
-  finally:
-    gin.clear_config()
 
 
 def compute() -> dict:
   """The figures, from the public model API and FLIP's optimizer."""
   from flip_t5x.runtime import optimizers  # pylint: disable=g-import-not-at-top
-  model = tiny_model()
+  model = h.gin_model()
   rng = np.random.default_rng(0)
   batch = {"images": rng.normal(size=(8, 32, 32, 3)).astype(np.float32),
            "texts": rng.integers(1, 1000, size=(8, 16)).astype(np.int32)}

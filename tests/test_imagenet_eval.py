@@ -32,8 +32,11 @@ from flip_t5x.evaluation import zeroshot as zeroshot_eval
 from flip_t5x.pretrained import cli as pretrained_cli
 from flip_t5x.runtime import gin_utils
 import test_eval_e2e
+import test_train_helpers as h
+from test_train_helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.e2e  # runs flip_t5x.eval's main
+
 L16_FILE = "--gin_file=gin_configs/models/flip_vit_l16.gin"
 EVAL_FILE = "--gin_file=gin_configs/runs/eval_zeroshot_imagenet.gin"
 TEST_MODEL_FILE = "tests/data/imagenet_eval_model.gin"
@@ -89,12 +92,7 @@ def mock_imagenet(images, labels):
 
 @pytest.fixture(scope="module")
 def model_and_checkpoint(tmp_path_factory):
-  gin.clear_config()
-  gin.parse_config_file(os.path.join(ROOT, TEST_MODEL_FILE))
-  try:
-    model = gin.query_parameter("%MODEL").scoped_configurable_fn()
-  finally:
-    gin.clear_config()
+  model = h.gin_model(TEST_MODEL_FILE)
   params = model.get_initial_variables(jax.random.PRNGKey(0), model.input_shapes())["params"]
   ckpt = checkpoints.save_params(params, str(tmp_path_factory.mktemp("flip_l_tuned")), step=1900)
   return model, params, ckpt

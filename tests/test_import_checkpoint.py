@@ -12,7 +12,6 @@ import os
 import shutil
 
 from flax import serialization
-import gin
 import jax
 import numpy as np
 import pytest
@@ -26,21 +25,11 @@ from flip_t5x import network
 from flip_t5x.checkpoints import msgpack
 from flip_t5x.checkpoints import release
 import test_train_helpers as h
+from test_train_helpers import TINY_GIN
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_GIN = "gin_configs/models/flip_tiny.gin"
 # flip_tiny.gin's sizes.
 TINY = dict(image_size=32, patch=8, img_width=64, img_depth=2, img_heads=4, txt_width=32,
             txt_depth=2, txt_heads=4, vocab=1000, txt_len=16, embed=32)
-
-
-def load_gin_model(gin_file):
-  gin.clear_config()
-  try:
-    gin.parse_config_files_and_bindings([os.path.join(ROOT, gin_file)], [])
-    return gin.query_parameter("%MODEL").scoped_configurable_fn()
-  finally:
-    gin.clear_config()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -229,7 +218,7 @@ def ref_text(tokens, t, heads, approximate=False):
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_model():
-  return load_gin_model(TINY_GIN)
+  return h.gin_model(TINY_GIN)
 
 
 @pytest.fixture(scope="module")
@@ -354,7 +343,7 @@ def test_imported_model_matches_numpy_reference(official, tiny_model, tmp_path):
 
 def test_wrong_gin_file_names_parameters_and_shapes(official):
   root, _ = official
-  b16 = load_gin_model("gin_configs/models/flip_vit_b16.gin")
+  b16 = h.gin_model("gin_configs/models/flip_vit_b16.gin")
   with pytest.raises(release.CheckpointMismatchError) as e:
     ic.import_checkpoint(root, b16, output=None)
   msg = str(e.value)
@@ -419,6 +408,7 @@ def test_mapping_table_covers_the_model(tiny_model):
   assert len({e.official for e in table}) == len(table)
 
 
+@pytest.mark.e2e
 def test_command_line(official, tmp_path, tiny_model):
   """`python -m flip_t5x.import_checkpoint`, run in a fresh process as a user runs it."""
   root, _ = official

@@ -306,6 +306,7 @@ def test_only_the_torch_side_imports_torch(graph):
   assert _violations(graph, core, TORCH_PACKAGES + TORCH_SIDE, exact=True) == []
 
 
+@pytest.mark.e2e
 def test_importing_the_core_loads_no_torch():
   """Every core module imported in one fresh process: neither they nor what they import (jax,
   TensorFlow, seqio, ...) load torch, whether or not the extra is installed."""

@@ -15,8 +15,8 @@ import pytest
 import tensorflow as tf
 
 from flip_t5x.data import shards
+from test_train_helpers import ROOT as REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FEATURES = {
     "jpg": tf.io.FixedLenFeature([], tf.string),
     "txt": tf.io.FixedLenFeature([], tf.string),
@@ -199,6 +199,7 @@ def _run_cli(*args):
                         capture_output=True, text=True, timeout=120, check=False)
 
 
+@pytest.mark.e2e
 def test_cli_prints_json_summary_and_reports_skips(images_dir, tmp_path):
   result = _run_cli(f"--images_dir={images_dir}", f"--output_dir={tmp_path / 'out'}",
                     "--prefix=cli", "--examples_per_shard=10")
@@ -216,6 +217,7 @@ def test_cli_prints_json_summary_and_reports_skips(images_dir, tmp_path):
   assert "oneDNN" not in result.stderr and "absl::InitializeLog" not in result.stderr
 
 
+@pytest.mark.e2e
 def test_cli_missing_input_is_a_clear_error(tmp_path):
   result = _run_cli(f"--captions_file={tmp_path / 'nope.csv'}", f"--output_dir={tmp_path}")
   assert result.returncode != 0

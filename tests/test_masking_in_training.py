@@ -4,9 +4,6 @@ Network-level tests cannot see a trainer that stops passing the rng (training un
 one mask every step; these tests run the real `Trainer.train_step` of the tiny model (the shipped
 flip_tiny.gin: 32 px images of 16 patches, width 64) and check what it computes.
 """
-import os
-
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,24 +15,17 @@ from flip_t5x import predictor as predictor_lib
 from flip_t5x import train_state as train_state_lib
 from flip_t5x.runtime import partitioning
 from flip_t5x.runtime import trainer as trainer_lib
+import test_train_helpers as h
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_GIN = "gin_configs/models/flip_tiny.gin"
+TINY_GIN = h.TINY_GIN
 BATCH, PATCHES, WIDTH = 8, 16, 64
 SHAPES = {"images": (BATCH, 32, 32, 3), "texts": (BATCH, 16)}
 TRAINER_RNG = jax.random.PRNGKey(1)
 
 
 def load_model(mask_ratio=None, gin_files=(TINY_GIN,), bindings=()):
-  gin.clear_config()
-  try:
-    for path in gin_files:
-      gin.parse_config_file(os.path.join(ROOT, path))
-    extra = [f"MASK_RATIO = {mask_ratio}"] if mask_ratio is not None else []
-    gin.parse_config(list(bindings) + extra)
-    return gin.query_parameter("%MODEL").scoped_configurable_fn()
-  finally:
-    gin.clear_config()
+  extra = [f"MASK_RATIO = {mask_ratio}"] if mask_ratio is not None else []
+  return h.gin_model(*gin_files, bindings=list(bindings) + extra)
 
 
 def make_trainer(model):

@@ -5,9 +5,7 @@ is checked to change what it should: dropout and drop-path only while training, 
 temperature, projection bias and the text [CLS] token.
 """
 import dataclasses
-import os
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,10 +14,10 @@ import pytest
 from flip_t5x import layers
 from flip_t5x import models
 from flip_t5x import network
+import test_train_helpers as h
+from test_train_helpers import tiny_batch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_IMAGE = network.ImageTowerConfig(image_size=32, patch_size=8, width=64, depth=2, num_heads=4)
-TINY_TEXT = network.TextTowerConfig(vocab_size=100, max_length=8, width=32, depth=2, num_heads=4)
+TINY_IMAGE, TINY_TEXT = h.TINY_NETWORK["image"], h.TINY_NETWORK["text"]
 RATES = ("image_dropout_rate", "image_attention_dropout_rate", "image_droppath_rate",
          "text_dropout_rate", "text_attention_dropout_rate", "text_droppath_rate")
 
@@ -35,19 +33,14 @@ def _split(switches):
 def tiny(**switches):
   image, text, rest = _split(switches)
   return network.FlipTwoTower(image=dataclasses.replace(TINY_IMAGE, **image),
-                              text=dataclasses.replace(TINY_TEXT, **text), embed_dim=16, **rest)
+                              text=dataclasses.replace(TINY_TEXT, **text),
+                              embed_dim=h.TINY_NETWORK["embed_dim"], **rest)
 
 
 def switch(module, name):
   """The value of a switch given by its flat name."""
   tower, _, field = name.partition("_")
   return getattr(getattr(module, tower), field)
-
-
-def tiny_batch(n=4, seed=0):
-  k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
-  return {"images": jax.random.normal(k1, (n, 32, 32, 3)),
-          "texts": jax.random.randint(k2, (n, 8), 1, 100)}
 
 
 def init_params(module):
@@ -297,19 +290,15 @@ def test_bad_switches_are_clear_errors():
 
 
 def test_switches_bind_from_gin():
-  gin.clear_config()
-  try:
-    gin.parse_config_files_and_bindings(
-        [os.path.join(ROOT, "gin_configs/models/flip_vit_b16.gin")],
-        ["network.ImageTowerConfig.pooling = 'cls'", "network.TextTowerConfig.pooling = 'mean'",
-         "network.ImageTowerConfig.droppath_rate = 0.1",
-         "network.FlipTwoTower.learn_temperature = False",
-         "network.FlipTwoTower.fixed_temperature = 0.05",
-         "network.FlipTwoTower.projection_bias = True",
-         "network.TextTowerConfig.cls_token_id = 101"])
-    module = gin.query_parameter("%MODEL").scoped_configurable_fn().module
-  finally:
-    gin.clear_config()
+  module = h.gin_model(
+      "gin_configs/models/flip_vit_b16.gin",
+      bindings=["network.ImageTowerConfig.pooling = 'cls'",
+                "network.TextTowerConfig.pooling = 'mean'",
+                "network.ImageTowerConfig.droppath_rate = 0.1",
+                "network.FlipTwoTower.learn_temperature = False",
+                "network.FlipTwoTower.fixed_temperature = 0.05",
+                "network.FlipTwoTower.projection_bias = True",
+                "network.TextTowerConfig.cls_token_id = 101"]).module
   assert (module.image.pooling, module.text.pooling, module.image.droppath_rate) == (
       "cls", "mean", 0.1)
   assert (module.learn_temperature, module.fixed_temperature, module.projection_bias,

@@ -15,13 +15,8 @@ from flip_t5x import model_info
 from flip_t5x import models
 from flip_t5x import network
 from flip_t5x.data.feature_converters import ImageTextFeatureConverter
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(image=network.ImageTowerConfig(image_size=32, patch_size=8, width=64, depth=2,
-                                           num_heads=4),
-            text=network.TextTowerConfig(vocab_size=100, max_length=8, width=32, depth=2,
-                                         num_heads=4),
-            embed_dim=16)
+from test_train_helpers import ROOT
+from test_train_helpers import TINY_NETWORK as TINY
 
 
 def load_model(gin_file, bindings=()):
@@ -92,6 +87,7 @@ def test_masking_flops_shrink_with_the_ratio():
   assert 1.8 < speedup_05 < 2.0 and 3.0 < speedup_075 < 3.6  # image tower ~95% of the FLOPs
 
 
+@pytest.mark.e2e
 def test_model_info_binary_prints_json_last():
   out = subprocess.run(
       [sys.executable, "-m", "flip_t5x.model_info",
@@ -103,6 +99,7 @@ def test_model_info_binary_prints_json_last():
   assert info["train_gflops_per_example"] > 0 and info["eval_gflops_per_example"] > 0
 
 
+@pytest.mark.e2e
 def test_model_info_binary_names_a_bad_binding():
   out = subprocess.run(
       [sys.executable, "-m", "flip_t5x.model_info",

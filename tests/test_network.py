@@ -18,22 +18,12 @@ from flip_t5x import losses
 from flip_t5x import models
 from flip_t5x import network
 from flip_t5x import xla_options
-
-TINY = dict(image=network.ImageTowerConfig(image_size=32, patch_size=8, width=64, depth=2,
-                                           num_heads=4),
-            text=network.TextTowerConfig(vocab_size=100, max_length=8, width=32, depth=2,
-                                         num_heads=4),
-            embed_dim=16)
+from test_train_helpers import TINY_NETWORK as TINY
+from test_train_helpers import tiny_batch
 
 
 def tiny_module(**overrides):
   return network.FlipTwoTower(**{**TINY, **overrides})
-
-
-def tiny_batch(n=4, seed=0):
-  k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
-  return {"images": jax.random.normal(k1, (n, 32, 32, 3)),
-          "texts": jax.random.randint(k2, (n, 8), 1, 100)}
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 from PIL import Image
+import pytest
 
 from flip_t5x import plot
 import test_train_helpers as helpers
@@ -64,6 +65,7 @@ def test_figure_lines_are_the_series(tmp_path):
       np.testing.assert_allclose(line.get_ydata(), ys)
 
 
+@pytest.mark.e2e
 def test_binary_writes_a_png_and_counts_skipped_lines(tmp_path):
   a, b = _runs(tmp_path)
   out = str(tmp_path / "plots" / "curves.png")
@@ -78,6 +80,7 @@ def test_binary_writes_a_png_and_counts_skipped_lines(tmp_path):
   assert pixels.std() > 1.0  # something was drawn
 
 
+@pytest.mark.e2e
 def test_binary_bad_input_is_one_line_exit_2(tmp_path):
   empty = tmp_path / "empty"
   empty.mkdir()

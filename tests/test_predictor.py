@@ -2,7 +2,6 @@
 import json
 import os
 
-import gin
 import jax
 import numpy as np
 from PIL import Image
@@ -15,9 +14,8 @@ from flip_t5x.data import vocabulary as vocabulary_lib
 from flip_t5x.evaluation import zeroshot as zeroshot_eval
 from flip_t5x import checkpoints
 import test_train_helpers as h
+from test_train_helpers import TINY_GIN
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_GIN = "gin_configs/models/flip_tiny.gin"
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "photo", "of", "the", "cat", "dog", "car", "red",
          "blue", "on", "beach", "##s", "small", "large", "itap", "bad", "origami", "in", "video",
          "game", "art", "."]
@@ -35,10 +33,7 @@ def setup(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("predictor")
   vocab_file = tmp / "vocab.txt"
   vocab_file.write_text("\n".join(VOCAB) + "\n")
-  gin.clear_config()
-  gin.parse_config_files_and_bindings([os.path.join(ROOT, TINY_GIN)], [])
-  model = gin.query_parameter("%MODEL").scoped_configurable_fn()
-  gin.clear_config()
+  model = h.gin_model(TINY_GIN)
   # The model's own parameter tree (get_initial_variables, traced only: compiling the
   # initialiser costs seconds on CPU), filled with seeded random values.
   shapes = jax.eval_shape(lambda r: model.get_initial_variables(
@@ -161,6 +156,7 @@ def run_cli(argv):
   return proc.returncode, proc.stdout, proc.stderr
 
 
+@pytest.mark.e2e
 def test_cli_labels_jsonl_reports_bad_files(setup):
   labels_file = setup["tmp"] / "labels.txt"
   labels_file.write_text("red car\ndog\n\nblue cat\n")
@@ -181,6 +177,7 @@ def test_cli_labels_jsonl_reports_bad_files(setup):
   np.testing.assert_allclose([d["prob"] for d in rows[0]["labels"]], probs[best], atol=1e-5)
 
 
+@pytest.mark.e2e
 def test_cli_query_table(setup):
   glob_spec = os.path.join(setup["images"], "*.png")
   code, out, err = run_cli([
@@ -198,6 +195,7 @@ def test_cli_query_table(setup):
   assert "missing.png" in lines[5] and "ERROR" in lines[5] and "missing.png" in err
 
 
+@pytest.mark.e2e
 def test_cli_labels_table(setup):
   code, out, err = run_cli([
       f"--checkpoint={setup['ckpt']}", f"--gin_file={TINY_GIN}",
@@ -211,6 +209,7 @@ def test_cli_labels_table(setup):
   assert "broken.jpg" in err
 
 
+@pytest.mark.e2e
 def test_cli_exit_status_when_nothing_is_readable(setup):
   code, out, err = run_cli([
       f"--checkpoint={setup['ckpt']}", f"--gin_file={TINY_GIN}",
@@ -225,6 +224,7 @@ def test_cli_exit_status_when_nothing_is_readable(setup):
   assert code == 1 and "pass exactly one of --labels, --labels_file, --query" in err
 
 
+@pytest.mark.e2e
 def test_cli_bad_vocabulary_is_one_line_and_exit_2(setup):
   missing = setup["tmp"] / "no_vocab.txt"
   code, out, err = run_cli([f"--checkpoint={setup['ckpt']}", f"--gin_file={TINY_GIN}",

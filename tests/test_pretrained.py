@@ -396,6 +396,7 @@ print(pretrained.resolve("flip_tiny_test", cache_dir=sys.argv[3]).checkpoint, fl
 """
 
 
+@pytest.mark.e2e
 def test_two_processes_importing_at_once_make_one_import(release, tmp_path):
   """Both wait for the import lock (held here until both are at it), one imports, both succeed."""
   cache = tmp_path / "cache"
@@ -476,6 +477,7 @@ def test_gfile_source_is_copied_into_the_cache(release, tmp_path):
   assert os.path.isdir(found.checkpoint)
 
 
+@pytest.mark.e2e
 def test_cli_lists_the_models(tmp_path):
   proc = h.run_binary("predict", ["--pretrained=list", f"--pretrained_cache_dir={tmp_path}"])
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -487,6 +489,7 @@ def test_cli_lists_the_models(tmp_path):
   assert re.split(r"\s{2,}", rows["flip_vit_l16_laion2b"])[3] == "no"
 
 
+@pytest.mark.e2e
 def test_cli_unknown_name_is_one_line(tmp_path):
   (tmp_path / "a.png").write_bytes(b"not read: the name fails first")
   proc = h.run_binary("predict", ["--pretrained=flip_vit_x99", f"--pretrained_cache_dir={tmp_path}",
@@ -497,6 +500,7 @@ def test_cli_unknown_name_is_one_line(tmp_path):
   assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.e2e
 def test_cli_refuses_a_zip_bomb_in_one_line(tmp_path):
   """Under the release's file name, so `--pretrained=PATH` takes it for the ViT-L/16 archive."""
   bomb = tmp_path / "flip_large16_laion2b_v2.zip"
@@ -523,6 +527,7 @@ runpy.run_module("flip_t5x.eval", run_name="__main__", alter_sys=True)
 """
 
 
+@pytest.mark.e2e
 def test_eval_scores_a_named_model_as_its_checkpoint(release, tmp_path):
   """`flip_t5x.eval --pretrained=NAME` = the same eval given the imported checkpoint by hand."""
   for i, name in enumerate(("cat", "dog", "car")):

@@ -18,8 +18,7 @@ from flip_t5x import model_info
 from flip_t5x.runtime import gin_utils
 from flip_t5x.runtime import optimizers
 from flip_t5x.runtime import train_loop
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from test_train_helpers import ROOT
 
 # Transcribed from facebookresearch/flip (its only commit). Per experiment: the official config,
 # its num_epochs and warmup_epochs (configs/cfg_flip_*.py, else configs/default.py: 40) and base
@@ -216,6 +215,7 @@ def test_adamw_decays_exactly_the_masked_parameters():
       np.testing.assert_allclose(u, -0.5 * np.asarray(flat_p[path]), rtol=1e-6)
 
 
+@pytest.mark.e2e
 def test_model_info_binary_reports_the_recipe_of_an_experiment():
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
   cmd = [sys.executable, "-m", "flip_t5x.model_info", "--gin_file=gin_configs/flip_vit_b.gin",

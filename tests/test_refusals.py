@@ -46,6 +46,7 @@ def test_evaluate_takes_t5x_evals_parameters_and_no_others():
   assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
+@pytest.mark.e2e
 def test_misspelt_evaluate_binding_is_one_line_exit_2(tmp_path):
   out = tmp_path / "eval_out"
   proc = h.run_binary("eval", [

@@ -9,8 +9,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import test_train_helpers as h
+
+pytestmark = pytest.mark.e2e
 
 SCRIPT = r'''
 import sys, gin, jax, numpy as np

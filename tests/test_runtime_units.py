@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,15 +16,12 @@ from flip_t5x import train_state
 from flip_t5x.runtime import optimizers
 from flip_t5x.runtime import partitioning
 from flip_t5x.runtime import trainer
+import test_train_helpers as h
 
 
 @pytest.fixture(scope="module")
 def model():
-  gin.clear_config()
-  gin.parse_config_file("gin_configs/models/flip_tiny.gin")
-  m = gin.query_parameter("%MODEL").scoped_configurable_fn()
-  gin.clear_config()
-  return m
+  return h.gin_model()
 
 
 def test_schedule_linear_scaling_warmup_cosine():

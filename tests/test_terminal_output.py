@@ -3,6 +3,8 @@ import io
 import re
 import subprocess
 
+import pytest
+
 from flip_t5x import _quiet
 from flip_t5x import progress as progress_lib
 from flip_t5x.runtime import monitoring
@@ -53,6 +55,7 @@ def test_progress_line_rewritten_in_place_on_a_terminal():
   assert "\r\033[Kstep 1/4 (25%)\r" in text
 
 
+@pytest.mark.e2e
 def test_train_binary_shows_progress_and_no_start_up_noise(tmp_path):
   """A real run as a user starts it: no TF_CPP_MIN_LOG_LEVEL in the environment, no --verbose."""
   env = helpers.env()

@@ -5,7 +5,6 @@ images, labels, class names) without the data, so the tasks' real TFDS source, p
 `flip_t5x.eval.zeroshot_evaluate` run here as on the real ImageNet, and the accuracy is checked
 against a brute-force computation on the same images.
 """
-import os
 
 import gin
 import jax
@@ -18,20 +17,15 @@ import tasks  # registers the tasks  # noqa: F401
 from flip_t5x.evaluation import zeroshot as zeroshot_eval
 from flip_t5x.data import prompts
 from flip_t5x.data import vocabulary as vocabulary_lib
+import test_train_helpers as h
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LENGTHS = {"image": 32, "targets": 16}
 TEMPLATES = ["a photo of a {}.", "a {}."]
 
 
 @pytest.fixture(scope="module")
 def model_and_params():
-  gin.clear_config()
-  gin.parse_config_file(os.path.join(ROOT, "gin_configs/models/flip_tiny.gin"))
-  try:
-    model = gin.query_parameter("%MODEL").scoped_configurable_fn()
-  finally:
-    gin.clear_config()
+  model = h.gin_model()
   params = model.get_initial_variables(jax.random.PRNGKey(0), {"images": (1, 32, 32, 3),
                                                                "texts": (1, 16)})["params"]
   return model, params

@@ -165,6 +165,7 @@ def test_preprocess_val_is_the_official_eval_crop(tiny, tmp_path):
   np.testing.assert_allclose(padded.pixels(pixels), official.numpy(), atol=1e-5)
 
 
+@pytest.mark.e2e
 def test_pytorch_side_needs_neither_jax_nor_tensorflow(tiny):
   """Loading an export and preprocessing images imports torch only (the tokenizer is FLIP's)."""
   code = ("import sys, numpy as np; from flip_t5x import pytorch as p; "
@@ -177,6 +178,7 @@ def test_pytorch_side_needs_neither_jax_nor_tensorflow(tiny):
   assert proc.stdout.split("\n")[:2] == ["torch.Size([1, 32])", "[]"]
 
 
+@pytest.mark.e2e
 def test_export_binary(tiny, tmp_path):
   out = tmp_path / "export"
   proc = h.run_binary("export_torch", [
@@ -199,6 +201,7 @@ def test_export_binary(tiny, tmp_path):
   assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "o2").exists()
 
 
+@pytest.mark.e2e
 def test_clip_benchmark_args_are_split_and_its_model_flags_refused():
   ours, theirs = clip_benchmark_binary.split_args(
       ["prog", "--checkpoint", "/m", "--dataset", "wds/a", "wds/b", "--gin.VOCAB_FILE='v'",
@@ -233,6 +236,7 @@ def _write_wds(root, samples, classnames=None, templates=None, retrieval_type=Fa
         f.write("\n".join(lines) + "\n")
 
 
+@pytest.mark.e2e
 def test_clip_benchmark_scores_as_flip_t5x(tiny, tmp_path):
   """The real CLIP_benchmark entry point on webdatasets in its layout: zero-shot classification
   and retrieval agree with flip_t5x's own metrics on the JAX model (same images, names, prompts).

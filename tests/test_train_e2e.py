@@ -13,6 +13,8 @@ import pytest
 
 import test_train_helpers as h
 
+pytestmark = pytest.mark.e2e
+
 STEPS = 12
 
 

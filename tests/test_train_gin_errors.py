@@ -131,6 +131,7 @@ NAMES = ["unknown_binding", "required_unset", "wrong_type", "missing_gin_file", 
          "patch_size_not_dividing_image", "eval_lengths_differ_from_model", "t5x_trainer_actions"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", NAMES)
 def test_configuration_error(results, name):
   case, proc, seconds, model_dir = results[name]
@@ -215,6 +216,7 @@ gin_utils.run(main, bad_input=(BadInput,), exit_status={Diverged: 3})
     ("diverged", 3, ["prog: error: loss is nan at step 3"]),
     ("bug", 1, None),  # not declared: the traceback, as Python ends
 ])
+@pytest.mark.e2e
 def test_run_is_the_one_path_from_an_error_to_a_message_and_an_exit_status(tmp_path, case,
                                                                          status, lines):
   program = tmp_path / "prog"

@@ -1,4 +1,4 @@
-"""Shared helpers of the runtime/train tests: a tiny in-memory seqio task and gin set-up.
+"""The tests' shared set-up: ROOT, the tiny models and batch, a tiny seqio task, binaries' runs.
 
 Importing this module registers `flip_test_tiny` (32 px images, 16 tokens of a 1000-word
 vocabulary; captions depend on the image so the loss can fall). Gin files reach it with
@@ -9,15 +9,49 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
+import gin
+import jax
 import numpy as np
 import seqio
 import tensorflow as tf
 
+from flip_t5x import network
+
 TASK = "flip_test_tiny"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
+TINY_GIN = "gin_configs/models/flip_tiny.gin"
+# The network-level tests' model (FlipTwoTower arguments): 32 px images in 16 patches, 8 ids of a
+# 100-word vocabulary, two blocks a tower. flip_tiny.gin's model (gin_model()) reads 16 ids of
+# 1000 words, as the tiny task's data.
+TINY_NETWORK = dict(
+    image=network.ImageTowerConfig(image_size=32, patch_size=8, width=64, depth=2, num_heads=4),
+    text=network.TextTowerConfig(vocab_size=100, max_length=8, width=32, depth=2, num_heads=4),
+    embed_dim=16)
+
+
+def tiny_batch(n: int = 4, seed: int = 0) -> Dict[str, jax.Array]:
+  """n random images and ids at TINY_NETWORK's sizes."""
+  k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+  image, text = TINY_NETWORK["image"], TINY_NETWORK["text"]
+  return {"images": jax.random.normal(k1, (n, image.image_size, image.image_size, 3)),
+          "texts": jax.random.randint(k2, (n, text.max_length), 1, text.vocab_size)}
+
+
+def gin_model(*gin_files: str, bindings: Sequence[str] = ()) -> Any:
+  """`%MODEL` as gin files (paths from ROOT; TINY_GIN when none) and bindings build it.
+
+  Gin is cleared before and after: nothing of the model's files stays bound for the test.
+  """
+  gin.clear_config()
+  try:
+    gin.parse_config_files_and_bindings(
+        [os.path.join(ROOT, f) for f in gin_files or (TINY_GIN,)], list(bindings))
+    return gin.query_parameter("%MODEL").scoped_configurable_fn()
+  finally:
+    gin.clear_config()
 NUM_EXAMPLES = {"train": 256, "validation": 64}
 IMAGE, TEXT = 32, 16
 

@@ -9,6 +9,8 @@ import pytest
 
 import test_train_helpers as h
 
+pytestmark = pytest.mark.e2e
+
 STEPS = 4
 # Each process reads its own shard (even/odd examples), so the global batch holds the same
 # examples as one process's batch in another row order. The contrastive loss does not depend on

@@ -19,6 +19,8 @@ import test_bad_input
 import test_data_pipeline as dp
 import test_train_helpers as h
 
+pytestmark = pytest.mark.e2e
+
 BATCH, STEPS = 8, 6
 SETUP_LINE = "configuration checked; setting up the model"
 
