@@ -60,5 +60,6 @@ def pytest_configure(config):
       "markers", "e2e: starts a process (a binary, as a user runs it), runs a binary's main in "
       "process, or trains or evaluates a whole run")
   config.addinivalue_line(
-      "markers", "slow: in process, but compiles a model's training step or a full-size "
-      "model, or scores a whole task: seconds to minutes on a CPU")
+      "markers", "slow: in process, but seconds on a CPU: runs, differentiates or compiles a "
+      "whole model, traces full-size models, scores a whole task, writes and imports whole "
+      "checkpoints or reads the data many times")

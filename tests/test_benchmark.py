@@ -56,6 +56,7 @@ def test_benchmark_cli_prints_sane_json_last():
   assert out["eval_images_per_second"] > 0
 
 
+@pytest.mark.slow
 def test_saved_activations_shrink_with_remat_and_batch(clean_gin_and_counters):
   """--memory_only's backend-independent figure: what each remat policy keeps for the backward."""
   kept = {}

@@ -213,6 +213,7 @@ def _save_earlier_layout(path, state, step: int, seed: int) -> None:
         meta=ocp.args.JsonSave({"step": step, "seed": seed, "data_seed": seed})))
 
 
+@pytest.mark.slow
 def test_earlier_flip_t5x_layout_still_loads_and_resumes(layout, model, tmp_path):
   fresh = layout.initialize(jax.random.PRNGKey(3))
   _save_earlier_layout(tmp_path, fresh, step=6, seed=11)
@@ -226,6 +227,7 @@ def test_earlier_flip_t5x_layout_still_loads_and_resumes(layout, model, tmp_path
   jax.tree_util.tree_map(np.testing.assert_array_equal, state.opt_state, fresh.opt_state)
 
 
+@pytest.mark.slow
 def test_earlier_flip_t5x_input_position_still_restores(layout, tmp_path):
   """An earlier release kept `input_position/input_position-<i>-of-<n>` (iterator and skip
   counters in one tf checkpoint) beside params/ opt_state/ meta/: resuming reads it."""

@@ -155,6 +155,7 @@ def _same(got, want):
   np.testing.assert_array_equal(got["images"].numpy(), want["images"].numpy())
 
 
+@pytest.mark.slow
 def test_resume_mid_second_pass_continues_the_stream_exactly(shards, tmp_path):
   _configure(shards, buffer=8, cycle=2)
   saved_after = 12  # 48 records: mid pass 2

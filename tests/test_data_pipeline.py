@@ -181,6 +181,7 @@ def test_task_dataset_features_before_conversion(shards):
   assert vocab.vocab_size == len(open(shards["vocab"]).read().split("\n")) - 1 + 1
 
 
+@pytest.mark.slow
 def test_deterministic_for_a_seed(shards):
   _configure(shards)
   first = list(_dataset(shuffle=True, seed=7, batch=4).take(4).as_numpy_iterator())
@@ -216,6 +217,7 @@ def test_hosts_read_disjoint_shards(shards):
   assert len(files) == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["tfrecord", "webdataset"])
 def test_resume_position(shards, tmp_path, fmt):
   _configure(shards, fmt)

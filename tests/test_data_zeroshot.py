@@ -88,6 +88,7 @@ def test_imagenet_zeroshot_with_mock_data(vocab_file):
   assert preprocessors.kept_count("eval") == 12
 
 
+@pytest.mark.slow
 def test_folder_zeroshot(tmp_path, vocab_file):
   root = tmp_path / "images"
   rng = np.random.default_rng(0)

@@ -298,6 +298,7 @@ def test_zeroshot_seqio_path_and_bruteforce_agree(setup, binaries, own_zeroshot)
                                   if k not in {w["class"] for w in worst})
 
 
+@pytest.mark.slow
 def test_retrieval_seqio_path_agrees(setup):
   """seqio.Evaluator on the retrieval task under runs/eval_retrieval.gin == flip_t5x.eval's R@k."""
   own = retrieval_eval.retrieval_evaluate(
@@ -317,6 +318,7 @@ def test_retrieval_seqio_path_agrees(setup):
 @pytest.mark.parametrize("run_file, task", [
     ("gin_configs/runs/eval.gin", "flip_folder_zeroshot_seqio"),
     ("gin_configs/runs/eval_retrieval.gin", zeroshot_seqio.RETRIEVAL_TASK)])
+@pytest.mark.slow
 def test_t5x_eval_without_lengths_refuses(setup, run_file, task):
   """TASK_FEATURE_LENGTHS = None: seqio would infer lengths from the data; one line instead."""
   with _t5x_eval_config(setup, run_file, f"MIXTURE_OR_TASK_NAME = '{task}'",

@@ -77,8 +77,15 @@ def test_every_file_is_covered():
   assert covered == set(ALL_FILES)
 
 
-@pytest.mark.parametrize("files", compositions(), ids=lambda files: "+".join(
-    os.path.relpath(f, "gin_configs") for f in files))
+def full_size(files) -> bool:
+  """A composition without the tiny or the demo's model: tracing it takes seconds (slow layer)."""
+  return not any(f == TINY or f.startswith("gin_configs/demo/") for f in files)
+
+
+@pytest.mark.parametrize("files", [
+    pytest.param(files, marks=pytest.mark.slow) if full_size(files) else files
+    for files in compositions()], ids=lambda files: "+".join(
+        os.path.relpath(f, "gin_configs") for f in files))
 def test_parses_and_builds_the_model_from_shapes(files):
   bindings = user_bindings(files)
   model = model_info.configured_model(["."], list(files), bindings)

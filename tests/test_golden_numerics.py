@@ -17,10 +17,12 @@ import sys
 import jax
 import numpy as np
 import optax
+import pytest
 
 import test_train_helpers as h
 from test_train_helpers import ROOT
 
+pytestmark = pytest.mark.slow  # compiles the tiny model's training step
 GOLDEN = os.path.join(ROOT, "tests", "data", "golden_numerics.json")
 RTOL = 1e-5
 

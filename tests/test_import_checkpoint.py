@@ -254,6 +254,7 @@ def test_reader_reads_inline_arrays(tmp_path):
   np.testing.assert_array_equal(ckpt.read("img_mlp1/kernel"), target["img_mlp1"]["kernel"])
 
 
+@pytest.mark.slow
 def test_bfloat16_checkpoint_imports(tmp_path, tiny_model):
   """A checkpoint saved with t5x's `SaveCheckpointConfig.dtype = 'bfloat16'` imports: the fixed
   position table is checked to the stored precision, and the weights are the stored values."""
@@ -322,6 +323,7 @@ def test_every_array_lands_in_place(official, tiny_model):
                                                 jax.tree_util.tree_leaves(params)))
 
 
+@pytest.mark.slow
 def test_imported_model_matches_numpy_reference(official, tiny_model, tmp_path):
   root, t = official
   out = str(tmp_path / "imported")
@@ -355,6 +357,7 @@ def test_wrong_gin_file_names_parameters_and_shapes(official):
   assert "patch 8, image width 64" in msg and "image depth 2" in msg  # what the checkpoint is
 
 
+@pytest.mark.slow
 def test_other_model_size_is_rejected(tmp_path, tiny_model):
   # One more image block, wider heads of text: same names, other shapes/extra arrays.
   target = official_tree(np.random.default_rng(2), **{**TINY, "img_depth": 3, "txt_width": 48})
@@ -371,6 +374,7 @@ def test_other_model_size_is_rejected(tmp_path, tiny_model):
   assert "... and" in msg and len(e.value.problems) > 20
 
 
+@pytest.mark.slow
 def test_missing_arrays_are_named(tmp_path, tiny_model):
   target = official_tree(np.random.default_rng(3), **TINY)
   del target["txt_encoder"]["Transformer"]["encoderblock_01"]["LayerNorm_1"]

@@ -174,6 +174,19 @@ def test_the_check_finds_planted_tests():
   assert unmarked_spawning_tests(slow, {"train"}) == found
 
 
+def test_every_mark_is_pytests_or_a_layer():
+  """A misspelt layer mark (`pytest.mark.e2E`) would leave its test in the unit layer silently."""
+  known = {"e2e", "slow", "parametrize", "skipif", "skip", "xfail", "usefixtures", "filterwarnings"}
+  unknown = []
+  for path in glob.glob(os.path.join(h.TESTS, "*.py")):
+    with open(path, encoding="utf-8") as f:
+      tree = ast.parse(f.read())
+    unknown += [f"{os.path.basename(path)}:{n.lineno}: {n.attr}" for n in ast.walk(tree)
+                if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Attribute)
+                and n.value.attr == "mark" and n.attr not in known]
+  assert not unknown, unknown
+
+
 def test_ci_runs_every_layer():
   """scripts/test.sh (what CI runs) selects no marker: the e2e and slow layers run there."""
   with open(os.path.join(h.ROOT, "scripts", "test.sh"), encoding="utf-8") as f:

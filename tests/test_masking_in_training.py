@@ -17,6 +17,8 @@ from flip_t5x.runtime import partitioning
 from flip_t5x.runtime import trainer as trainer_lib
 import test_train_helpers as h
 
+pytestmark = pytest.mark.slow  # compiles the trainer's train step
+
 TINY_GIN = h.TINY_GIN
 BATCH, PATCHES, WIDTH = 8, 16, 64
 SHAPES = {"images": (BATCH, 32, 32, 3), "texts": (BATCH, 16)}

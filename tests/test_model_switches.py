@@ -74,6 +74,7 @@ def test_defaults_are_the_official_configs():
   assert m.projection_bias is False and m.text.cls_token_id is None  # proj_out_bias, cls_token
 
 
+@pytest.mark.slow
 def test_switches_off_add_nothing_to_the_training_computation(params):
   """With the defaults, training mode traces the very program deterministic mode does."""
   m, batch, rng = tiny(), tiny_batch(), jax.random.PRNGKey(3)
@@ -88,6 +89,7 @@ def test_switches_off_add_nothing_to_the_training_computation(params):
 
 
 # ------------------------------------------------------------------ dropout and drop-path
+@pytest.mark.slow
 @pytest.mark.parametrize("rate_name", RATES)
 def test_each_rate_changes_training_only(params, rate_name):
   m = tiny(**{rate_name: 0.3})
@@ -103,6 +105,7 @@ def test_each_rate_changes_training_only(params, rate_name):
   assert_trees_equal(m.apply({"params": params}, batch["images"], batch["texts"]), ref)
 
 
+@pytest.mark.slow
 def test_eval_and_predict_are_deterministic_with_dropout(params):
   rates = {r: 0.4 for r in RATES}
   model, plain = models.FlipModel(tiny(**rates)), models.FlipModel(tiny())
@@ -134,6 +137,7 @@ def _encoder_intermediates(droppath_rate=0.0, dropout_rate=0.0, depth=3, batch=4
   return state["intermediates"]
 
 
+@pytest.mark.slow
 def test_droppath_drops_whole_examples_and_grows_with_depth():
   """Block i drops each example's branch with rate * i / (depth - 1) (FLIP's Encoder)."""
   rate = 0.6
@@ -150,6 +154,7 @@ def test_droppath_drops_whole_examples_and_grows_with_depth():
       assert abs(dropped.mean() - expected) < 0.08, (i, branch, dropped.mean())
 
 
+@pytest.mark.slow
 def test_dropout_drops_single_activations():
   inter = _encoder_intermediates(dropout_rate=0.25)
   for i in range(3):
@@ -193,6 +198,7 @@ def _project(pooled, tower_params):
   return z / np.linalg.norm(z, axis=-1, keepdims=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("image_pooling,text_pooling", [("mean", "first"), ("cls", "mean")])
 def test_pooling_reads_the_right_tokens(params, image_pooling, text_pooling):
   """'cls': the CLS token's final-LN output, projected; 'mean': the mean of every position."""
@@ -212,6 +218,7 @@ def test_pooling_reads_the_right_tokens(params, image_pooling, text_pooling):
 
 
 # ------------------------------------------------------------------ temperature
+@pytest.mark.slow
 def test_fixed_temperature_has_no_parameter_and_no_gradient(params):
   m = tiny(learn_temperature=False, fixed_temperature=0.02)
   fixed_params = init_params(m)
@@ -235,6 +242,7 @@ def test_fixed_temperature_has_no_parameter_and_no_gradient(params):
 
 
 # ------------------------------------------------------------------ projection bias
+@pytest.mark.slow
 def test_projection_bias(params):
   m = tiny(projection_bias=True)
   bias_params = init_params(m)
@@ -257,6 +265,7 @@ def test_projection_bias(params):
 
 
 # ------------------------------------------------------------------ text [CLS]
+@pytest.mark.slow
 def test_text_cls_token_is_prepended_and_the_last_token_dropped(params):
   """FLIP's aug.txt.cls_token: [CLS] + the caption cut to max_len - 1 (tests/test_data_vocab.py
   checks those ids against the official pipeline); same parameters, no new ones."""

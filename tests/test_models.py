@@ -29,6 +29,7 @@ def load_model(gin_file, bindings=()):
     gin.clear_config()
 
 
+@pytest.mark.slow
 def test_contract_methods_and_outputs():
   model = models.FlipModel(network.FlipTwoTower(**TINY), optimizer_def="opt", mask_ratio=0.5)
   assert isinstance(model, models.BaseModel)
@@ -67,6 +68,7 @@ REFERENCE_COUNTS = {  # millions: the parameter counts the FLIP paper gives per 
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(REFERENCE_COUNTS))
 def test_parameter_counts_match_facts_sheet(name):
   module, mask_ratio = load_model(f"gin_configs/models/{name}.gin")
@@ -77,6 +79,7 @@ def test_parameter_counts_match_facts_sheet(name):
   assert info["total_params"] == info["image_tower_params"] + info["text_tower_params"] + 1
 
 
+@pytest.mark.slow
 def test_masking_flops_shrink_with_the_ratio():
   module, _ = load_model("gin_configs/models/flip_vit_l16.gin")
   at = {r: model_info.model_info(models.FlipModel(module, mask_ratio=r))

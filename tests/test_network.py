@@ -95,6 +95,7 @@ def test_sincos_position_embedding_shape_and_range():
   assert len({tuple(np.round(r, 5)) for r in pos}) == 196  # every position distinct
 
 
+@pytest.mark.slow
 def test_masking_needs_rng_and_is_off_at_eval(tiny_params):
   m = tiny_module()
   images = tiny_batch()["images"]
@@ -112,6 +113,7 @@ def test_masking_needs_rng_and_is_off_at_eval(tiny_params):
 
 
 # ------------------------------------------------------------------ towers
+@pytest.mark.slow
 def test_towers_run_alone_and_are_normalised(tiny_params):
   model = models.FlipModel(tiny_module())
   batch = tiny_batch()
@@ -122,6 +124,7 @@ def test_towers_run_alone_and_are_normalised(tiny_params):
   np.testing.assert_allclose(jnp.linalg.norm(z_txt, axis=-1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_text_tower_pools_position_zero(tiny_params):
   """No mask: later tokens still influence position 0 through attention, but pooling is pos 0."""
   model = models.FlipModel(tiny_module())
@@ -131,6 +134,7 @@ def test_text_tower_pools_position_zero(tiny_params):
   assert not np.allclose(z1, z2)  # bidirectional: no causal mask
 
 
+@pytest.mark.slow
 def test_logit_scale_init_and_clip(tiny_params):
   m = tiny_module()
   np.testing.assert_allclose(tiny_params["logit_scale"], np.log(1 / 0.07), rtol=1e-6)
@@ -142,8 +146,8 @@ def test_logit_scale_init_and_clip(tiny_params):
 
 def test_params_axes_cover_every_parameter():
   model = models.FlipModel(tiny_module())
-  variables = model.get_initial_variables(jax.random.PRNGKey(0), {"images": (2, 32, 32, 3),
-                                                                  "texts": (2, 8)})
+  variables = jax.eval_shape(lambda: model.get_initial_variables(
+      jax.random.PRNGKey(0), {"images": (2, 32, 32, 3), "texts": (2, 8)}))
   axes = traverse_util.flatten_dict(
       flax.core.unfreeze(nn_partitioning.get_axis_names(variables["params_axes"])))
   params = traverse_util.flatten_dict(flax.core.unfreeze(variables["params"]))
@@ -155,6 +159,7 @@ def test_params_axes_cover_every_parameter():
   assert tuple(axes[("text_tower", "token_embedding")]) == ("vocab", "embed")
 
 
+@pytest.mark.slow
 def test_initialisers_follow_flip():
   model = models.FlipModel(tiny_module(image=dataclasses.replace(TINY["image"], width=256,
                                                                   num_heads=4)))
@@ -171,6 +176,7 @@ def test_initialisers_follow_flip():
 
 
 # ------------------------------------------------------------------ training behaviour
+@pytest.mark.slow
 def test_gradients_reach_both_towers_and_logit_scale(tiny_params):
   model = models.FlipModel(tiny_module(), mask_ratio=0.5)
   batch = tiny_batch()
@@ -182,6 +188,7 @@ def test_gradients_reach_both_towers_and_logit_scale(tiny_params):
   assert float(jnp.abs(grads["logit_scale"])) > 0
 
 
+@pytest.mark.slow
 def test_tiny_model_loss_decreases_on_a_fixed_batch(tiny_params):
   model = models.FlipModel(tiny_module(), mask_ratio=0.5)
   batch = tiny_batch(8)
@@ -211,6 +218,7 @@ def test_tiny_model_loss_decreases_on_a_fixed_batch(tiny_params):
     ({"cpu_backward": True}, 1e-5),
     ({"cpu_backward": False, "attention_implementation": "xla"}, 1e-5),
 ])
+@pytest.mark.slow
 def test_variants_match_float32_no_remat(tiny_params, overrides, tol):
   batch, rng = tiny_batch(), jax.random.PRNGKey(5)
   ref = models.FlipModel(tiny_module(), mask_ratio=0.5)
@@ -242,6 +250,7 @@ def _is_attention_matrix(shape):
   return len(shape) >= 4 and shape[-1] == shape[-2]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cpu_backward", [True, False])
 def test_remat_policies_keep_less_and_minimal_keeps_no_attention_matrix(cpu_backward):
   kept = {}
@@ -253,6 +262,7 @@ def test_remat_policies_keep_less_and_minimal_keeps_no_attention_matrix(cpu_back
   assert kept["none"] > kept["minimal"] > kept["full"], kept
 
 
+@pytest.mark.slow
 def test_remat_recomputation_is_guarded_against_cse(tiny_params):
   """XLA would merge an unguarded recomputation back into the forward pass (remat then saves
   nothing); jax guards it with optimization barriers, one per rematerialised block."""
@@ -400,6 +410,7 @@ def test_materialize_grad_is_the_identity_in_both_directions():
     np.testing.assert_array_equal(vjp(g)[0], g)  # NaN/inf cotangents pass through unchanged
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cpu_backward", [True, False])
 def test_cpu_backward_puts_conditionals_in_the_compiled_backward(cpu_backward):
   # The point of the option is the compiled program: one conditional per block boundary in the
@@ -447,6 +458,7 @@ def test_choose_picks_what_was_measured_to_pay_on_each_platform(platform, cpu_ba
   assert backends.choose(True, platform=platform).cpu_backward is True
 
 
+@pytest.mark.slow
 def test_cpu_backward_defaults_to_the_backend():
   assert tiny_module().cpu_backward is None
   params = tiny_module().init(jax.random.PRNGKey(0), **tiny_batch())
@@ -456,7 +468,7 @@ def test_cpu_backward_defaults_to_the_backend():
   assert bound.text_tower.backend.cpu_backward is expected
 
 
-def test_bad_options_are_clear_errors(tiny_params):
+def test_bad_options_are_clear_errors():
   with pytest.raises(ValueError, match="remat_policy"):
     tiny_module(remat_policy="some").init(jax.random.PRNGKey(0), **tiny_batch())
   with pytest.raises(ValueError, match="not a positive multiple of the patch size 5"):
@@ -465,6 +477,7 @@ def test_bad_options_are_clear_errors(tiny_params):
     tiny_module(attention_implementation="flash").init(jax.random.PRNGKey(0), **tiny_batch())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("side", [24, 64])
 def test_images_of_another_size_are_refused(tiny_params, side):
   # Sin-cos positions exist for any grid: without the check a 64-px image would run on the
@@ -474,6 +487,7 @@ def test_images_of_another_size_are_refused(tiny_params, side):
     tiny_module().apply({"params": tiny_params}, images, method=network.FlipTwoTower.encode_image)
 
 
+@pytest.mark.slow
 def test_text_embedding_does_not_depend_on_the_padding(tiny_params):
   # The text tower has no padding mask: ids padded to 5, 8 (max_length) or 13 by a pipeline give
   # one embedding, because the tower pads or cuts them to max_length itself; ids longer than
@@ -503,6 +517,7 @@ def test_cudnn_attention_on_the_cpu_is_a_clear_error():
         jax.random.PRNGKey(0), **tiny_batch())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("length", [7, 8])
 def test_even_length_attention_matches_unpadded(length):
   # The cuDNN path's padding, run through XLA's implementation: same values and gradients.

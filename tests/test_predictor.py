@@ -64,6 +64,7 @@ def test_from_checkpoint_loads_params_and_vocab(setup):
   assert (pred.image_size, pred.text_length, pred.embed_dim) == (32, 16, 32)
 
 
+@pytest.mark.slow
 def test_image_inputs_agree_and_match_the_model(setup):
   pred, path = setup["pred"], setup["paths"][0]
   with open(path, "rb") as f:
@@ -85,6 +86,7 @@ def test_image_inputs_agree_and_match_the_model(setup):
   assert pred.encode_images(pixels[:, :, 0]).shape == (1, 32)
 
 
+@pytest.mark.slow
 def test_fixed_batches_compile_once(setup):
   pred = setup["pred"]  # batch_size=2
   paths = setup["paths"]
@@ -99,6 +101,7 @@ def test_fixed_batches_compile_once(setup):
   assert t.shape == (3, 32)
 
 
+@pytest.mark.slow
 def test_texts_are_tokenised_padded_and_truncated(setup):
   pred = setup["pred"]
   ids = pred.tokenize(["a photo of the cat", "cat " * 40])
@@ -111,6 +114,7 @@ def test_texts_are_tokenised_padded_and_truncated(setup):
   assert pred.encode_texts([]).shape == (0, 32)
 
 
+@pytest.mark.slow
 def test_zero_shot_and_similarity(setup):
   pred, paths = setup["pred"], setup["paths"]
   names = ["red car", "dog", "blue cat"]

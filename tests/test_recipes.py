@@ -82,6 +82,7 @@ def test_table_follows_the_official_arithmetic():
   assert OFFICIAL_UNMASKED["warmup_steps"] == 20 * steps_per_epoch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_recipe_is_the_official_one(experiment):
   _, _, _, _, total_steps, warmup_steps, peak = OFFICIAL[experiment]
@@ -94,6 +95,7 @@ def test_experiment_recipe_is_the_official_one(experiment):
   assert total == total_steps and isinstance(total, int)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_unmasked_tuning_recipe_is_the_official_one(experiment):
   r = resolved([experiment, "runs/unmasked_tuning.gin"])
@@ -103,6 +105,7 @@ def test_unmasked_tuning_recipe_is_the_official_one(experiment):
   assert gin.get_bindings(train_loop.train)["total_steps"] == OFFICIAL_UNMASKED["total_steps"]
 
 
+@pytest.mark.slow
 def test_steps_given_later_win_over_epochs():
   r = resolved(["flip_vit_l.gin"], ["TRAIN_STEPS = 2", "WARMUP_STEPS = 1"])
   assert (r["total_steps"], r["warmup_steps"]) == (2, 1)
@@ -116,6 +119,7 @@ def test_steps_given_later_win_over_epochs():
   assert r["peak_learning_rate"] == pytest.approx(4e-6 * 4096 / 256, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_recipe_reads_what_is_bound():
   r = resolved(["flip_vit_b.gin"], ["tasks.TaskConfig.eval_pad = 32",
                                     "WEIGHT_DECAY = 0.05", "MASK_RATIO = 0.75",
@@ -173,6 +177,7 @@ def _official_decays(path: str) -> bool:
   return path.split("/")[-1] not in ("bias", "scale") and "pos_embedding" not in path
 
 
+@pytest.mark.slow
 def test_decay_mask_on_the_vit_l_parameter_tree():
   model = configure(["flip_vit_l.gin"])
   params = model_info.param_shapes(model)
@@ -186,6 +191,7 @@ def test_decay_mask_on_the_vit_l_parameter_tree():
   assert "image_tower/encoder/block_0/pre_mlp_layer_norm/scale" in no_decay
 
 
+@pytest.mark.slow
 def test_decay_min_ndim_option_decays_matrices_only():
   model = configure(["flip_vit_l.gin"], ["optimizers.adamw.decay_min_ndim = 2"])
   params = model_info.param_shapes(model)
@@ -195,6 +201,7 @@ def test_decay_min_ndim_option_decays_matrices_only():
   assert official <= no_decay
 
 
+@pytest.mark.slow
 def test_adamw_decays_exactly_the_masked_parameters():
   """Zero gradients: Adam's step is 0, so only decayed parameters move (by lr x wd x p)."""
   model = configure(["models/flip_tiny.gin"])

@@ -101,6 +101,7 @@ def _flat(params):
   return {k: np.asarray(v) for k, v in layout_lib.flat(params).items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["official", "ours"])
 def test_learned_temperature_into_fixed_model(temperature, layout, caplog):
   path, fixed = temperature["ckpts"][f"{layout}_learned"], temperature["fixed"]
@@ -129,6 +130,7 @@ def test_learned_temperature_into_fixed_model(temperature, layout, caplog):
   assert predictor_lib.FlipPredictor(fixed, params).logit_scale == pytest.approx(100.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["official", "ours"])
 def test_fixed_temperature_into_learning_model(temperature, layout):
   path, learned = temperature["ckpts"][f"{layout}_fixed"], temperature["learned"]
@@ -144,6 +146,7 @@ def test_fixed_temperature_into_learning_model(temperature, layout):
   assert "logit_scale" not in checkpoints.load_params(path, _model(FIXED))
 
 
+@pytest.mark.slow
 def test_resume_with_the_temperature_switched_is_refused(temperature):
   """Resuming a MODEL_DIR after flipping learn_temperature: orbax's partial restore dropped the
   learned logit_scale without a word (and left it unread the other way)."""
@@ -210,6 +213,7 @@ def test_shipped_gin_files_set_nothing_before_their_includes():
 
 
 # ------------------------------------------------------------------------------ (d) predict
+@pytest.mark.slow
 def test_predict_reports_a_dangling_link_like_an_unreadable_file(temperature, tmp_path):
   images = tmp_path / "images"
   images.mkdir()

@@ -67,6 +67,7 @@ def test_rules_and_state_partitioning():
   assert partitioning.partition_state_spec(P(), (), 4) == P()
 
 
+@pytest.mark.slow
 def test_amos_builds_and_updates(model):
   tx = optimizers.unwrap(optimizers.amos(learning_rate=0.01))
   part = partitioning.PjitPartitioner()
@@ -77,6 +78,7 @@ def test_amos_builds_and_updates(model):
   assert all(np.isfinite(np.asarray(u)).all() for u in jax.tree_util.tree_leaves(updates))
 
 
+@pytest.mark.slow
 def test_save_load_resize_and_errors(model, tmp_path):
   part = partitioning.PjitPartitioner()
   layout = train_state.StateLayout(model, optimizers.unwrap(optimizers.adamw(1e-3)), part,

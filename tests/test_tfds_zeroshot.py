@@ -22,6 +22,8 @@ import test_train_helpers as h
 LENGTHS = {"image": 32, "targets": 16}
 TEMPLATES = ["a photo of a {}.", "a {}."]
 
+pytestmark = pytest.mark.slow  # each test scores a whole (mock) task
+
 
 @pytest.fixture(scope="module")
 def model_and_params():
@@ -46,18 +48,20 @@ def bruteforce_top1(model, params, vocab, task_name, class_names):
   ds = seqio.get_mixture_or_task(task_name).get_dataset(LENGTHS, split="validation",
                                                           shuffle=False)
   examples = list(ds.as_numpy_iterator())
+  # Compiled: run op by op, a thousand classes one at a time would be most of the test's time.
+  encode_texts, encode_images = jax.jit(model.encode_texts), jax.jit(model.encode_images)
   classifiers = []
   for name in class_names:
     ids = np.zeros((len(TEMPLATES), LENGTHS["targets"]), np.int32)
     for t, template in enumerate(TEMPLATES):
       tokens = vocab.encode(template.format(name))[:LENGTHS["targets"]]
       ids[t, :len(tokens)] = tokens
-    z = np.asarray(model.encode_texts(params, ids), np.float64)
+    z = np.asarray(encode_texts(params, ids), np.float64)
     z = (z / np.linalg.norm(z, axis=1, keepdims=True)).mean(0)
     classifiers.append(z / np.linalg.norm(z))
   hits = 0
   for ex in examples:
-    z = np.asarray(model.encode_images(params, ex["image"][None]), np.float64)[0]
+    z = np.asarray(encode_images(params, ex["image"][None]), np.float64)[0]
     hits += int(np.argmax([np.dot(z, c) for c in classifiers]) == ex["label"])
   return 100.0 * hits / len(examples), len(examples)
 

@@ -68,6 +68,7 @@ def _torch_embeddings(model, pixels, ids):
   return image.numpy(), text.numpy()
 
 
+@pytest.mark.slow
 def test_exported_model_equals_the_jax_model(tiny):
   pred = tiny["pred"]
   model, preprocess_train, preprocess_val = flip_torch.create_model_and_transforms(tiny["export"])
@@ -87,6 +88,7 @@ def test_exported_model_equals_the_jax_model(tiny):
   assert preprocess_val(Image.open(tiny["paths"][0])).shape == (3, 32, 32)
 
 
+@pytest.mark.slow
 def test_release_format_checkpoint_equals_jax_and_the_official_forward(tmp_path):
   """The official format (t5x msgpack + zarr, the release's names) through the same conversion."""
   target = tic.official_tree(np.random.default_rng(3), **tic.TINY)
