@@ -24,6 +24,7 @@ setuptools.setup(
     name="flip_t5x",
     version="0.1.0",
     description="FLIP: Scaling Language-Image Pre-training via Masking, on the T5X/seqio stack",
+    package_dir={"": "."},  # `pip install -e .`: a plain path entry, no finder and its notice
     packages=setuptools.find_packages(
         include=["flip_t5x", "flip_t5x.*", "tasks", "tasks.*", "gin_configs", "gin_configs.*"]),
     package_data={"flip_t5x": ["data/assets/*.txt"], "gin_configs": ["*.gin"], "gin_configs.models": ["*.gin"],
