@@ -505,6 +505,7 @@ def test_text_embedding_does_not_depend_on_the_padding(tiny_params):
   assert np.abs(encode(long_ids) - encode(long_ids[:, :7])).max() > 1e-3  # the 8th id counts
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(jax.default_backend() != "cpu",
                     reason="checks the error without an accelerator; on a GPU cuDNN runs")
 def test_cudnn_attention_on_the_cpu_is_a_clear_error():
