@@ -96,7 +96,7 @@ def write_t5x_checkpoint(root, target, step=1234, dtype="float32", inline=()):
   """
   ckpt_dir = os.path.join(root, f"checkpoint_{step}")
   os.makedirs(ckpt_dir)
-  stores = []  # (opening store, array): opened and written together, not one after another
+  stores = []  # (store being opened, array): all opened, then all written, then awaited
 
   def externalise(tree, prefix):
     out = {}
@@ -127,8 +127,10 @@ def write_t5x_checkpoint(root, target, step=1234, dtype="float32", inline=()):
              "state": {"step": np.array(step, np.int32),
                        "param_states": {"0": {"count": np.array(step, np.int32),
                                               **externalise(moments, "state/param_states/0")}}}}
-  writes = [store.write(v.astype(store.dtype.numpy_dtype))
-            for store, v in ((opening.result(), v) for opening, v in stores)]
+  writes = []
+  for opening, v in stores:
+    store = opening.result()
+    writes.append(store.write(v.astype(store.dtype.numpy_dtype)))
   for write in writes:
     write.result()
   with open(os.path.join(ckpt_dir, "checkpoint"), "wb") as f:
