@@ -61,5 +61,4 @@ def pytest_configure(config):
       "process, or trains or evaluates a whole run")
   config.addinivalue_line(
       "markers", "slow: in process, but seconds on a CPU: runs, differentiates or compiles a "
-      "whole model, traces full-size models, scores a whole task, writes and imports whole "
-      "checkpoints or reads the data many times")
+      "whole model, traces full-size models, scores a whole task or reads the data many times")

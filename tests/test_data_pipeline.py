@@ -202,6 +202,7 @@ def test_random_crop_differs_per_epoch(shards):
   assert not np.array_equal(examples[0]["images"], examples[n]["images"])
 
 
+@pytest.mark.slow
 def test_hosts_read_disjoint_shards(shards):
   _configure(shards, "webdataset")
 

@@ -96,6 +96,7 @@ def write_t5x_checkpoint(root, target, step=1234, dtype="float32", inline=()):
   """
   ckpt_dir = os.path.join(root, f"checkpoint_{step}")
   os.makedirs(ckpt_dir)
+  stores = []  # (store being opened, array): all opened, then all written, then awaited
 
   def externalise(tree, prefix):
     out = {}
@@ -112,10 +113,9 @@ def write_t5x_checkpoint(root, target, step=1234, dtype="float32", inline=()):
                   "chunks": _chunks(list(v.shape))}
       spec = ts.Spec({"driver": "zarr", "dtype": dtype, "path": rel, "metadata": metadata,
                       "kvstore": {"driver": "gcs", "bucket": "t5x-dummy-bucket"}}).to_json()
-      store = ts.open({"driver": "zarr", "dtype": dtype, "metadata": metadata,
-                       "kvstore": {"driver": "file", "path": os.path.join(ckpt_dir, rel)}},
-                      create=True, open=True).result()
-      store.write(v.astype(store.dtype.numpy_dtype)).result()
+      stores.append((ts.open({"driver": "zarr", "dtype": dtype, "metadata": metadata,
+                              "kvstore": {"driver": "file", "path": os.path.join(ckpt_dir, rel)}},
+                             create=True, open=True), v))
       out[k] = spec
     return out
 
@@ -127,6 +127,12 @@ def write_t5x_checkpoint(root, target, step=1234, dtype="float32", inline=()):
              "state": {"step": np.array(step, np.int32),
                        "param_states": {"0": {"count": np.array(step, np.int32),
                                               **externalise(moments, "state/param_states/0")}}}}
+  writes = []
+  for opening, v in stores:
+    store = opening.result()
+    writes.append(store.write(v.astype(store.dtype.numpy_dtype)))
+  for write in writes:
+    write.result()
   with open(os.path.join(ckpt_dir, "checkpoint"), "wb") as f:
     f.write(serialization.msgpack_serialize({"version": 3, "optimizer": written}))
   return ckpt_dir
@@ -254,7 +260,6 @@ def test_reader_reads_inline_arrays(tmp_path):
   np.testing.assert_array_equal(ckpt.read("img_mlp1/kernel"), target["img_mlp1"]["kernel"])
 
 
-@pytest.mark.slow
 def test_bfloat16_checkpoint_imports(tmp_path, tiny_model):
   """A checkpoint saved with t5x's `SaveCheckpointConfig.dtype = 'bfloat16'` imports: the fixed
   position table is checked to the stored precision, and the weights are the stored values."""
@@ -357,7 +362,6 @@ def test_wrong_gin_file_names_parameters_and_shapes(official):
   assert "patch 8, image width 64" in msg and "image depth 2" in msg  # what the checkpoint is
 
 
-@pytest.mark.slow
 def test_other_model_size_is_rejected(tmp_path, tiny_model):
   # One more image block, wider heads of text: same names, other shapes/extra arrays.
   target = official_tree(np.random.default_rng(2), **{**TINY, "img_depth": 3, "txt_width": 48})
@@ -374,7 +378,6 @@ def test_other_model_size_is_rejected(tmp_path, tiny_model):
   assert "... and" in msg and len(e.value.problems) > 20
 
 
-@pytest.mark.slow
 def test_missing_arrays_are_named(tmp_path, tiny_model):
   target = official_tree(np.random.default_rng(3), **TINY)
   del target["txt_encoder"]["Transformer"]["encoderblock_01"]["LayerNorm_1"]

@@ -5,7 +5,8 @@ of the test sources finds the tests that do: a test starts a process when it, a 
 function that it calls or names, or a test module's fixture that it takes, calls `subprocess`,
 `Popen`, `run_binary` / `run_train` (test_train_helpers) or the `main` of a binary
 (`test_binaries.binaries()`). Each of those must be marked: `@pytest.mark.e2e`, or
-`pytestmark = pytest.mark.e2e` for its module.
+`pytestmark = pytest.mark.e2e` for its module. Also checked: every mark is pytest's or a layer's
+(a misspelt one would select nothing), and CI's command selects no layer.
 """
 import ast
 import glob
@@ -39,6 +40,10 @@ def _binary_mains(tree: ast.Module, binaries: Set[str]) -> Set[str]:
   for node in ast.walk(tree):
     if isinstance(node, ast.ImportFrom) and node.module == "flip_t5x":
       names |= {a.asname or a.name for a in node.names if a.name in binaries}
+    elif isinstance(node, ast.Import):  # import flip_t5x.eval as flip_eval
+      names |= {a.asname for a in node.names
+                if a.asname and a.name.startswith("flip_t5x.")
+                and a.name[len("flip_t5x."):] in binaries}
   return names
 
 
@@ -146,6 +151,10 @@ def test_slow_is_not_e2e():
 
 def test_library_call():
   network.main([])
+
+def test_main_imported_as_a_module():
+  import flip_t5x.train as t
+  t.main(["train"])
 ''', "test_b": '''
 import test_a
 from test_a import run as imported_fixture
@@ -163,7 +172,8 @@ def test_plain():
 
 def test_the_check_finds_planted_tests():
   found = unmarked_spawning_tests(PLANTED, {"train"})
-  assert found == ["test_a::test_main_in_process", "test_a::test_slow_is_not_e2e",
+  assert found == ["test_a::test_main_imported_as_a_module", "test_a::test_main_in_process",
+                   "test_a::test_slow_is_not_e2e",
                    "test_a::test_subprocess", "test_a::test_via_fixture", "test_a::test_via_pool",
                    "test_b::test_fixture_of_another_module",
                    "test_b::test_helper_of_another_module"]

@@ -168,8 +168,8 @@ def test_dropout_drops_single_activations():
 def test_attention_dropout_drops_keys_for_every_query():
   """FLIP's t5x attention dropout: one keep mask per (example, head, key), shared by all queries."""
   b, length, heads, rate = 64, 6, 2, 0.3
-  q = jax.random.normal(jax.random.PRNGKey(0), (b, length, heads, length))
-  k = jax.random.normal(jax.random.PRNGKey(1), (b, length, heads, length))
+  q, k = (np.random.default_rng(seed).standard_normal((b, length, heads, length), np.float32)
+          for seed in (0, 1))
   # v[s] = one-hot(s): each output row is that query's (dropped, rescaled) probabilities.
   v = jnp.broadcast_to(jnp.eye(length)[None, :, None, :], (b, length, heads, length))
   out = layers.dropout_attention(q, k, v, rate, jax.random.PRNGKey(2))

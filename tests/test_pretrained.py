@@ -170,7 +170,6 @@ def test_resolve_downloads_imports_and_reuses(registered, server, release, tmp_p
   assert os.listdir(os.path.join(cache, "models")) == ["flip_tiny_test"]
 
 
-@pytest.mark.slow
 def test_cached_download_is_checked_against_its_record(registered, server, release, tmp_path):
   cache = str(tmp_path / "cache")
   pretrained.resolve("flip_tiny_test", cache_dir=cache, stream=io.StringIO())
@@ -188,7 +187,6 @@ def test_cached_download_is_checked_against_its_record(registered, server, relea
   assert os.path.isdir(found.checkpoint)
 
 
-@pytest.mark.slow
 def test_interrupted_download_resumes(registered, server, release, tmp_path):
   cache = str(tmp_path / "cache")
   server.cut, server.bytes_sent = True, 0
@@ -216,7 +214,6 @@ def test_interrupted_download_resumes(registered, server, release, tmp_path):
   assert os.path.isdir(found.checkpoint) and not os.path.exists(part)
 
 
-@pytest.mark.slow
 def test_sha256_pin(registered, server, release, tmp_path):
   cache = str(tmp_path / "cache")
   with pytest.raises(download.DownloadError, match="sha256 mismatch"):
@@ -231,7 +228,6 @@ def test_sha256_pin(registered, server, release, tmp_path):
     pretrained.resolve("flip_tiny_test", cache_dir=cache, sha256="1" * 64, stream=io.StringIO())
 
 
-@pytest.mark.slow
 def test_offline_archive_path_and_tar(registered, server, release, tmp_path, monkeypatch):
   """A path to the downloaded archive (as released, or a tar of it) needs no server."""
   local = tmp_path / "elsewhere" / ARCHIVE

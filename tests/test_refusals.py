@@ -101,7 +101,6 @@ def _flat(params):
   return {k: np.asarray(v) for k, v in layout_lib.flat(params).items()}
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["official", "ours"])
 def test_learned_temperature_into_fixed_model(temperature, layout, caplog):
   path, fixed = temperature["ckpts"][f"{layout}_learned"], temperature["fixed"]
@@ -130,7 +129,6 @@ def test_learned_temperature_into_fixed_model(temperature, layout, caplog):
   assert predictor_lib.FlipPredictor(fixed, params).logit_scale == pytest.approx(100.0)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["official", "ours"])
 def test_fixed_temperature_into_learning_model(temperature, layout):
   path, learned = temperature["ckpts"][f"{layout}_fixed"], temperature["learned"]
