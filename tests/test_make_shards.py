@@ -1,6 +1,5 @@
 """flip_t5x.data.shards and the make_shards binary: folder/CSV/Parquet -> img2dataset shards."""
 import csv
-import io
 import json
 import re
 import os

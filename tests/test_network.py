@@ -14,7 +14,6 @@ import pytest
 
 from flip_t5x import backends
 from flip_t5x import layers
-from flip_t5x import losses
 from flip_t5x import models
 from flip_t5x import network
 from flip_t5x import xla_options

@@ -16,14 +16,12 @@ import tarfile
 
 from absl import app
 import gin
-import jax
 import numpy as np
 from PIL import Image
 import pytest
 import tensorflow as tf
 
 from flip_t5x import pytorch as flip_torch  # first: torchvision beside a CPU build of torch
-from flip_t5x import checkpoints
 from flip_t5x import clip_benchmark as clip_benchmark_binary
 from flip_t5x import predictor as predictor_lib
 from flip_t5x.data import images

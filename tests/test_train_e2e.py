@@ -1,7 +1,6 @@
 """End to end on the tiny model: train, checkpoint, resume (also after kill -9), metrics, tuning."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
